@@ -1,0 +1,93 @@
+// Package logging is conmon-v2's log subsystem: one Driver interface, one
+// Registry that maps driver names to constructors, and a Pipeline that reads
+// a container's output, cuts it into Records and fans them out to drivers.
+//
+// Every front end (the containerd shim, the conmon drop-in, conmonctl) builds
+// its container's logs through this package; a driver is written once.
+package logging
+
+import (
+	"context"
+	"time"
+)
+
+// Stream names the container stream a record was read from.
+type Stream uint8
+
+const (
+	// Stdout is the container's standard output (and its terminal, if any).
+	Stdout Stream = 1
+	// Stderr is the container's standard error.
+	Stderr Stream = 2
+)
+
+// String returns "stdout" or "stderr", the words of the CRI log format.
+func (s Stream) String() string {
+	switch s {
+	case Stdout:
+		return "stdout"
+	case Stderr:
+		return "stderr"
+	}
+	return "unknown"
+}
+
+// Metadata describes the container whose output a driver receives. It is
+// fixed for the life of a driver.
+type Metadata struct {
+	ID        string            // full container ID
+	Name      string            // human name (Podman's --name, CRI's container name)
+	Namespace string            // containerd namespace, if any
+	Tag       string            // expanded tag (conmon's --log-tag, syslog/journald identifier)
+	Labels    map[string]string // extra fields (conmon's --log-label, annotations); read-only
+}
+
+// Record is one piece of container output: a full line without its
+// newline, or, when Partial is set, a piece that the next record continues
+// (a line longer than the read buffer, or the tail of a read that ended
+// without a newline, as conmon writes it).
+//
+// Line is only valid during the Write call: a driver that keeps it must copy.
+type Record struct {
+	Time    time.Time
+	Stream  Stream
+	Line    []byte
+	Partial bool
+	Meta    *Metadata // never nil when delivered by a Pipeline
+}
+
+// Driver is a log destination.
+//
+// Write may be called concurrently with itself and with Reopen; a driver
+// serialises as it needs. Close is called once, after the last Write.
+// A Write error is counted and reported by the pipeline; it never stops the
+// container or the other drivers.
+type Driver interface {
+	Write(r *Record) error
+	// Reopen reopens the driver's destination (a rotated or deleted file,
+	// kubelet's ReopenContainerLog, conmon's ctl message 2). Drivers with
+	// nothing to reopen return nil.
+	Reopen() error
+	Close() error
+}
+
+// Syncer is implemented by drivers that can force what they wrote to
+// stable storage; the pipeline calls Sync before an exit is reported.
+type Syncer interface {
+	Sync() error
+}
+
+// Info is what a driver constructor gets: the container's metadata and the
+// driver's options (already validated keys are the driver's business).
+type Info struct {
+	Meta    Metadata
+	Options map[string]string
+	// Dir is a directory the driver may use for its own files when no path
+	// option is given (the container's state directory).
+	Dir string
+}
+
+// Factory builds a driver. It returns an error naming the offending option
+// for any bad configuration; errors are classified InvalidArgument by the
+// caller.
+type Factory func(ctx context.Context, info Info) (Driver, error)

@@ -1,0 +1,3 @@
+package fluent
+
+const Version = "1.9.0"
