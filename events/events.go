@@ -21,8 +21,8 @@ import (
 	"sync"
 	"time"
 
-	apitypes "github.com/containerd/containerd/api/types"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
@@ -67,10 +67,10 @@ type Exchange struct {
 	subs   map[*subscription]struct{} // guarded by mu
 	closed bool                       // guarded by mu
 
-	ready   chan struct{}      // 1-buffered: the queue grew or Close was called
-	abort   context.Context    // done when Close gives up on the queue
-	cancel  context.CancelFunc // ends abort
-	done    chan struct{}      // closed when the forwarder goroutine returned
+	ready  chan struct{}      // 1-buffered: the queue grew or Close was called
+	abort  context.Context    // done when Close gives up on the queue
+	cancel context.CancelFunc // ends abort
+	done   chan struct{}      // closed when the forwarder goroutine returned
 }
 
 // New returns an Exchange for namespace. address is containerd's ttrpc

@@ -39,14 +39,14 @@ func (e *Exchange) Subscribe(ctx context.Context) (<-chan *Envelope, func()) {
 // subscription is an unbounded queue drained by its own pump goroutine,
 // which stops when end is called or its context is done.
 type subscription struct {
-	mu    sync.Mutex
-	queue []*Envelope // guarded by mu
+	mu       sync.Mutex
+	queue    []*Envelope // guarded by mu
 	once     sync.Once
 	quitOnce sync.Once
 	ready    chan struct{} // 1-buffered: the queue grew
 	stop     chan struct{} // closed by end: deliver what is queued, then close out
 	quit     chan struct{} // closed by the reader's cancel: close out now
-	out   chan *Envelope
+	out      chan *Envelope
 }
 
 func (s *subscription) push(env *Envelope) {
