@@ -1,0 +1,132 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+
+	// Registers the containerd.events.* messages so Event.Decode finds them.
+	_ "github.com/containerd/containerd/api/events"
+
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
+)
+
+// ShimInfo describes a shim process.
+type ShimInfo struct {
+	Pid       uint32
+	Group     string
+	Namespace string
+	Version   string
+	StartedAt time.Time
+	RSSKB     uint64
+	PSSKB     uint64
+	Tasks     uint32
+}
+
+// Info asks the shim about itself.
+func (s *Shim) Info(ctx context.Context) (ShimInfo, error) {
+	r, err := s.monitor.Info(ctx, &conmonapi.InfoRequest{})
+	if err != nil {
+		return ShimInfo{}, native("info", s.address, err)
+	}
+	return ShimInfo{
+		Pid: r.GetPid(), Group: r.GetGroup(), Namespace: r.GetNamespace(), Version: r.GetVersion(),
+		StartedAt: unixNano(r.GetStartedAt()), RSSKB: r.GetRssKb(), PSSKB: r.GetPssKb(), Tasks: r.GetTasks(),
+	}, nil
+}
+
+// TaskInfo is one task a shim serves.
+type TaskInfo struct {
+	ID         string
+	Namespace  string
+	Bundle     string
+	Pid        uint32
+	Status     Status
+	ExitStatus uint32
+	CreatedAt  time.Time
+	StartedAt  time.Time
+	ExitedAt   time.Time
+	Terminal   bool
+	Execs      uint32
+}
+
+// List returns every task the shim serves.
+func (s *Shim) List(ctx context.Context) ([]TaskInfo, error) {
+	r, err := s.monitor.List(ctx, &conmonapi.ListRequest{})
+	if err != nil {
+		return nil, native("list", s.address, err)
+	}
+	out := make([]TaskInfo, 0, len(r.GetTasks()))
+	for _, t := range r.GetTasks() {
+		out = append(out, TaskInfo{
+			ID: t.GetId(), Namespace: t.GetNamespace(), Bundle: t.GetBundle(), Pid: t.GetPid(),
+			Status: Status(t.GetStatus()), ExitStatus: t.GetExitStatus(),
+			CreatedAt: unixNano(t.GetCreatedAt()), StartedAt: unixNano(t.GetStartedAt()),
+			ExitedAt: unixNano(t.GetExitedAt()), Terminal: t.GetTerminal(), Execs: t.GetExecs(),
+		})
+	}
+	return out, nil
+}
+
+// Event is one event of a shim.
+type Event struct {
+	Time      time.Time
+	Namespace string
+	Topic     string // e.g. "/tasks/exit"
+	TypeURL   string // e.g. "containerd.events.TaskExit"
+	Value     []byte
+}
+
+// Decode returns the event's message (*events.TaskExit, ...).
+func (e Event) Decode() (any, error) {
+	return typeurl.UnmarshalByTypeURL(e.TypeURL, e.Value)
+}
+
+// Subscribe streams the shim's events from now on, keeping those whose
+// topic starts with one of topics (all when none). The events channel is
+// closed when ctx ends, the shim goes away or the stream fails; the error
+// channel then holds the reason (nil after ctx ended or the shim exited).
+func (s *Shim) Subscribe(ctx context.Context, topics ...string) (<-chan Event, <-chan error, error) {
+	stream, err := s.monitor.Subscribe(ctx, &conmonapi.SubscribeRequest{Topics: topics})
+	if err != nil {
+		return nil, nil, native("subscribe", s.address, err)
+	}
+	events := make(chan Event)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(events)
+		for {
+			env, err := stream.Recv()
+			if err != nil {
+				err = native("subscribe", s.address, err)
+				if errors.Is(err, io.EOF) || ctx.Err() != nil || errdefs.IsUnavailable(err) {
+					err = nil
+				}
+				errc <- err
+				return
+			}
+			ev := Event{
+				Time: unixNano(env.GetTimestamp()), Namespace: env.GetNamespace(), Topic: env.GetTopic(),
+				TypeURL: env.GetTypeUrl(), Value: env.GetValue(),
+			}
+			select {
+			case events <- ev:
+			case <-ctx.Done():
+				errc <- nil
+				return
+			}
+		}
+	}()
+	return events, errc, nil
+}
+
+func unixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
