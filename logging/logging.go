@@ -60,8 +60,14 @@ type Record struct {
 //
 // Write may be called concurrently with itself and with Reopen; a driver
 // serialises as it needs. Close is called once, after the last Write.
-// A Write error is counted and reported by the pipeline; it never stops the
-// container or the other drivers.
+// A Write error is counted and reported by the pipeline (the record counts
+// as lost for that driver); it never stops the container or the other
+// drivers. Write must not keep r or r.Line after it returns.
+//
+// A Pipeline writes all the records of one read with the same Time, in
+// order, then calls Flush on drivers that implement Flusher. Optional
+// capabilities, discovered by type assertion: Syncer, Flusher, Loser,
+// Readable.
 type Driver interface {
 	Write(r *Record) error
 	// Reopen reopens the driver's destination (a rotated or deleted file,
@@ -75,6 +81,43 @@ type Driver interface {
 // stable storage; the pipeline calls Sync before an exit is reported.
 type Syncer interface {
 	Sync() error
+}
+
+// Flusher is implemented by drivers that batch writes in memory. A Pipeline
+// calls Flush after it has written every record of one read, so that nothing
+// stays in memory while the container is idle. Flush may be called
+// concurrently with Write. A Flush error means the data is still held and
+// will be retried at the next Write or Flush; data the driver had to give up
+// is reported through Loser, not through errors.
+type Flusher interface {
+	Flush() error
+}
+
+// Loser is implemented by drivers that may give up data on their own after
+// Write returned nil (a retry buffer that overflowed on a full disk, a
+// network driver's bounded queue). Lost returns running totals; a Pipeline
+// adds them to its Stats under CauseWriteError.
+type Loser interface {
+	Lost() (lines, bytes uint64)
+}
+
+// Source names a log that ReadLogs can read back.
+type Source struct {
+	Path   string // the current file; rotated files are Path.1, Path.2, ... (maybe .gz)
+	Format string // FormatK8sFile or FormatJSONFile
+}
+
+// Formats understood by ReadLogs.
+const (
+	FormatK8sFile  = "k8s-file"
+	FormatJSONFile = "json-file"
+)
+
+// Readable is implemented by drivers whose output ReadLogs can read back
+// (k8s-file, json-file). A Pipeline that has none of them gets a local cache
+// (see Config.Cache) so that logs stay readable.
+type Readable interface {
+	LogSource() Source
 }
 
 // Info is what a driver constructor gets: the container's metadata and the

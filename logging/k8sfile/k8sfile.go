@@ -1,0 +1,140 @@
+// Package k8sfile is the k8s-file log driver: the CRI log format, written
+// byte for byte as conmon writes it,
+//
+//	2026-11-28T12:00:39.739370731+00:00 stdout F a full line
+//	2026-11-28T12:00:39.739948723+00:00 stdout P a piece without newline
+//
+// (local time with a numeric offset, never Z; one timestamp per read; F for
+// a segment that ended with a newline, P for the tail of a read, which
+// conmon terminates with a newline as well). On top of conmon it rotates
+// with kept files, survives a full disk, batches writes and never fsyncs on
+// the writer's time unless asked.
+//
+// Options (Info.Options): the common file options of package logging:
+// path (default <Info.Dir>/ctr.log), max-size, max-files, truncate,
+// compress, global-size-max, fsync, fsync-interval.
+package k8sfile
+
+import (
+	"context"
+	"time"
+
+	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/internal/logfile"
+)
+
+// Name is the driver's registry name.
+const Name = "k8s-file"
+
+// Options configure a Driver; see package logfile for each field.
+type Options = logfile.Options
+
+// Driver writes the CRI log format. Its methods are safe for concurrent use.
+type Driver struct {
+	file *logfile.File
+	ts   TimeCache // guarded by file's lock (Encode runs under it)
+}
+
+var (
+	_ logging.Driver   = (*Driver)(nil)
+	_ logging.Flusher  = (*Driver)(nil)
+	_ logging.Syncer   = (*Driver)(nil)
+	_ logging.Loser    = (*Driver)(nil)
+	_ logging.Readable = (*Driver)(nil)
+)
+
+// Factory is the registry's constructor.
+func Factory(_ context.Context, info logging.Info) (logging.Driver, error) {
+	o, err := logfile.FromInfo(Name, info, "ctr.log")
+	if err != nil {
+		return nil, err
+	}
+	return New(o)
+}
+
+// New opens the log file at o.Path for appending.
+func New(o Options) (*Driver, error) {
+	d := &Driver{ts: TimeCache{Loc: time.Local}}
+	f, err := logfile.Open(o, d)
+	if err != nil {
+		return nil, err
+	}
+	d.file = f
+	return d, nil
+}
+
+// Encode appends one CRI log line for r.
+func (d *Driver) Encode(dst []byte, r *logging.Record) []byte {
+	dst = d.ts.Append(dst, r.Time)
+	if r.Stream == logging.Stderr {
+		dst = append(dst, " stderr "...)
+	} else {
+		dst = append(dst, " stdout "...)
+	}
+	if r.Partial {
+		dst = append(dst, "P "...)
+	} else {
+		dst = append(dst, "F "...)
+	}
+	dst = append(dst, r.Line...)
+	return append(dst, '\n')
+}
+
+// Write implements logging.Driver.
+func (d *Driver) Write(r *logging.Record) error { return d.file.Append(r) }
+
+// Flush implements logging.Flusher.
+func (d *Driver) Flush() error { return d.file.Flush() }
+
+// Sync implements logging.Syncer.
+func (d *Driver) Sync() error { return d.file.Sync() }
+
+// Reopen implements logging.Driver.
+func (d *Driver) Reopen() error { return d.file.Reopen() }
+
+// Close implements logging.Driver.
+func (d *Driver) Close() error { return d.file.Close() }
+
+// Lost implements logging.Loser.
+func (d *Driver) Lost() (uint64, uint64) { return d.file.Lost() }
+
+// LogSource implements logging.Readable.
+func (d *Driver) LogSource() logging.Source {
+	return logging.Source{Path: d.file.Path(), Format: logging.FormatK8sFile}
+}
+
+// TimeCache formats conmon's timestamps, caching the text of the current
+// second: per line only the nine digits of nanoseconds are formatted.
+// Not safe for concurrent use.
+type TimeCache struct {
+	Loc    *time.Location // default time.Local
+	sec    int64
+	valid  bool
+	prefix []byte // "2006-01-02T15:04:05."
+	suffix []byte // "+07:00"
+}
+
+// Append appends t as conmon prints it: local time, nine fraction digits,
+// a numeric offset.
+func (c *TimeCache) Append(dst []byte, t time.Time) []byte {
+	sec := t.Unix()
+	if !c.valid || sec != c.sec {
+		loc := c.Loc
+		if loc == nil {
+			loc = time.Local
+		}
+		lt := t.In(loc)
+		c.prefix = lt.AppendFormat(c.prefix[:0], "2006-01-02T15:04:05.")
+		c.suffix = lt.AppendFormat(c.suffix[:0], "-07:00")
+		c.sec, c.valid = sec, true
+	}
+	dst = append(dst, c.prefix...)
+	ns := t.Nanosecond()
+	var digits [9]byte
+	for i := 8; i >= 0; i-- {
+		digits[i] = byte('0' + ns%10)
+		ns /= 10
+	}
+	dst = append(dst, digits[:]...)
+	return append(dst, c.suffix...)
+}

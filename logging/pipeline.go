@@ -1,0 +1,552 @@
+package logging
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// DefaultReadSize is the size of one read from a container's pipe, as in
+// conmon: a record is never longer than this.
+const DefaultReadSize = 8192
+
+// DefaultMaxBufferSize is the bound of the non-blocking mode's buffer, as in
+// Docker's mode=non-blocking.
+const DefaultMaxBufferSize = 1 << 20
+
+// Mode says what a Pipeline does when a driver is slower than the container.
+type Mode uint8
+
+const (
+	// Blocking writes each record to every driver from the reader goroutine:
+	// a stuck driver stops the reading, the pipe fills and the container
+	// blocks in write(2). Nothing is lost. This is conmon's behaviour and the
+	// default.
+	Blocking Mode = iota
+	// NonBlocking puts records in a buffer bounded by MaxBufferSize that one
+	// goroutine drains into the drivers. When the buffer is full the oldest
+	// records are dropped and counted (Stats.BufferFull): the container never
+	// waits for a driver.
+	NonBlocking
+)
+
+// String returns "blocking" or "non-blocking", the words of the configuration.
+func (m Mode) String() string {
+	if m == NonBlocking {
+		return "non-blocking"
+	}
+	return "blocking"
+}
+
+// RateLimit bounds what one container may log. A zero rate is unlimited.
+// Records over the limit are dropped and counted (Stats.RateLimited); when
+// records pass again (or at Close), one marker record says how many were
+// dropped (see MarkerPrefix).
+type RateLimit struct {
+	BytesPerSec float64
+	LinesPerSec float64
+	// Burst is how much of each rate can be spent at once: the token buckets
+	// hold Burst worth of their rate. Zero means one second.
+	Burst time.Duration
+}
+
+// Redaction replaces every match of Pattern in a record with Replacement
+// (which may use $1-style references, as regexp.Expand does).
+type Redaction struct {
+	Pattern     *regexp.Regexp
+	Replacement []byte
+}
+
+// MarkerPrefix starts the text of the records a Pipeline writes itself (the
+// rate limit marker), so that readers can tell them from container output.
+const MarkerPrefix = "conmon-v2: "
+
+// PipelineOptions configures a Pipeline. The zero value is conmon's
+// behaviour: blocking, 8192-byte reads, no filters, no limits.
+type PipelineOptions struct {
+	Mode          Mode
+	MaxBufferSize int // bytes buffered in NonBlocking mode; default DefaultMaxBufferSize
+	ReadSize      int // bytes per read; default DefaultReadSize
+	RateLimit     RateLimit
+	// Drop lists patterns: a record whose line matches any is not logged
+	// (Stats.Filtered). Patterns see one record at a time: a line longer
+	// than ReadSize, or split across reads, is matched piece by piece.
+	Drop []*regexp.Regexp
+	// Redact is applied in order to every record that is not dropped.
+	Redact []Redaction
+	// Tap, if set, is called in the reader goroutine with each chunk read,
+	// before filters and limits (the attach sockets of a monitor get the
+	// output even when the logs drop it). It must not keep chunk.
+	Tap func(s Stream, chunk []byte)
+	// Now returns the time stamped on records; default time.Now.
+	Now func() time.Time
+}
+
+// Counter counts records (a partial piece counts as one line) and bytes
+// (without the newline).
+type Counter struct {
+	Lines uint64
+	Bytes uint64
+}
+
+// Stats are a Pipeline's running totals.
+type Stats struct {
+	Read        Counter // cut from the container's output
+	Written     Counter // handed to the drivers (after filters and drops)
+	Filtered    Counter // dropped by a Drop pattern
+	Redacted    uint64  // records changed by a Redaction
+	RateLimited Counter // dropped by the rate limit
+	BufferFull  Counter // dropped, oldest first, by the non-blocking buffer
+	// WriteError counts records that a driver failed to write plus what
+	// drivers reported lost (Loser), summed over drivers.
+	WriteError Counter
+	Markers    uint64 // marker records the pipeline wrote
+	ReadErrors uint64 // reads that failed with an error other than EOF
+	Drivers    []DriverStats
+}
+
+// DriverStats are one driver's totals.
+type DriverStats struct {
+	Name      string
+	Written   Counter // records the driver accepted
+	Errors    Counter // records whose Write failed
+	Lost      Counter // what the driver reported lost after accepting it
+	LastError string  // the last Write, Flush, Reopen or Sync error, if any
+}
+
+type counter struct{ lines, bytes atomic.Uint64 }
+
+func (c *counter) add(n int) {
+	c.lines.Add(1)
+	c.bytes.Add(uint64(n))
+}
+
+func (c *counter) get() Counter { return Counter{Lines: c.lines.Load(), Bytes: c.bytes.Load()} }
+
+type driverState struct {
+	d       Driver
+	name    string
+	flusher Flusher
+	written counter
+	errors  counter
+	lastErr atomic.Pointer[string]
+}
+
+func (ds *driverState) fail(err error) {
+	s := err.Error()
+	ds.lastErr.Store(&s)
+}
+
+// Pipeline reads a container's output streams, cuts them into Records and
+// fans each record out to every driver. One failing driver never silences
+// the others: its errors are counted and the other drivers still get the
+// record.
+//
+// Lines are cut on '\n' as conmon does: what one read returns is emitted at
+// once, a segment ending in '\n' as a full record and the tail after the
+// last newline as a Partial record; the reader never holds bytes back
+// waiting for a newline (interactive prompts show at once, and the k8s-file
+// output is byte-compatible with conmon's). All records of one read share
+// one timestamp.
+//
+// The Pipeline owns its reader goroutines (ReadFrom) and, in NonBlocking
+// mode, one writer goroutine; Close stops them all.
+type Pipeline struct {
+	meta    Metadata
+	drivers []*driverState
+	opts    PipelineOptions
+	now     func() time.Time
+	limit   *limiter
+	queue   *queue // NonBlocking only
+
+	readers   sync.WaitGroup
+	writerWG  sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool
+
+	bufPool sync.Pool // *[]byte of opts.ReadSize
+
+	read, written, filtered, limited, full counter
+	redacted, markers, readErrors          atomic.Uint64
+}
+
+// NewPipeline returns a Pipeline writing to drivers. The Pipeline owns the
+// drivers from now on: Close closes them. opts is validated by the caller
+// (Config.Validate); out-of-range sizes fall back to their defaults.
+func NewPipeline(meta Metadata, drivers []Driver, opts PipelineOptions) *Pipeline {
+	if opts.ReadSize <= 0 {
+		opts.ReadSize = DefaultReadSize
+	}
+	if opts.MaxBufferSize <= 0 {
+		opts.MaxBufferSize = DefaultMaxBufferSize
+	}
+	if opts.MaxBufferSize < opts.ReadSize {
+		opts.MaxBufferSize = opts.ReadSize
+	}
+	p := &Pipeline{meta: meta, opts: opts, now: opts.Now}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	for _, d := range drivers {
+		ds := &driverState{d: d, name: DriverName(d)}
+		ds.flusher, _ = Unwrap(d).(Flusher)
+		p.drivers = append(p.drivers, ds)
+	}
+	if opts.RateLimit.BytesPerSec > 0 || opts.RateLimit.LinesPerSec > 0 {
+		p.limit = newLimiter(opts.RateLimit)
+	}
+	size := opts.ReadSize
+	p.bufPool.New = func() any { b := make([]byte, size); return &b }
+	if opts.Mode == NonBlocking {
+		p.queue = newQueue(opts.MaxBufferSize)
+		p.writerWG.Add(1)
+		go func() {
+			defer p.writerWG.Done()
+			p.drain()
+		}()
+	}
+	return p
+}
+
+// Metadata returns the container metadata stamped on every record.
+func (p *Pipeline) Metadata() *Metadata { return &p.meta }
+
+// Source returns the log of the first driver that ReadLogs can read back.
+func (p *Pipeline) Source() (Source, bool) {
+	for _, ds := range p.drivers {
+		if r, ok := Unwrap(ds.d).(Readable); ok {
+			return r.LogSource(), true
+		}
+	}
+	return Source{}, false
+}
+
+// ReadFrom starts a goroutine, owned by p, that reads r until EOF (or any
+// other error) and logs what it reads as stream s. The caller closes r's
+// write side (the container's end of the pipe) when the container is gone,
+// so that Close can return. ReadFrom must not be called after Close.
+func (p *Pipeline) ReadFrom(s Stream, r io.Reader) {
+	if p.closed.Load() {
+		return
+	}
+	p.readers.Add(1)
+	go func() {
+		defer p.readers.Done()
+		p.readLoop(s, r)
+	}()
+}
+
+// readState is one reader's reusable record, so that passing it to drivers
+// allocates nothing per line.
+type readState struct {
+	rec Record
+}
+
+func (p *Pipeline) readLoop(s Stream, r io.Reader) {
+	bp := p.bufPool.Get().(*[]byte)
+	defer p.bufPool.Put(bp)
+	buf := *bp
+	st := &readState{}
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			p.writeChunk(s, buf[:n], st)
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !isClosedPTY(err) {
+				p.readErrors.Add(1)
+			}
+			return
+		}
+	}
+}
+
+// isClosedPTY reports the EIO a terminal master returns once the slave side
+// is closed: the end of a tty container's output, not an error.
+func isClosedPTY(err error) bool { return errors.Is(err, syscall.EIO) }
+
+// WriteChunk logs chunk as one read of stream s: it is cut into records
+// stamped with one time and written as ReadFrom would. It is for front ends
+// that read a stream themselves. It may be called concurrently with itself
+// and with the readers, but not after Close. p does not keep chunk.
+func (p *Pipeline) WriteChunk(s Stream, chunk []byte) { p.writeChunk(s, chunk, &readState{}) }
+
+func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
+	if p.opts.Tap != nil {
+		p.opts.Tap(s, chunk)
+	}
+	now := p.now()
+	rec := &st.rec
+	for len(chunk) > 0 {
+		var line []byte
+		partial := false
+		if i := bytes.IndexByte(chunk, '\n'); i >= 0 {
+			line, chunk = chunk[:i], chunk[i+1:]
+		} else {
+			line, chunk, partial = chunk, nil, true
+		}
+		*rec = Record{Time: now, Stream: s, Line: line, Partial: partial, Meta: &p.meta}
+		p.read.add(len(line))
+		p.handle(rec)
+	}
+	p.flush()
+}
+
+// handle applies filters and the rate limit, then delivers rec.
+func (p *Pipeline) handle(rec *Record) {
+	for _, re := range p.opts.Drop {
+		if re.Match(rec.Line) {
+			p.filtered.add(len(rec.Line))
+			return
+		}
+	}
+	if len(p.opts.Redact) > 0 {
+		changed := false
+		line := rec.Line
+		for _, rd := range p.opts.Redact {
+			if rd.Pattern.Match(line) {
+				line = rd.Pattern.ReplaceAll(line, rd.Replacement)
+				changed = true
+			}
+		}
+		if changed {
+			rec.Line = line
+			p.redacted.Add(1)
+		}
+	}
+	if p.limit != nil {
+		ok, ml, mb := p.limit.allow(rec.Time, rec.Stream, len(rec.Line))
+		if !ok {
+			p.limited.add(len(rec.Line))
+			return
+		}
+		if ml > 0 {
+			p.marker(rec.Time, rec.Stream, ml, mb)
+		}
+	}
+	p.deliver(rec)
+}
+
+// marker delivers the record that tells the log how much the rate limit
+// dropped.
+func (p *Pipeline) marker(t time.Time, s Stream, lines, nbytes uint64) {
+	var b []byte
+	b = append(b, MarkerPrefix...)
+	b = append(b, "rate limit: dropped "...)
+	b = strconv.AppendUint(b, lines, 10)
+	b = append(b, " lines ("...)
+	b = strconv.AppendUint(b, nbytes, 10)
+	b = append(b, " bytes)"...)
+	m := Record{Time: t, Stream: s, Line: b, Meta: &p.meta}
+	p.markers.Add(1)
+	p.deliver(&m)
+}
+
+func (p *Pipeline) deliver(rec *Record) {
+	p.written.add(len(rec.Line))
+	if p.queue != nil {
+		p.enqueue(rec)
+		return
+	}
+	p.fanout(rec)
+}
+
+func (p *Pipeline) fanout(rec *Record) {
+	for _, ds := range p.drivers {
+		if err := ds.d.Write(rec); err != nil {
+			ds.errors.add(len(rec.Line))
+			ds.fail(err)
+			continue
+		}
+		ds.written.add(len(rec.Line))
+	}
+}
+
+// flush ends one read's batch: in blocking mode the drivers flush now; in
+// non-blocking mode the writer goroutine flushes when it runs dry.
+func (p *Pipeline) flush() {
+	if p.queue != nil {
+		return
+	}
+	p.flushDrivers()
+}
+
+func (p *Pipeline) flushDrivers() error {
+	var errs []error
+	for _, ds := range p.drivers {
+		if ds.flusher == nil {
+			continue
+		}
+		if err := ds.flusher.Flush(); err != nil {
+			ds.fail(err)
+			errs = append(errs, fmt.Errorf("log driver %s: flush: %w", ds.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Reopen asks every driver to reopen its destination (kubelet's
+// ReopenContainerLog, conmon's ctl message 2). Errors are joined; a driver
+// that fails keeps working with what it has.
+func (p *Pipeline) Reopen() error {
+	var errs []error
+	for _, ds := range p.drivers {
+		if err := ds.d.Reopen(); err != nil {
+			ds.fail(err)
+			errs = append(errs, fmt.Errorf("log driver %s: reopen: %w", ds.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close waits until every reader started by ReadFrom has reached EOF, writes
+// what is buffered and the last rate-limit marker, then flushes, syncs
+// (Syncer) and closes every driver. Errors are joined. Close is idempotent;
+// later calls return the first result.
+func (p *Pipeline) Close() error {
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		p.readers.Wait()
+		if p.limit != nil {
+			if s, lines, nbytes := p.limit.pending(); lines > 0 {
+				p.marker(p.now(), s, lines, nbytes)
+			}
+		}
+		if p.queue != nil {
+			p.queue.close()
+			p.writerWG.Wait()
+		}
+		var errs []error
+		if err := p.flushDrivers(); err != nil {
+			errs = append(errs, err)
+		}
+		for _, ds := range p.drivers {
+			if s, ok := Unwrap(ds.d).(Syncer); ok {
+				if err := s.Sync(); err != nil {
+					ds.fail(err)
+					errs = append(errs, fmt.Errorf("log driver %s: sync: %w", ds.name, err))
+				}
+			}
+		}
+		for _, ds := range p.drivers {
+			if err := ds.d.Close(); err != nil {
+				ds.fail(err)
+				errs = append(errs, fmt.Errorf("log driver %s: close: %w", ds.name, err))
+			}
+		}
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
+}
+
+// Stats returns the running totals. It may be called at any time, also
+// after Close.
+func (p *Pipeline) Stats() Stats {
+	st := Stats{
+		Read:        p.read.get(),
+		Written:     p.written.get(),
+		Filtered:    p.filtered.get(),
+		Redacted:    p.redacted.Load(),
+		RateLimited: p.limited.get(),
+		BufferFull:  p.full.get(),
+		Markers:     p.markers.Load(),
+		ReadErrors:  p.readErrors.Load(),
+	}
+	for _, ds := range p.drivers {
+		d := DriverStats{Name: ds.name, Written: ds.written.get(), Errors: ds.errors.get()}
+		if l, ok := Unwrap(ds.d).(Loser); ok {
+			d.Lost.Lines, d.Lost.Bytes = l.Lost()
+		}
+		if s := ds.lastErr.Load(); s != nil {
+			d.LastError = *s
+		}
+		st.WriteError.Lines += d.Errors.Lines + d.Lost.Lines
+		st.WriteError.Bytes += d.Errors.Bytes + d.Lost.Bytes
+		st.Drivers = append(st.Drivers, d)
+	}
+	return st
+}
+
+// limiter is two token buckets (bytes and lines) shared by a container's
+// streams. It also counts what it dropped since the last marker.
+type limiter struct {
+	mu                   sync.Mutex
+	bRate, lRate         float64
+	bCap, lCap           float64
+	bTok, lTok           float64
+	last                 time.Time
+	dropLines, dropBytes uint64
+	dropStream           Stream
+}
+
+func newLimiter(rl RateLimit) *limiter {
+	burst := rl.Burst
+	if burst <= 0 {
+		burst = time.Second
+	}
+	l := &limiter{bRate: rl.BytesPerSec, lRate: rl.LinesPerSec}
+	l.bCap = l.bRate * burst.Seconds()
+	l.lCap = l.lRate * burst.Seconds()
+	if l.lRate > 0 && l.lCap < 1 {
+		l.lCap = 1
+	}
+	l.bTok, l.lTok = l.bCap, l.lCap
+	return l
+}
+
+// allow takes n bytes and one line from the buckets at time now. It reports
+// whether the record may pass and, if it may and records were dropped
+// before it, how many (for the marker).
+func (l *limiter) allow(now time.Time, s Stream, n int) (bool, uint64, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() {
+		if dt := now.Sub(l.last).Seconds(); dt > 0 {
+			l.bTok = min(l.bCap, l.bTok+dt*l.bRate)
+			l.lTok = min(l.lCap, l.lTok+dt*l.lRate)
+		}
+	}
+	if l.last.IsZero() || now.After(l.last) {
+		l.last = now
+	}
+	// A record larger than the whole bucket passes when the bucket is full
+	// and leaves it in debt, so that a small rate never blocks a line forever.
+	okB := l.bRate == 0 || l.bTok >= min(float64(n), l.bCap)
+	okL := l.lRate == 0 || l.lTok >= 1
+	if !okB || !okL {
+		l.dropLines++
+		l.dropBytes += uint64(n)
+		l.dropStream = s
+		return false, 0, 0
+	}
+	if l.bRate > 0 {
+		l.bTok -= float64(n)
+	}
+	if l.lRate > 0 {
+		l.lTok--
+	}
+	ml, mb := l.dropLines, l.dropBytes
+	l.dropLines, l.dropBytes = 0, 0
+	return true, ml, mb
+}
+
+// pending returns and clears what was dropped since the last marker.
+func (l *limiter) pending() (Stream, uint64, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ml, mb := l.dropLines, l.dropBytes
+	l.dropLines, l.dropBytes = 0, 0
+	s := l.dropStream
+	if s == 0 {
+		s = Stderr
+	}
+	return s, ml, mb
+}

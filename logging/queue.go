@@ -1,0 +1,104 @@
+package logging
+
+import "sync"
+
+// queue is the non-blocking mode's buffer: records copied out of the read
+// buffer, bounded in bytes, oldest dropped first. One writer goroutine
+// (Pipeline.drain) empties it.
+type queue struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	items  []qitem // FIFO; head is items[0]
+	spare  []qitem // the writer's previous batch, reused
+	bytes  int
+	max    int
+	closed bool
+	pool   sync.Pool // *[]byte
+}
+
+type qitem struct {
+	rec Record
+	buf *[]byte
+}
+
+func newQueue(max int) *queue {
+	q := &queue{max: max}
+	q.cond.L = &q.mu
+	q.pool.New = func() any { b := make([]byte, 0, 256); return &b }
+	return q
+}
+
+func (q *queue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// enqueue copies rec into the buffer, dropping the oldest records (counted
+// in Stats.BufferFull) until it fits.
+func (p *Pipeline) enqueue(rec *Record) {
+	q := p.queue
+	bp := q.pool.Get().(*[]byte)
+	*bp = append((*bp)[:0], rec.Line...)
+	it := qitem{rec: *rec, buf: bp}
+	it.rec.Line = *bp
+	n := len(rec.Line)
+	q.mu.Lock()
+	dropped := 0
+	for len(q.items) > 0 && q.bytes+n > q.max {
+		old := q.items[dropped]
+		q.bytes -= len(old.rec.Line)
+		p.full.add(len(old.rec.Line))
+		// The writer counted it as written when it was delivered; it was not.
+		p.written.lines.Add(^uint64(0))
+		p.written.bytes.Add(^uint64(len(old.rec.Line) - 1))
+		q.pool.Put(old.buf)
+		q.items[dropped] = qitem{}
+		dropped++
+		if dropped == len(q.items) {
+			break
+		}
+	}
+	if dropped > 0 {
+		q.items = append(q.items[:0], q.items[dropped:]...)
+	}
+	q.items = append(q.items, it)
+	q.bytes += n
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+// drain is the writer goroutine: it takes everything queued, writes it to
+// the drivers, flushes them when the queue runs dry, and returns once the
+// queue is closed and empty.
+func (p *Pipeline) drain() {
+	q := p.queue
+	for {
+		q.mu.Lock()
+		for len(q.items) == 0 && !q.closed {
+			q.cond.Wait()
+		}
+		if len(q.items) == 0 && q.closed {
+			q.mu.Unlock()
+			return
+		}
+		batch := q.items
+		q.items = q.spare[:0]
+		q.bytes = 0
+		q.mu.Unlock()
+
+		for i := range batch {
+			p.fanout(&batch[i].rec)
+			q.pool.Put(batch[i].buf)
+			batch[i] = qitem{}
+		}
+		q.mu.Lock()
+		q.spare = batch[:0]
+		empty := len(q.items) == 0
+		q.mu.Unlock()
+		if empty {
+			p.flushDrivers()
+		}
+	}
+}
