@@ -1,0 +1,117 @@
+package shim
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// socketPathLimit is the longest socket path accepted: sun_path holds 108
+// bytes including the terminating NUL, and containerd keeps to 106.
+const socketPathLimit = 106
+
+// AddressFile is the file in the bundle that holds the daemon's address.
+// containerd 1.6 and CRI-O read it to reconnect after they restart.
+const AddressFile = "address"
+
+// GroupKey returns the key of the daemon that serves a container. In
+// GroupNamespace mode it is empty (one daemon per namespace). Otherwise it
+// is the sandbox-id annotation of the bundle's config.json in GroupPod mode,
+// else the container id.
+func GroupKey(c Config, id string, annotations map[string]string) string {
+	switch c.Grouping {
+	case GroupNamespace:
+		return ""
+	case GroupPod:
+		if g := annotations[SandboxIDAnnotation]; g != "" {
+			return g
+		}
+	}
+	return id
+}
+
+// ReadAnnotations returns the annotations of the OCI spec in bundle.
+func ReadAnnotations(bundle string) (map[string]string, error) {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read OCI spec of bundle: %w", err)
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("parse %s: %v: %w", filepath.Join(bundle, "config.json"), err, errdefs.ErrInvalidArgument)
+	}
+	return spec.Annotations, nil
+}
+
+// SocketPath returns the path of the daemon socket of a group: a name
+// derived from containerd's address, the namespace and the group key, so
+// that two containerd instances (or CRI-O, whose address is empty) never
+// share a daemon, in dir.
+func SocketPath(dir, containerdAddress, namespace, group string) (string, error) {
+	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, namespace, group)))
+	p := filepath.Join(dir, hex.EncodeToString(sum[:]))
+	if len(p) > socketPathLimit {
+		return "", fmt.Errorf("socket path %q is %d bytes, the limit is %d: choose a shorter socket_dir: %w",
+			p, len(p), socketPathLimit, errdefs.ErrInvalidArgument)
+	}
+	return p, nil
+}
+
+// Address returns the address form of a socket path.
+func Address(socketPath string) string { return "unix://" + socketPath }
+
+// SocketFromAddress strips the unix:// scheme of an address.
+func SocketFromAddress(addr string) (string, error) {
+	p, ok := strings.CutPrefix(addr, "unix://")
+	if !ok || !filepath.IsAbs(p) {
+		return "", fmt.Errorf("shim address %q: want unix:///absolute/path: %w", addr, errdefs.ErrInvalidArgument)
+	}
+	return p, nil
+}
+
+// canConnect reports whether a daemon answers on the socket.
+func canConnect(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// WriteFileAtomic writes data to path through a temporary file and a
+// rename, so a reader sees the old or the new content, never a part.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	name := tmp.Name()
+	defer os.Remove(name) // fails harmlessly after the rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(name, path)
+}

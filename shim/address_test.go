@@ -1,0 +1,132 @@
+package shim
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestGroupKey(t *testing.T) {
+	pod := map[string]string{SandboxIDAnnotation: "pod1"}
+	tests := []struct {
+		grouping    string
+		annotations map[string]string
+		want        string
+	}{
+		{GroupPod, pod, "pod1"},
+		{GroupPod, nil, "c1"},
+		{GroupPod, map[string]string{SandboxIDAnnotation: ""}, "c1"},
+		{GroupContainer, pod, "c1"},
+		{GroupNamespace, pod, ""},
+		{GroupNamespace, nil, ""},
+	}
+	for _, tt := range tests {
+		c := DefaultConfig()
+		c.Grouping = tt.grouping
+		if got := GroupKey(c, "c1", tt.annotations); got != tt.want {
+			t.Errorf("GroupKey(%s, %v) = %q, want %q", tt.grouping, tt.annotations, got, tt.want)
+		}
+	}
+}
+
+func TestSocketPath(t *testing.T) {
+	hash := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
+	tests := []struct {
+		dir, addr, ns, group string
+		want                 string
+	}{
+		// The captured containerd runc shim derives the same name from the
+		// same inputs (shimv2.md §2.2).
+		{"/run/conmon-v2/s", "/w/containerd.sock", "default", "c1", "/run/conmon-v2/s/" + hash("/w/containerd.sock/default/c1")},
+		{"/run/conmon-v2/s", "/w/containerd.sock", "default", "pod1", "/run/conmon-v2/s/" + hash("/w/containerd.sock/default/pod1")},
+		// CRI-O: empty containerd address.
+		{"/run/conmon-v2/s", "", "default", "c1", "/run/conmon-v2/s/" + hash("default/c1")},
+		// Dense mode: empty group.
+		{"/run/conmon-v2/s", "/w/c.sock", "k8s.io", "", "/run/conmon-v2/s/" + hash("/w/c.sock/k8s.io")},
+	}
+	for _, tt := range tests {
+		got, err := SocketPath(tt.dir, tt.addr, tt.ns, tt.group)
+		if err != nil || got != tt.want {
+			t.Errorf("SocketPath(%q,%q,%q,%q) = %q, %v; want %q", tt.dir, tt.addr, tt.ns, tt.group, got, err, tt.want)
+		}
+	}
+	if hash("/w/containerd.sock/default/c1") == hash("/w2/containerd.sock/default/c1") {
+		t.Fatal("two containerd instances share a socket")
+	}
+	if _, err := SocketPath("/"+strings.Repeat("d", 41), "", "ns", "g"); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("107-byte socket path: %v, want InvalidArgument", err)
+	}
+	if p, err := SocketPath("/"+strings.Repeat("d", 40), "", "ns", "g"); err != nil || len(p) != 106 {
+		t.Fatalf("106-byte socket path: %q %v", p, err)
+	}
+}
+
+func TestSocketFromAddress(t *testing.T) {
+	if p, err := SocketFromAddress("unix:///run/x/s"); err != nil || p != "/run/x/s" {
+		t.Fatalf("got %q %v", p, err)
+	}
+	for _, bad := range []string{"/run/x", "unix://rel", "vsock://3:4", ""} {
+		if _, err := SocketFromAddress(bad); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("SocketFromAddress(%q) = %v, want InvalidArgument", bad, err)
+		}
+	}
+}
+
+func TestListenGroup(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	sock := filepath.Join(dir, "g")
+	l, err := listenGroup(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("socket dir mode %v %v, want 0700", st.Mode(), err)
+	}
+	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v %v, want 0600", st.Mode(), err)
+	}
+	// A live listener: the group is served.
+	if _, err := listenGroup(sock); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("second listen: %v, want AlreadyExists", err)
+	}
+	// The daemon died without removing its socket: replaced.
+	l.Close()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("closing the start-side listener removed the socket: %v", err)
+	}
+	l2, err := listenGroup(sock)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	defer l2.Close()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "address")
+	for _, content := range []string{"unix:///a", "unix:///bb"} {
+		if err := WriteFileAtomic(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil || string(got) != content {
+			t.Fatalf("got %q %v, want %q", got, err, content)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}

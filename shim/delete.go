@@ -1,0 +1,149 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// deleteExitStatus is what `delete` reports: the container was (or is now)
+// killed with SIGKILL, and its real status died with its daemon.
+const deleteExitStatus = 128 + int(unix.SIGKILL)
+
+// DeleteEnv is what the delete action needs from its process.
+type DeleteEnv struct {
+	Stdout io.Writer
+	Stderr io.Writer // warnings; containerd logs them as "cleanup warnings"
+}
+
+// Delete runs the delete action, which containerd calls when it has lost
+// the daemon of a container (and, in 1.6, after every closed connection).
+// It removes what is left of that one container: the runtime's container
+// (killed if running), the rootfs mount in the bundle, and the socket of a
+// group whose daemon is gone. It never touches a daemon that still
+// answers, nor other containers. It is idempotent and prints a
+// DeleteResponse.
+func Delete(ctx context.Context, f Flags, env DeleteEnv) error {
+	if err := f.ValidateIdentity(); err != nil {
+		return err
+	}
+	bundle, err := bundleDir(f)
+	if err != nil {
+		return err
+	}
+	cfg, err := deleteConfig(bundle, f.Config)
+	if err != nil {
+		return err
+	}
+	warn := func(format string, args ...any) { fmt.Fprintf(env.Stderr, format+"\n", args...) }
+
+	root := filepath.Join(cfg.RuntimeRoot, f.Namespace)
+	pid := readPidFile(filepath.Join(bundle, "init.pid"))
+	if err := runtimeDelete(ctx, cfg.Runtime, root, f.ID); err != nil {
+		warn("%v", err)
+	}
+	if err := unmountAll(filepath.Join(bundle, "rootfs")); err != nil {
+		warn("%v", err)
+	}
+	removeStaleSocket(bundle)
+
+	resp := &taskv2.DeleteResponse{
+		Pid:        uint32(pid),
+		ExitStatus: uint32(deleteExitStatus),
+		ExitedAt:   timestamppb.Now(),
+	}
+	b, err := proto.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	_, err = env.Stdout.Write(b)
+	return err
+}
+
+// deleteConfig reads the configuration start saved in the bundle, else the
+// configuration file.
+func deleteConfig(bundle, flagPath string) (Config, error) {
+	p := filepath.Join(bundle, ConfigFile)
+	data, err := os.ReadFile(p)
+	if err == nil {
+		return ParseConfig(p, data)
+	}
+	if !os.IsNotExist(err) {
+		return Config{}, fmt.Errorf("delete: %w", err)
+	}
+	return ResolveConfig(nil, flagPath)
+}
+
+func readPidFile(path string) int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	var pid int
+	fmt.Sscanf(strings.TrimSpace(string(data)), "%d", &pid)
+	return pid
+}
+
+// runtimeDelete runs `<runtime> --root root delete --force id`; a container
+// the runtime does not know is not an error.
+func runtimeDelete(ctx context.Context, runtime, root, id string) error {
+	if _, err := os.Stat(filepath.Join(root, id)); errors.Is(err, os.ErrNotExist) {
+		return nil // runc keeps a directory per container; none, nothing to do
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, runtime, "--root", root, "delete", "--force", id).CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if strings.Contains(msg, "does not exist") || strings.Contains(msg, "not exist") {
+			return nil
+		}
+		return fmt.Errorf("%s delete --force %s: %v: %s", runtime, id, err, msg)
+	}
+	return nil
+}
+
+// unmountAll removes every mount stacked on target.
+func unmountAll(target string) error {
+	for range 64 {
+		err := unix.Unmount(target, unix.MNT_DETACH)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil // not a mount point (any more)
+		}
+		if err != nil {
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	}
+	return fmt.Errorf("unmount %s: still mounted after 64 unmounts: %w", target, errdefs.ErrFailedPrecondition)
+}
+
+// removeStaleSocket removes the socket named by the bundle's address file
+// when no daemon answers on it any more.
+func removeStaleSocket(bundle string) {
+	data, err := os.ReadFile(filepath.Join(bundle, AddressFile))
+	if err != nil {
+		return
+	}
+	sock, err := SocketFromAddress(strings.TrimSpace(string(data)))
+	if err != nil {
+		return
+	}
+	if st, err := os.Lstat(sock); err != nil || st.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	if !canConnect(sock) {
+		os.Remove(sock)
+	}
+}

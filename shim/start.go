@@ -1,0 +1,259 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// ConfigFile is the copy of the resolved configuration that `start` leaves
+// in the bundle, so a later `delete` (which gets no runtime options) cleans
+// up with the same runtime root.
+const ConfigFile = "conmon-v2-shim.toml"
+
+// Environment of the daemon, set by `start`.
+const (
+	// ReadyFDEnv names the fd on which the daemon reports that it serves
+	// ("ok") or why it could not start.
+	ReadyFDEnv = "CONMON_V2_SHIM_READY_FD"
+	// TTRPCAddressEnv is containerd's ttrpc socket, where events go.
+	TTRPCAddressEnv = "TTRPC_ADDRESS"
+)
+
+// listenerFD is where the daemon finds its listening socket.
+const listenerFD = 3
+
+// daemonReadyTimeout bounds how long start waits for the daemon to serve.
+const daemonReadyTimeout = 10 * time.Second
+
+// StartEnv is what the start action needs from its process.
+type StartEnv struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	// Self is the shim executable re-run as daemon (os.Executable()).
+	Self string
+	// Getenv reads the environment (os.Getenv).
+	Getenv func(string) string
+}
+
+// Start runs the start action: it finds the daemon that serves the
+// container's group or spawns one, writes <bundle>/address and prints the
+// address (nothing else) to env.Stdout. containerd reads stdout and stderr
+// through the same pipe, so nothing may go to stderr on success.
+func Start(ctx context.Context, f Flags, env StartEnv) error {
+	if err := f.ValidateIdentity(); err != nil {
+		return err
+	}
+	data, err := io.ReadAll(env.Stdin)
+	if err != nil {
+		return fmt.Errorf("start: read stdin: %w", err)
+	}
+	in, err := DecodeStartInput(data, f.ID, f.Namespace)
+	if err != nil {
+		return err
+	}
+	cfg, err := ResolveConfig(in.Options, f.Config)
+	if err != nil {
+		return err
+	}
+	bundle, err := bundleDir(f)
+	if err != nil {
+		return err
+	}
+	annotations, err := ReadAnnotations(bundle)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	socketDir := cfg.SocketDir
+	if in.SocketDir != "" {
+		socketDir = in.SocketDir
+	}
+	sock, err := SocketPath(socketDir, f.Address, f.Namespace, GroupKey(cfg, f.ID, annotations))
+	if err != nil {
+		return err
+	}
+	addr := Address(sock)
+	if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), cfg.Encode(), 0o600); err != nil {
+		return fmt.Errorf("start: save shim config in bundle: %w", err)
+	}
+
+	l, err := listenGroup(sock)
+	if errors.Is(err, errdefs.ErrAlreadyExists) {
+		// A live daemon serves the group: hand out its address.
+		if err := WriteFileAtomic(filepath.Join(bundle, AddressFile), []byte(addr), 0o600); err != nil {
+			return fmt.Errorf("start: write address file: %w", err)
+		}
+		_, err = io.WriteString(env.Stdout, addr)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := spawnDaemon(ctx, f, cfg, in, bundle, l, env); err != nil {
+		os.Remove(sock)
+		return err
+	}
+	if err := WriteFileAtomic(filepath.Join(bundle, AddressFile), []byte(addr), 0o600); err != nil {
+		return fmt.Errorf("start: write address file: %w", err)
+	}
+	_, err = io.WriteString(env.Stdout, addr)
+	return err
+}
+
+func bundleDir(f Flags) (string, error) {
+	if f.Bundle != "" {
+		if !filepath.IsAbs(f.Bundle) {
+			return "", fmt.Errorf("bundle %q must be an absolute path: %w", f.Bundle, errdefs.ErrInvalidArgument)
+		}
+		return f.Bundle, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("bundle: working directory: %w", err)
+	}
+	return wd, nil
+}
+
+// listenGroup binds the group's socket. It returns an AlreadyExists error
+// when a daemon already listens there, and replaces a stale socket file
+// (left by a daemon that died).
+func listenGroup(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	for attempt := 0; ; attempt++ {
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err == nil {
+			// The daemon, not this process, removes the socket.
+			l.SetUnlinkOnClose(false)
+			if err := os.Chmod(path, 0o600); err != nil {
+				l.Close()
+				os.Remove(path)
+				return nil, fmt.Errorf("socket %s: %w", path, err)
+			}
+			return l, nil
+		}
+		if !errors.Is(err, unix.EADDRINUSE) || attempt > 0 {
+			return nil, fmt.Errorf("listen on %s: %w", path, err)
+		}
+		if canConnect(path) {
+			return nil, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
+		}
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+}
+
+// spawnDaemon re-executes the shim without an action, in its own process
+// group, with the listener as fd 3 and a pipe as fd 4 on which the daemon
+// reports readiness. Its stdin and stdout are /dev/null; its stderr is the
+// bundle's log FIFO when containerd made one (containerd copies it to its
+// own log), else /dev/null.
+func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, bundle string, l *net.UnixListener, env StartEnv) error {
+	lf, err := l.File()
+	if err != nil {
+		return fmt.Errorf("start: listener fd: %w", err)
+	}
+	defer lf.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	defer readyR.Close()
+	defer readyW.Close()
+
+	args := []string{"-namespace", f.Namespace, "-id", f.ID, "-address", f.Address}
+	if f.PublishBinary != "" {
+		args = append(args, "-publish-binary", f.PublishBinary)
+	}
+	if f.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(env.Self, args...)
+	cmd.Dir = "/" // do not keep the bundle busy: it is removed while the daemon may serve others
+	cmd.Env = daemonEnv(os.Environ(), cfg, in)
+	cmd.ExtraFiles = []*os.File{lf, readyW} // fds 3 and 4
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if logf := openLogFifo(filepath.Join(bundle, "log")); logf != nil {
+		defer logf.Close()
+		cmd.Stderr = logf
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start: spawn daemon: %w", err)
+	}
+	readyW.Close()
+	// The daemon outlives this process; it is reaped by whoever inherits it.
+	_ = cmd.Process.Release()
+
+	msg := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(readyR, 64<<10))
+		msg <- string(b)
+	}()
+	select {
+	case m := <-msg:
+		if m != "ok" {
+			if m == "" {
+				m = "daemon exited before serving"
+			}
+			return fmt.Errorf("start: shim daemon: %s: %w", strings.TrimSpace(m), errdefs.ErrUnavailable)
+		}
+		return nil
+	case <-time.After(daemonReadyTimeout):
+		return fmt.Errorf("start: shim daemon did not report ready within %s: %w", daemonReadyTimeout, errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func daemonEnv(base []string, cfg Config, in StartInput) []string {
+	env := make([]string, 0, len(base)+3)
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == ConfigEnv || k == ReadyFDEnv || (in.TTRPCAddress != "" && k == TTRPCAddressEnv) {
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, ConfigEnv+"="+string(cfg.Encode()), ReadyFDEnv+"=4")
+	if in.TTRPCAddress != "" {
+		env = append(env, TTRPCAddressEnv+"="+in.TTRPCAddress)
+	}
+	return env
+}
+
+// openLogFifo opens the bundle's log FIFO for writing, or returns nil when
+// there is none or nobody reads it (the open would fail with ENXIO).
+func openLogFifo(path string) *os.File {
+	st, err := os.Stat(path)
+	if err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		return nil
+	}
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	// Blocking from here on: the daemon's log lines wait for the reader
+	// rather than being dropped.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil
+	}
+	return os.NewFile(uintptr(fd), path)
+}
