@@ -94,4 +94,3 @@ func ErrorInterceptor(log *slog.Logger) ttrpc.UnaryServerInterceptor {
 		return resp, nil
 	}
 }
-
