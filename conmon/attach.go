@@ -1,0 +1,250 @@
+package conmon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Attach stream ids: the first byte of every message sent to a client.
+const (
+	attachStdin  = 1
+	attachStdout = 2
+	attachStderr = 3
+)
+
+// attachMaxData is the most data bytes a message carries: clients read
+// into 8193-byte buffers and SEQPACKET truncates longer messages.
+const attachMaxData = 8192
+
+// attachQueueLen bounds the messages queued for one client. A client that
+// falls this far behind is disconnected: the container's output must never
+// wait for an attach client (its bytes are in the logs anyway).
+const attachQueueLen = 128
+
+// stdinSink receives what attach clients send.
+type stdinSink interface {
+	io.Writer
+	// CloseStdin closes the container's stdin (a client sent EOF).
+	CloseStdin()
+}
+
+// attachServer is the SEQPACKET attach socket of one container.
+type attachServer struct {
+	ln       *net.UnixListener
+	dir      *os.File // O_PATH handle of the socket's directory
+	path     string   // socket path as clients name it
+	symlink  string   // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
+	stdin    stdinSink
+	closeIn  bool // close stdin when a client sends EOF
+	diag     *Diag
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	clients  map[*attachClient]struct{} // guarded by mu
+	shutdown bool                       // guarded by mu
+}
+
+type attachClient struct {
+	conn    *net.UnixConn
+	q       chan []byte
+	dropped atomic.Bool // disconnected by the server: its EOF is not the client's
+}
+
+// attachPaths returns the directory that holds the socket and the symlink
+// to create (if any), following conmon's rules: --full-attach puts the
+// socket in the bundle; otherwise <socket-dir>/<cuuid> is a symlink to the
+// bundle (its name cut by one byte if it would be exactly 107 bytes long,
+// like conmon) and the socket is named through it.
+func attachPaths(bundle, socketDir, cuuid string, full bool) (dir, symlink string) {
+	if full {
+		return bundle, ""
+	}
+	link := filepath.Join(socketDir, cuuid)
+	if len(link) == 107 {
+		link = link[:106]
+	}
+	return link, link
+}
+
+// newAttachServer creates the socket. Binding goes through
+// /proc/self/fd/<dirfd>/attach so paths longer than sun_path work.
+func newAttachServer(bundle, socketDir, cuuid string, full bool, stdin stdinSink, closeIn bool, diag *Diag) (*attachServer, error) {
+	dir, symlink := attachPaths(bundle, socketDir, cuuid, full)
+	if symlink != "" {
+		if err := os.MkdirAll(socketDir, 0o755); err != nil {
+			return nil, fmt.Errorf("attach socket dir %s: %w", socketDir, err)
+		}
+		_ = os.Remove(symlink)
+		if err := os.Symlink(bundle, symlink); err != nil {
+			return nil, fmt.Errorf("attach symlink %s: %w", symlink, err)
+		}
+	}
+	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("attach socket dir %s: %w", dir, err)
+	}
+	d := os.NewFile(uintptr(dfd), dir)
+	procPath := "/proc/self/fd/" + strconv.Itoa(dfd) + "/attach"
+	_ = os.Remove(procPath)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: procPath, Net: "unixpacket"})
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("attach socket %s: %w", filepath.Join(dir, "attach"), err)
+	}
+	ln.SetUnlinkOnClose(false)
+	_ = os.Chmod(procPath, 0o700)
+	s := &attachServer{
+		ln: ln, dir: d, path: filepath.Join(dir, "attach"), symlink: symlink,
+		stdin: stdin, closeIn: closeIn, diag: diag,
+		clients: make(map[*attachClient]struct{}),
+	}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *attachServer) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		conn, err := s.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.diag.Warnf("Failed to accept client connection on attach socket: %v", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		c := &attachClient{conn: conn, q: make(chan []byte, attachQueueLen)}
+		s.mu.Lock()
+		if s.shutdown {
+			s.mu.Unlock()
+			conn.Close()
+			return
+		}
+		s.clients[c] = struct{}{}
+		s.wg.Add(2)
+		s.mu.Unlock()
+		go s.writeLoop(c)
+		go s.readLoop(c)
+	}
+}
+
+// writeLoop sends c's queued messages; it ends when the queue is closed
+// (the client was dropped or the server shut down) and then closes c.
+func (s *attachServer) writeLoop(c *attachClient) {
+	defer s.wg.Done()
+	defer c.conn.Close()
+	failed := false
+	for msg := range c.q {
+		if failed {
+			continue
+		}
+		if _, err := c.conn.Write(msg); err != nil {
+			s.diag.Warnf("Failed to write to remote console socket: %v", err)
+			_ = c.conn.CloseWrite()
+			failed = true
+		}
+	}
+}
+
+// readLoop forwards c's bytes to the container's stdin. On EOF (or a
+// hang-up) it shuts down c's read side and closes stdin unless
+// --leave-stdin-open was given.
+func (s *attachServer) readLoop(c *attachClient) {
+	defer s.wg.Done()
+	buf := make([]byte, 32768)
+	for {
+		n, err := c.conn.Read(buf)
+		if n > 0 && s.stdin != nil {
+			if _, werr := s.stdin.Write(buf[:n]); werr != nil {
+				s.diag.Warnf("Failed to write to container stdin: %v", werr)
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	_ = c.conn.CloseRead()
+	if s.closeIn && s.stdin != nil && !c.dropped.Load() {
+		s.stdin.CloseStdin()
+	}
+}
+
+// Broadcast sends data read from the container to every client, in
+// messages of at most 8192 data bytes prefixed with the stream id. It never
+// blocks: a client whose queue is full is disconnected.
+func (s *attachServer) Broadcast(stream byte, data []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.clients) == 0 || s.shutdown {
+		return
+	}
+	for len(data) > 0 {
+		n := min(len(data), attachMaxData)
+		msg := make([]byte, 1+n)
+		msg[0] = stream
+		copy(msg[1:], data[:n])
+		data = data[n:]
+		for c := range s.clients {
+			select {
+			case c.q <- msg:
+			default:
+				s.diag.Warnf("Attach client too slow, disconnecting it")
+				c.dropped.Store(true)
+				delete(s.clients, c)
+				close(c.q)
+				_ = c.conn.CloseRead()
+			}
+		}
+	}
+}
+
+// Close stops accepting, lets every client's writer flush what is queued
+// (bounded by timeout), closes the clients and removes the socket and the
+// symlink.
+func (s *attachServer) Close(timeout time.Duration) {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		return
+	}
+	s.shutdown = true
+	_ = s.ln.Close()
+	for c := range s.clients {
+		c.dropped.Store(true)
+		close(c.q)
+		_ = c.conn.CloseRead()
+	}
+	clients := s.clients
+	s.clients = nil
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		for c := range clients {
+			_ = c.conn.Close()
+		}
+		<-done
+	}
+}
+
+// Unlink removes the socket file and the socket-dir symlink.
+func (s *attachServer) Unlink() {
+	_ = os.Remove("/proc/self/fd/" + strconv.Itoa(int(s.dir.Fd())) + "/attach")
+	s.dir.Close()
+	if s.symlink != "" {
+		_ = os.Remove(s.symlink)
+	}
+}
