@@ -1,0 +1,394 @@
+package logging
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// TailAll, as ReadOptions.Tail, reads every line.
+const TailAll = -1
+
+// ReadOptions selects what ReadLogs reads.
+type ReadOptions struct {
+	Source
+	// Since and Until, when not zero, keep records with Since <= Time < Until.
+	Since, Until time.Time
+	// Tail, when >= 0, starts with only the last Tail lines of what exists
+	// (a line being a record with the partial records before it); TailAll
+	// (any negative value) reads everything.
+	Tail int
+	// Follow keeps reading what is written after the end, across rotations
+	// and reopens, until ctx is done or Done is closed.
+	Follow bool
+	// Done, with Follow, tells that the container has exited: ReadLogs reads
+	// what is left (so the last output is never missed, podman#8733) and
+	// returns nil.
+	Done <-chan struct{}
+	// Poll is how often a follower looks for new data; default 100ms.
+	Poll time.Duration
+}
+
+// ReadLogs reads back a k8s-file or json-file log, oldest record first,
+// rotated files (Path.N ... Path.1, gzipped or not) before the current one,
+// and calls fn for each record; fn must not keep the record's Line. It
+// returns fn's first error, ctx's error, or nil at the end (without Follow)
+// or once Done is closed (with Follow). A line that cannot be parsed is
+// skipped. An unknown format fails with ErrInvalidArgument, a missing log
+// with ErrNotFound.
+func ReadLogs(ctx context.Context, opts ReadOptions, fn func(*Record) error) error {
+	var parse func([]byte, *Record) bool
+	switch opts.Format {
+	case FormatK8sFile:
+		parse = ParseK8sLine
+	case FormatJSONFile:
+		parse = ParseJSONLine
+	default:
+		return fmt.Errorf("log format %q (want %s or %s): %w", opts.Format, FormatK8sFile, FormatJSONFile, errdefs.ErrInvalidArgument)
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 100 * time.Millisecond
+	}
+	r := &logReader{opts: opts, parse: parse, fn: fn}
+	if opts.Tail >= 0 {
+		r.tail = &tailBuf{max: opts.Tail}
+	}
+	return r.run(ctx)
+}
+
+type logReader struct {
+	opts  ReadOptions
+	parse func([]byte, *Record) bool
+	fn    func(*Record) error
+	tail  *tailBuf // until the history is read
+	rec   Record
+}
+
+// emit filters one parsed record and passes it on, or to the tail buffer.
+func (r *logReader) emit(rec *Record) error {
+	if !r.opts.Since.IsZero() && rec.Time.Before(r.opts.Since) {
+		return nil
+	}
+	if !r.opts.Until.IsZero() && !rec.Time.Before(r.opts.Until) {
+		return nil
+	}
+	if r.tail != nil {
+		r.tail.add(rec)
+		return nil
+	}
+	return r.fn(rec)
+}
+
+// history lists the rotated files, oldest first.
+func history(path string) []string {
+	var files []string
+	for i := 1; ; i++ {
+		p := path + "." + strconv.Itoa(i)
+		if _, err := os.Stat(p); err == nil {
+			files = append(files, p)
+			continue
+		}
+		if _, err := os.Stat(p + ".gz"); err == nil {
+			files = append(files, p+".gz")
+			continue
+		}
+		break
+	}
+	for i, j := 0, len(files)-1; i < j; i, j = i+1, j-1 {
+		files[i], files[j] = files[j], files[i]
+	}
+	return files
+}
+
+func (r *logReader) run(ctx context.Context) error {
+	path := r.opts.Path
+	for _, h := range history(path) {
+		if err := r.readFile(ctx, h); err != nil {
+			return err
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && (r.opts.Follow || len(history(path)) > 0) {
+			f = nil // appears later (or was just rotated)
+		} else if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("log %s: %w", path, errdefs.ErrNotFound)
+		} else {
+			return err
+		}
+	}
+	cur := &follower{f: f}
+	if f != nil {
+		defer func() { cur.close() }()
+		if err := r.drain(cur); err != nil {
+			return err
+		}
+	}
+	if r.tail != nil {
+		t := r.tail
+		r.tail = nil
+		if err := t.flush(r.fn); err != nil {
+			return err
+		}
+	}
+	if !r.opts.Follow {
+		return nil
+	}
+	timer := time.NewTicker(r.opts.Poll)
+	defer timer.Stop()
+	for {
+		done := false
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.opts.Done:
+			done = true
+		case <-timer.C:
+		}
+		if cur.f != nil {
+			if err := r.drain(cur); err != nil {
+				return err
+			}
+		}
+		// Rotated or reopened? Finish the old file, read what rotations
+		// we missed entirely, then switch to the new file.
+		if err := r.switchIfRotated(ctx, cur); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// follower is the file being followed and its unparsed tail.
+type follower struct {
+	f    *os.File
+	ino  uint64
+	pend []byte
+}
+
+func (c *follower) close() {
+	if c.f != nil {
+		c.f.Close()
+	}
+}
+
+func inode(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+func (r *logReader) switchIfRotated(ctx context.Context, cur *follower) error {
+	path := r.opts.Path
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil // between rename and create: look again later
+	}
+	if cur.f != nil {
+		cfi, err := cur.f.Stat()
+		if err == nil && inode(cfi) == inode(fi) {
+			if fi.Size() < cfi.Size() || func() bool { off, _ := cur.f.Seek(0, io.SeekCurrent); return fi.Size() < off }() {
+				// Truncated in place: start again from the top.
+				cur.f.Seek(0, io.SeekStart)
+				cur.pend = cur.pend[:0]
+			}
+			return nil
+		}
+		old := uint64(0)
+		if err == nil {
+			old = inode(cfi)
+		}
+		// Files rotated after ours and before the current one, oldest
+		// first: those between ours (found by inode) and Path.
+		hist := history(path)
+		start := len(hist)
+		for i, h := range hist {
+			if hfi, err := os.Stat(h); err == nil && inode(hfi) == old {
+				start = i + 1
+			}
+		}
+		cur.close()
+		cur.f, cur.pend = nil, nil
+		for _, h := range hist[start:] {
+			if err := r.readFile(ctx, h); err != nil {
+				return err
+			}
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	cur.f = f
+	return r.drain(cur)
+}
+
+// drain reads cur to its end, emitting complete lines and keeping a last
+// incomplete one for later.
+func (r *logReader) drain(cur *follower) error {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := cur.f.Read(buf)
+		if n > 0 {
+			cur.pend = append(cur.pend, buf[:n]...)
+			for {
+				i := bytes.IndexByte(cur.pend, '\n')
+				if i < 0 {
+					break
+				}
+				if r.parse(cur.pend[:i], &r.rec) {
+					if err := r.emit(&r.rec); err != nil {
+						return err
+					}
+				}
+				cur.pend = cur.pend[i+1:]
+			}
+			cur.pend = append([]byte(nil), cur.pend...)
+		}
+		if err == io.EOF || n == 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// readFile reads a whole (rotated, maybe gzipped) file.
+func (r *logReader) readFile(ctx context.Context, name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // rotated away meanwhile
+		}
+		return err
+	}
+	defer f.Close()
+	var in io.Reader = f
+	if len(name) > 3 && name[len(name)-3:] == ".gz" {
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			return fmt.Errorf("log %s: %w", name, err)
+		}
+		defer zr.Close()
+		in = zr
+	}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if r.parse(sc.Bytes(), &r.rec) {
+			if err := r.emit(&r.rec); err != nil {
+				return err
+			}
+		}
+	}
+	return sc.Err()
+}
+
+// tailBuf keeps the last max lines.
+type tailBuf struct {
+	max   int
+	recs  []Record
+	lines int // complete lines in recs
+}
+
+func (t *tailBuf) add(rec *Record) {
+	c := *rec
+	c.Line = append([]byte(nil), rec.Line...)
+	t.recs = append(t.recs, c)
+	if !c.Partial {
+		t.lines++
+	}
+	for t.lines > t.max {
+		// Drop the oldest line: its partial pieces and its end.
+		i := 0
+		for i < len(t.recs) && t.recs[i].Partial {
+			i++
+		}
+		t.recs = t.recs[i+1:]
+		t.lines--
+	}
+}
+
+func (t *tailBuf) flush(fn func(*Record) error) error {
+	for i := range t.recs {
+		if err := fn(&t.recs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ParseK8sLine parses one CRI log line (without its newline) into rec;
+// rec.Line aliases line. It reports false for a malformed line.
+func ParseK8sLine(line []byte, rec *Record) bool {
+	i := bytes.IndexByte(line, ' ')
+	if i < 0 {
+		return false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(line[:i]))
+	if err != nil {
+		return false
+	}
+	rest := line[i+1:]
+	var s Stream
+	switch {
+	case bytes.HasPrefix(rest, []byte("stdout ")):
+		s = Stdout
+	case bytes.HasPrefix(rest, []byte("stderr ")):
+		s = Stderr
+	default:
+		return false
+	}
+	rest = rest[7:]
+	if len(rest) < 2 || rest[1] != ' ' || (rest[0] != 'P' && rest[0] != 'F') {
+		return false
+	}
+	*rec = Record{Time: t, Stream: s, Partial: rest[0] == 'P', Line: rest[2:]}
+	return true
+}
+
+// ParseJSONLine parses one json-file line into rec.
+func ParseJSONLine(line []byte, rec *Record) bool {
+	var e struct {
+		Log    string    `json:"log"`
+		Stream string    `json:"stream"`
+		Time   time.Time `json:"time"`
+	}
+	if json.Unmarshal(line, &e) != nil {
+		return false
+	}
+	*rec = Record{Time: e.Time}
+	switch e.Stream {
+	case "stdout":
+		rec.Stream = Stdout
+	case "stderr":
+		rec.Stream = Stderr
+	default:
+		return false
+	}
+	if n := len(e.Log); n > 0 && e.Log[n-1] == '\n' {
+		rec.Line = []byte(e.Log[:n-1])
+	} else {
+		rec.Line, rec.Partial = []byte(e.Log), true
+	}
+	return true
+}
