@@ -1,0 +1,787 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	apievents "github.com/containerd/containerd/api/events"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/containers/conmon-v2/client"
+)
+
+// psEntry is one line of `ps`; its JSON names are a contract with scripts.
+type psEntry struct {
+	Name      string    `json:"name"`
+	ID        string    `json:"id"`
+	Group     string    `json:"group"`
+	Status    string    `json:"status"`
+	Pid       uint32    `json:"pid"`
+	ExitCode  *uint32   `json:"exit_code"`
+	ShimPid   uint32    `json:"shim_pid"`
+	Created   time.Time `json:"created"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	ExitedAt  time.Time `json:"exited_at,omitzero"`
+	Uptime    string    `json:"uptime"`
+	Command   string    `json:"command"`
+	LogDriver string    `json:"log_driver"`
+	Address   string    `json:"address"`
+}
+
+// shimConns caches one connection per shim address for commands that look
+// at many containers.
+type shimConns struct {
+	a     *app
+	conns map[string]*client.Shim
+	errs  map[string]error
+	tasks map[string]map[string]client.TaskInfo
+	infos map[string]client.ShimInfo
+}
+
+func newShimConns(a *app) *shimConns {
+	return &shimConns{a: a, conns: map[string]*client.Shim{}, errs: map[string]error{},
+		tasks: map[string]map[string]client.TaskInfo{}, infos: map[string]client.ShimInfo{}}
+}
+
+func (c *shimConns) get(ctx context.Context, r *record) (*client.Shim, error) {
+	if s, ok := c.conns[r.Address]; ok {
+		return s, nil
+	}
+	if err, ok := c.errs[r.Address]; ok {
+		return nil, err
+	}
+	s, err := c.a.connect(ctx, r)
+	if err != nil {
+		c.errs[r.Address] = err
+		return nil, err
+	}
+	c.conns[r.Address] = s
+	return s, nil
+}
+
+// taskInfo returns the shim's List entry of r (zero when unavailable).
+func (c *shimConns) taskInfo(ctx context.Context, s *client.Shim, r *record) (client.TaskInfo, bool) {
+	m, ok := c.tasks[r.Address]
+	if !ok {
+		m = map[string]client.TaskInfo{}
+		cctx, cancel := withTimeout(ctx)
+		list, err := s.List(cctx)
+		cancel()
+		if err == nil {
+			for _, t := range list {
+				m[t.ID] = t
+			}
+		}
+		c.tasks[r.Address] = m
+	}
+	t, ok := m[r.ID]
+	return t, ok
+}
+
+func (c *shimConns) close() {
+	for _, s := range c.conns {
+		s.Close()
+	}
+}
+
+// describe builds r's ps entry from its shim.
+func (c *shimConns) describe(ctx context.Context, r *record) psEntry {
+	e := psEntry{Name: r.Name, ID: r.ID, Group: r.Group, Created: r.Created, Command: strings.Join(r.Args, " "),
+		LogDriver: r.LogDriver, Address: r.Address, Status: string(client.Stopped)}
+	s, err := c.get(ctx, r)
+	if err != nil {
+		// No shim: the container cannot be running. 255 is what containerd
+		// reports for a task whose shim died.
+		code := uint32(255)
+		e.ExitCode = &code
+		return e
+	}
+	cctx, cancel := withTimeout(ctx)
+	defer cancel()
+	st, err := s.State(cctx, r.ID, "")
+	if err != nil {
+		code := uint32(255)
+		e.ExitCode = &code
+		return e
+	}
+	e.Status, e.Pid = string(st.Status), st.Pid
+	if st.Status == client.Stopped {
+		code := st.ExitStatus
+		e.ExitCode = &code
+		e.ExitedAt = st.ExitedAt
+	}
+	if ci, err := s.ConnectTask(cctx, r.ID); err == nil {
+		e.ShimPid = ci.ShimPid
+	}
+	if t, ok := c.taskInfo(ctx, s, r); ok {
+		e.StartedAt = t.StartedAt
+		if e.ExitedAt.IsZero() {
+			e.ExitedAt = t.ExitedAt
+		}
+	}
+	if !e.StartedAt.IsZero() && e.Status != string(client.Stopped) {
+		e.Uptime = time.Since(e.StartedAt).Round(time.Second).String()
+	}
+	return e
+}
+
+func cmdPs(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 0, 0, ""); err != nil {
+		return err
+	}
+	recs, err := a.store().list()
+	if err != nil {
+		return err
+	}
+	conns := newShimConns(a)
+	defer conns.close()
+	entries := make([]psEntry, 0, len(recs))
+	for _, r := range recs {
+		entries = append(entries, conns.describe(ctx, r))
+	}
+	if a.json {
+		return printJSON(a, entries)
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tID\tGROUP\tSTATUS\tPID\tEXIT\tUPTIME\tSHIM PID\tCOMMAND")
+	for _, e := range entries {
+		exit := "-"
+		if e.ExitCode != nil {
+			exit = strconv.Itoa(int(*e.ExitCode))
+		}
+		group := e.Group
+		if group == e.ID {
+			group = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, shortID(e.ID), group, e.Status,
+			dash(e.Pid), exit, orDash(e.Uptime), dash(e.ShimPid), truncate(e.Command, 30))
+	}
+	return w.Flush()
+}
+
+func dash(n uint32) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.Itoa(int(n))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func printJSON(a *app, v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func parseSignal(s string) (unix.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("signal %d out of range: %w", n, errdefs.ErrInvalidArgument)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q: %w", s, errdefs.ErrInvalidArgument)
+}
+
+func cmdKill(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, -1, "container NAME"); err != nil {
+		return err
+	}
+	sig, err := parseSignal(a.opts.signal)
+	if err != nil {
+		return usagef("-s %s: %v", a.opts.signal, err)
+	}
+	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
+		s, err := a.connect(ctx, r)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		cctx, cancel := withTimeout(ctx)
+		defer cancel()
+		if err := s.Kill(cctx, r.ID, "", uint32(sig), sig == unix.SIGKILL); err != nil {
+			if errdefs.IsNotFound(err) {
+				return fmt.Errorf("container %s is not running: %w", r.Name, err)
+			}
+			return err
+		}
+		fmt.Fprintln(a.stdout, r.Name)
+		return nil
+	})
+}
+
+func cmdStop(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, -1, "container NAME"); err != nil {
+		return err
+	}
+	if a.opts.timeout < 0 {
+		return usagef("-t %d: must not be negative", a.opts.timeout)
+	}
+	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
+		s, err := a.connect(ctx, r)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if err := stopTask(ctx, s, r.ID, time.Duration(a.opts.timeout)*time.Second); err != nil {
+			return fmt.Errorf("stop %s: %w", r.Name, err)
+		}
+		fmt.Fprintln(a.stdout, r.Name)
+		return nil
+	})
+}
+
+// stopTask sends TERM, waits up to timeout for the exit, then KILLs every
+// process of the container and waits for the exit.
+func stopTask(ctx context.Context, s *client.Shim, id string, timeout time.Duration) error {
+	cctx, cancel := withTimeout(ctx)
+	st, err := s.State(cctx, id, "")
+	cancel()
+	if err != nil {
+		return err
+	}
+	if st.Status == client.Stopped {
+		return nil
+	}
+	if st.Status == client.Paused {
+		cctx, cancel := withTimeout(ctx)
+		// A frozen process cannot handle TERM; thaw it so it can.
+		_ = s.Resume(cctx, id)
+		cancel()
+	}
+	cctx, cancel = withTimeout(ctx)
+	err = s.Kill(cctx, id, "", uint32(unix.SIGTERM), false)
+	cancel()
+	if err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	wctx, wcancel := context.WithTimeout(ctx, timeout)
+	_, err = s.Wait(wctx, id, "")
+	wcancel()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	cctx, cancel = withTimeout(ctx)
+	err = s.Kill(cctx, id, "", uint32(unix.SIGKILL), true)
+	cancel()
+	if err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	wctx, wcancel = context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	_, err = s.Wait(wctx, id, "")
+	return err
+}
+
+func cmdWait(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
+		return err
+	}
+	r, err := a.store().find(args[0])
+	if err != nil {
+		return err
+	}
+	s, err := a.connect(ctx, r)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	e, err := s.Wait(ctx, r.ID, "")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout, e.Status)
+	return exitCode(int(e.Status))
+}
+
+func cmdRm(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, -1, "container NAME"); err != nil {
+		return err
+	}
+	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
+		if err := a.removeContainer(ctx, r, nil, a.opts.force); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, r.Name)
+		return nil
+	})
+}
+
+func cmdPause(ctx context.Context, a *app, args []string) error {
+	return pauseResume(ctx, a, args, true)
+}
+
+func cmdResume(ctx context.Context, a *app, args []string) error {
+	return pauseResume(ctx, a, args, false)
+}
+
+func pauseResume(ctx context.Context, a *app, args []string, pause bool) error {
+	if err := needArgs(args, 1, -1, "container NAME"); err != nil {
+		return err
+	}
+	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
+		s, err := a.connect(ctx, r)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		cctx, cancel := withTimeout(ctx)
+		defer cancel()
+		if pause {
+			err = s.Pause(cctx, r.ID)
+		} else {
+			err = s.Resume(cctx, r.ID)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, r.Name)
+		return nil
+	})
+}
+
+// statsEntry is one line of `stats --json`.
+type statsEntry struct {
+	Name        string  `json:"name"`
+	ID          string  `json:"id"`
+	CPUPercent  float64 `json:"cpu_percent"`
+	MemoryBytes uint64  `json:"memory_bytes"`
+	MemoryLimit uint64  `json:"memory_limit"`
+	MemPercent  float64 `json:"memory_percent"`
+	Pids        uint64  `json:"pids"`
+}
+
+func cmdStats(ctx context.Context, a *app, args []string) error {
+	var recs []*record
+	if len(args) == 0 {
+		all, err := a.store().list()
+		if err != nil {
+			return err
+		}
+		recs = all
+	} else {
+		for _, n := range args {
+			r, err := a.store().find(n)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, r)
+		}
+	}
+	conns := newShimConns(a)
+	defer conns.close()
+	prev := map[string]client.Stats{}
+	sample := func() []statsEntry {
+		var out []statsEntry
+		for _, r := range recs {
+			s, err := conns.get(ctx, r)
+			if err != nil {
+				continue
+			}
+			cctx, cancel := withTimeout(ctx)
+			st, err := s.Stats(cctx, r.ID)
+			cancel()
+			if err != nil {
+				if len(args) > 0 && !gone(err) {
+					fmt.Fprintf(a.stderr, "conmonctl stats: %s: %v\n", r.Name, cleanError(err))
+				}
+				continue
+			}
+			e := statsEntry{Name: r.Name, ID: r.ID, MemoryBytes: st.MemoryBytes, MemoryLimit: st.MemoryLimit, Pids: st.Pids}
+			if p, ok := prev[r.ID]; ok {
+				e.CPUPercent = client.CPUPercent(p, st)
+			}
+			if st.MemoryLimit > 0 && st.MemoryLimit < 1<<62 {
+				e.MemPercent = float64(st.MemoryBytes) / float64(st.MemoryLimit) * 100
+			}
+			prev[r.ID] = st
+			out = append(out, e)
+		}
+		return out
+	}
+	// The CPU percentage needs two samples; the first is taken silently.
+	sample()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+		entries := sample()
+		if a.json {
+			if err := printJSON(a, entries); err != nil {
+				return err
+			}
+		} else {
+			if !a.opts.noStream {
+				fmt.Fprint(a.stdout, "\033[2J\033[H")
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tID\tCPU %\tMEM USAGE / LIMIT\tMEM %\tPIDS")
+			for _, e := range entries {
+				limit := "-"
+				memPct := "-"
+				if e.MemoryLimit > 0 && e.MemoryLimit < 1<<62 {
+					limit = humanBytes(e.MemoryLimit)
+					memPct = fmt.Sprintf("%.2f%%", e.MemPercent)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%.2f%%\t%s / %s\t%s\t%d\n", e.Name, shortID(e.ID), e.CPUPercent,
+					humanBytes(e.MemoryBytes), limit, memPct, e.Pids)
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+		}
+		if a.opts.noStream {
+			return nil
+		}
+	}
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.2f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// eventLine is one line of `events --json`.
+type eventLine struct {
+	Time      time.Time      `json:"time"`
+	Topic     string         `json:"topic"`
+	Namespace string         `json:"namespace"`
+	Type      string         `json:"type"`
+	Container string         `json:"container,omitempty"`
+	Name      string         `json:"name,omitempty"`
+	Event     map[string]any `json:"event,omitempty"`
+}
+
+func cmdEvents(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 0, 0, ""); err != nil {
+		return err
+	}
+	type sub struct{ cancel context.CancelFunc }
+	subs := map[string]sub{}
+	defer func() {
+		for _, s := range subs {
+			s.cancel()
+		}
+	}()
+	lines := make(chan eventLine, 64)
+	// New shims appear as containers are run: look for them every second.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		recs, _ := a.store().list()
+		names := map[string]string{}
+		for _, r := range recs {
+			names[r.ID] = r.Name
+			if _, ok := subs[r.Address]; ok || r.Address == "" {
+				continue
+			}
+			s, err := a.connect(ctx, r)
+			if err != nil {
+				subs[r.Address] = sub{cancel: func() {}}
+				continue
+			}
+			sctx, cancel := context.WithCancel(ctx)
+			evc, _, err := s.Subscribe(sctx)
+			if err != nil {
+				cancel()
+				s.Close()
+				subs[r.Address] = sub{cancel: func() {}}
+				continue
+			}
+			subs[r.Address] = sub{cancel: cancel}
+			go func() {
+				defer s.Close()
+				for ev := range evc {
+					l := eventLine{Time: ev.Time, Topic: ev.Topic, Namespace: ev.Namespace, Type: ev.TypeURL}
+					if m, err := ev.Decode(); err == nil {
+						l.Container = containerOf(m)
+						if data, err := json.Marshal(m); err == nil {
+							_ = json.Unmarshal(data, &l.Event)
+						}
+					}
+					select {
+					case lines <- l:
+					case <-sctx.Done():
+						return
+					}
+				}
+			}()
+		}
+	drain:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case l := <-lines:
+				l.Name = names[l.Container]
+				if l.Name == "" {
+					if r, err := a.store().find(l.Container); err == nil {
+						l.Name = r.Name
+					}
+				}
+				if a.json {
+					data, _ := json.Marshal(l)
+					fmt.Fprintln(a.stdout, string(data))
+				} else {
+					fmt.Fprintf(a.stdout, "%s %s %s %s\n", l.Time.Format(time.RFC3339Nano), l.Topic, orDash(l.Name), eventSummary(l.Event))
+				}
+			case <-tick.C:
+				break drain
+			}
+		}
+	}
+}
+
+func containerOf(m any) string {
+	switch e := m.(type) {
+	case *apievents.TaskCreate:
+		return e.ContainerID
+	case *apievents.TaskStart:
+		return e.ContainerID
+	case *apievents.TaskExit:
+		return e.ContainerID
+	case *apievents.TaskDelete:
+		return e.ContainerID
+	case *apievents.TaskOOM:
+		return e.ContainerID
+	case *apievents.TaskExecAdded:
+		return e.ContainerID
+	case *apievents.TaskExecStarted:
+		return e.ContainerID
+	case *apievents.TaskPaused:
+		return e.ContainerID
+	case *apievents.TaskResumed:
+		return e.ContainerID
+	}
+	return ""
+}
+
+func eventSummary(ev map[string]any) string {
+	var parts []string
+	for _, k := range []string{"exec_id", "pid", "exit_status"} {
+		if v, ok := ev[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// shimEntry is one line of `shims`; its JSON names are a contract.
+type shimEntry struct {
+	Pid        uint32   `json:"pid"`
+	Group      string   `json:"group"`
+	Containers []string `json:"containers"`
+	RSSKB      uint64   `json:"rss_kb"`
+	PSSKB      uint64   `json:"pss_kb"`
+	Address    string   `json:"address"`
+	Namespace  string   `json:"namespace"`
+	Version    string   `json:"version,omitempty"`
+}
+
+func cmdShims(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 0, 0, ""); err != nil {
+		return err
+	}
+	recs, err := a.store().list()
+	if err != nil {
+		return err
+	}
+	conns := newShimConns(a)
+	defer conns.close()
+	byAddr := map[string]*shimEntry{}
+	var order []string
+	for _, r := range recs {
+		e, ok := byAddr[r.Address]
+		if !ok {
+			s, err := conns.get(ctx, r)
+			if err != nil {
+				continue
+			}
+			cctx, cancel := withTimeout(ctx)
+			info, err := s.Info(cctx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			e = &shimEntry{Pid: info.Pid, Group: info.Group, RSSKB: info.RSSKB, PSSKB: info.PSSKB,
+				Address: r.Address, Namespace: info.Namespace, Version: info.Version, Containers: []string{}}
+			byAddr[r.Address] = e
+			order = append(order, r.Address)
+		}
+		e.Containers = append(e.Containers, r.Name)
+	}
+	entries := make([]shimEntry, 0, len(order))
+	for _, addr := range order {
+		entries = append(entries, *byAddr[addr])
+	}
+	if a.json {
+		return printJSON(a, entries)
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PID\tGROUP\tRSS\tPSS\tCONTAINERS")
+	for _, e := range entries {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", e.Pid, truncate(e.Group, 32), humanBytes(e.RSSKB*1024),
+			humanBytes(e.PSSKB*1024), strings.Join(e.Containers, ","))
+	}
+	return w.Flush()
+}
+
+func cmdExec(ctx context.Context, a *app, args []string) error {
+	if len(args) < 1 {
+		return usagef("missing container NAME")
+	}
+	ref, cmdArgs := args[0], args[1:]
+	if len(cmdArgs) > 0 && cmdArgs[0] == "--" {
+		cmdArgs = cmdArgs[1:]
+	}
+	if len(cmdArgs) == 0 {
+		return usagef("missing the command to run (after --)")
+	}
+	r, err := a.store().find(ref)
+	if err != nil {
+		return err
+	}
+	s, err := a.connect(ctx, r)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	spec, err := client.ReadSpec(r.Bundle)
+	if err != nil {
+		return err
+	}
+	p := *spec.Process
+	p.Args = cmdArgs
+	p.Terminal = a.opts.tty
+	p.Env = append([]string(nil), spec.Process.Env...)
+	for _, kv := range a.opts.env {
+		if !strings.Contains(kv, "=") {
+			return usagef("--env %q is not K=V", kv)
+		}
+		p.Env = append(p.Env, kv)
+	}
+	if a.opts.workdir != "" {
+		p.Cwd = a.opts.workdir
+	}
+	execID := "exec-" + newID()[:12]
+	proc := &process{a: a, shim: s, id: r.ID, execID: execID, tty: a.opts.tty, stdin: a.opts.interactive}
+	if err := proc.openIO(ctx, filepath.Join(a.store().dir(r.ID), "io"), execID); err != nil {
+		return err
+	}
+	defer proc.closeIO()
+	cctx, cancel := withTimeout(ctx)
+	err = s.Exec(cctx, r.ID, execID, &p, proc.fifos.Stdio)
+	cancel()
+	if err != nil {
+		if errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err) {
+			return fmt.Errorf("container %s is not running: %w", r.Name, err)
+		}
+		return err
+	}
+	code, err := proc.run(ctx)
+	dctx, dcancel := withTimeout(context.WithoutCancel(ctx))
+	_, _ = s.Delete(dctx, r.ID, execID)
+	dcancel()
+	if err != nil {
+		return err
+	}
+	return exitCode(code)
+}
+
+func cmdAttach(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
+		return err
+	}
+	r, err := a.store().find(args[0])
+	if err != nil {
+		return err
+	}
+	s, err := a.connect(ctx, r)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	cctx, cancel := withTimeout(ctx)
+	st, err := s.State(cctx, r.ID, "")
+	cancel()
+	if err != nil {
+		return err
+	}
+	if st.Status != client.Running && st.Status != client.Paused {
+		return fmt.Errorf("container %s is %s, not running: %w", r.Name, st.Status, errdefs.ErrFailedPrecondition)
+	}
+	if r.LogPath == "" {
+		return fmt.Errorf("container %s logs with %s, which conmonctl cannot read back; attach follows the k8s-file or json-file log: %w",
+			r.Name, r.LogDriver, errdefs.ErrNotImplemented)
+	}
+	fwdCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	if r.Terminal {
+		if con, err := consoleOf(os.Stdin); err == nil {
+			s.ForwardResize(fwdCtx, con, r.ID, "", nil)
+		}
+	}
+	if r.Stdin {
+		stdinPath := filepath.Join(a.store().dir(r.ID), "io", "init-stdin")
+		go forwardStdin(fwdCtx, stdinPath, a.stdin)
+	}
+	// Output: the log from now on, until the container exits.
+	waitc := make(chan client.Exit, 1)
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		if e, err := s.Wait(fwdCtx, r.ID, ""); err == nil {
+			waitc <- e
+		}
+	}()
+	if err := followLog(fwdCtx, a, r, logQuery{tail: 0, follow: true}, exited); err != nil {
+		return err
+	}
+	select {
+	case e := <-waitc:
+		return exitCode(int(e.Status))
+	default:
+		return nil
+	}
+}
