@@ -1,0 +1,111 @@
+package fluentd
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/containers/conmon-v2/logging"
+)
+
+var meta = logging.Metadata{ID: "0123456789abcdef0123", Name: "web", Namespace: "k8s.io", Tag: "t1", Labels: map[string]string{"team": "core", "log": "ignored"}}
+
+func TestTag(t *testing.T) {
+	for _, tc := range []struct{ tmpl, want string }{
+		{"", "t1"},
+		{"{{.ID}}", "0123456789ab"},
+		{"docker.{{.Name}}.{{.FullID}}", "docker.web.0123456789abcdef0123"},
+		{"{{.Namespace}}/{{index .Labels \"team\"}}", "k8s.io/core"},
+	} {
+		got, err := expandTag(tc.tmpl, &meta)
+		if err != nil || got != tc.want {
+			t.Errorf("expandTag(%q) = %q, %v; want %q", tc.tmpl, got, err, tc.want)
+		}
+	}
+	m := meta
+	m.Tag = ""
+	if got, _ := expandTag("", &m); got != "0123456789ab" {
+		t.Errorf("default tag without Tag = %q", got)
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	for _, tc := range []struct {
+		opts map[string]string
+		want string
+	}{
+		{map[string]string{"colour": "x"}, `"colour"`},
+		{map[string]string{"address": "ftp://x:1"}, `ftp://x:1`},
+		{map[string]string{"address": "host:notaport"}, `host:notaport`},
+		{map[string]string{"address": "unix://rel"}, `unix://rel`},
+		{map[string]string{"tag": "{{.Nope}}"}, `tag=`},
+		{map[string]string{"tag": "{{"}, `tag=`},
+		{map[string]string{"buffer-limit": "0"}, `buffer-limit`},
+		{map[string]string{"max-retries": "500"}, `max-retries`},
+		{map[string]string{"retry-wait": "soon"}, `retry-wait`},
+		{map[string]string{"request-ack": "perhaps"}, `request-ack`},
+		{map[string]string{"tls-skip-verify": "true"}, `tls://`},
+	} {
+		_, err := New(context.Background(), logging.Info{Meta: meta, Options: tc.opts})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%v: err = %v, want InvalidArgument naming %s", tc.opts, err, tc.want)
+		}
+	}
+}
+
+func TestEventEncoding(t *testing.T) {
+	d := &Driver{}
+	d.fixed, d.nfixed = fixedFields(&meta)
+	for _, tc := range []struct {
+		rec  logging.Record
+		want map[string]string
+	}{
+		{logging.Record{Stream: logging.Stdout, Line: []byte("hello")}, map[string]string{
+			"container_id": meta.ID, "container_name": "web", "source": "stdout", "log": "hello", "team": "core"}},
+		{logging.Record{Stream: logging.Stderr, Line: []byte("part"), Partial: true}, map[string]string{
+			"container_id": meta.ID, "container_name": "web", "source": "stderr", "log": "part", "team": "core", "partial_message": "true"}},
+	} {
+		b, err := event{d: d, r: &tc.rec}.MarshalMsg(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]string
+		if err := msgpack.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(tc.want) {
+			t.Errorf("got %v, want %v", got, tc.want)
+		}
+		for k, v := range tc.want {
+			if got[k] != v {
+				t.Errorf("%s = %q, want %q", k, got[k], v)
+			}
+		}
+	}
+}
+
+// TestCloseCountsUndelivered: with no receiver, queued events are reported
+// lost by Close instead of vanishing.
+func TestCloseCountsUndelivered(t *testing.T) {
+	d, err := New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{
+		"address": "127.0.0.1:1", "close-timeout": "100ms", "retry-wait": "10ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		if err := d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = d.Close()
+	if err == nil || !strings.Contains(err.Error(), "5 events not delivered") {
+		t.Fatalf("Close = %v, want 5 events reported lost", err)
+	}
+	if err := d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("x")}); err == nil {
+		t.Error("write after close succeeded")
+	}
+}
