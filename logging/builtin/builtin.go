@@ -5,9 +5,12 @@ package builtin
 
 import (
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/fluentd"
+	"github.com/containers/conmon-v2/logging/journald"
 	"github.com/containers/conmon-v2/logging/jsonfile"
 	"github.com/containers/conmon-v2/logging/k8sfile"
 	"github.com/containers/conmon-v2/logging/passthrough"
+	"github.com/containers/conmon-v2/logging/syslog"
 )
 
 // Registry returns a new registry with every built-in driver.
@@ -27,8 +30,10 @@ func RegisterBuiltins(r *logging.Registry) {
 	must(r.Register(passthrough.NoneName, passthrough.NoneFactory))
 	must(r.Alias("off", passthrough.NoneName))
 	must(r.Alias("null", passthrough.NoneName))
-	// Network and out-of-process drivers (journald, syslog, fluentd,
-	// binary, plugin) register here too.
+	must(r.Register(journald.Name, journald.New))
+	must(r.Register(syslog.Name, syslog.New))
+	must(r.Register(fluentd.Name, fluentd.New))
+	// Out-of-process drivers (binary, plugin) register here too.
 }
 
 func must(err error) {
