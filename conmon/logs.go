@@ -2,40 +2,123 @@ package conmon
 
 import (
 	"context"
-	"io"
-	"sync"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/containers/conmon-v2/logging"
 )
 
-// tapOnly is a LogPipeline without drivers: it reads the streams and feeds
-// the tap (the attach clients). It serves -l none and passthrough.
-type tapOnly struct {
-	tap func(logging.Stream, []byte)
-	wg  sync.WaitGroup
+// LogDriver is one driver to open: its registry name and options.
+type LogDriver struct {
+	Name    string
+	Options map[string]string
 }
 
-// TapOnlyLogs opens a LogPipeline that logs nothing.
-func TapOnlyLogs(_ context.Context, _ *Config, tap func(logging.Stream, []byte)) (LogPipeline, error) {
-	return &tapOnly{tap: tap}, nil
-}
-
-func (t *tapOnly) ReadFrom(s logging.Stream, r io.Reader) {
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		buf := make([]byte, 8192)
-		for {
-			n, err := r.Read(buf)
-			if n > 0 {
-				t.tap(s, buf[:n])
+// LogDrivers maps conmon's logging flags onto the logging subsystem's
+// drivers and options:
+//
+//	-l k8s-file:PATH, -l PATH   k8s-file, option path
+//	-l json-file:PATH           json-file, option path
+//	-l journald[:]              journald (partial-message unless
+//	                            --no-container-partial-message)
+//	-l syslog[:ADDRESS]         syslog, option address (udp://h:p, ...)
+//	-l fluentd[:ADDRESS]        fluentd, option address (host:port, ...)
+//	-l binary:PATH              binary, option path (the logger program)
+//	-l none|off|null            nothing (output still reaches attach clients)
+//	-l passthrough              nothing here: the runtime gets the caller's stdio
+//
+// --log-size-max N truncates the file drivers at N bytes as conmon does,
+// or, with --log-rotate, rotates keeping --log-max-files backups;
+// --log-global-size-max stops them after N bytes; --no-sync-log skips the
+// fsync at exit. File options are given per driver, so drivers without
+// files never see them.
+func LogDrivers(c *Config) ([]LogDriver, error) {
+	var out []LogDriver
+	for _, s := range c.Logs {
+		opts := map[string]string{}
+		switch s.Driver {
+		case DriverK8sFile, DriverJSONFile:
+			opts[logging.OptPath] = s.Arg
+			if c.LogSizeMax > 0 {
+				opts[logging.OptMaxSize] = strconv.FormatInt(c.LogSizeMax, 10)
+				if c.LogRotate {
+					backups := c.LogMaxFiles
+					if backups < 1 {
+						backups = 1
+					}
+					opts[logging.OptMaxFiles] = strconv.Itoa(backups + 1)
+				} else {
+					opts[logging.OptTruncate] = "true"
+				}
 			}
-			if err != nil {
-				return
+			if c.LogGlobalSizeMax > 0 {
+				opts[logging.OptGlobalSizeMax] = strconv.FormatInt(c.LogGlobalSizeMax, 10)
 			}
+			if c.NoSyncLog {
+				opts[logging.OptFsync] = logging.FsyncNone
+			} else {
+				opts[logging.OptFsync] = logging.FsyncExit
+			}
+		case DriverJournald:
+			opts["partial-message"] = strconv.FormatBool(!c.NoContainerPartialMsg)
+		case DriverSyslog, DriverFluentd:
+			if s.Arg != "" {
+				opts["address"] = s.Arg
+			}
+		case DriverBinary:
+			if s.Arg != "" {
+				opts[logging.OptPath] = s.Arg
+			}
+		case DriverPassthrough:
+			continue
 		}
-	}()
+		out = append(out, LogDriver{Name: s.Driver, Options: opts})
+	}
+	return out, nil
 }
 
-func (t *tapOnly) Reopen() error { return nil }
-func (t *tapOnly) Close() error  { t.wg.Wait(); return nil }
+// LogMetadata is the container's metadata as the drivers see it: --cid,
+// --name, --log-tag (already expanded by the caller) and --log-label.
+func LogMetadata(c *Config) (logging.Metadata, error) {
+	m := logging.Metadata{ID: c.CID, Name: c.Name, Tag: c.LogTag}
+	for _, l := range c.LogLabels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return m, fmt.Errorf("--log-label %q: want KEY=VALUE: %w", l, errdefs.ErrInvalidArgument)
+		}
+		if m.Labels == nil {
+			m.Labels = map[string]string{}
+		}
+		m.Labels[k] = v
+	}
+	return m, nil
+}
+
+// OpenLogs builds the container's log pipeline through reg; tap (may be
+// nil) gets every chunk read, before the drivers. With no driver at all
+// the pipeline still reads the output (for the tap) and discards it.
+func OpenLogs(ctx context.Context, c *Config, reg *logging.Registry, tap func(logging.Stream, []byte)) (*logging.Pipeline, error) {
+	meta, err := LogMetadata(c)
+	if err != nil {
+		return nil, err
+	}
+	specs, err := LogDrivers(c)
+	if err != nil {
+		return nil, err
+	}
+	var drivers []logging.Driver
+	for _, s := range specs {
+		d, err := reg.Open(ctx, s.Name, logging.Info{Meta: meta, Options: s.Options, Dir: c.Bundle})
+		if err != nil {
+			for _, o := range drivers {
+				o.Close()
+			}
+			return nil, fmt.Errorf("log driver %s: %w", s.Name, err)
+		}
+		drivers = append(drivers, d)
+	}
+	return logging.NewPipeline(meta, drivers, logging.PipelineOptions{Tap: tap}), nil
+}

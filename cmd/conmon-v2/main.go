@@ -15,6 +15,8 @@ import (
 	"github.com/containers/conmon-v2/conmon"
 	"github.com/containers/conmon-v2/internal/version"
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/builtin"
+	"github.com/containers/conmon-v2/logging/journald"
 	"github.com/containers/conmon-v2/reaper"
 )
 
@@ -46,6 +48,17 @@ func run() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	reg := registry()
+	if os.Getenv(conmon.EnvMonitor) == "" {
+		// Bad log options fail here, synchronously, as conmon opens its
+		// log file before it forks.
+		p, err := conmon.OpenLogs(context.Background(), cfg, reg, nil)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "[conmon:e]: Failed to open log: %v\n", err)
+			return 1
+		}
+		_ = p.Close()
 	}
 	boot, err := conmon.ReadBootstrap()
 	if err != nil {
@@ -90,12 +103,24 @@ func run() int {
 	defer cancel()
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(ctx) }()
-	code := conmon.NewMonitor(cfg, boot, r, diag, openLogs).Run(ctx)
+	code := conmon.NewMonitor(cfg, boot, r, diag, openLogs(reg)).Run(ctx)
 	cancel()
 	<-done
 	return code
 }
 
-func openLogs(ctx context.Context, cfg *conmon.Config, tap func(logging.Stream, []byte)) (conmon.LogPipeline, error) {
-	return conmon.TapOnlyLogs(ctx, cfg, tap)
+// registry holds the log drivers conmon-v2 offers through --log-path.
+func registry() *logging.Registry {
+	reg := builtin.Registry()
+	// Drivers not (yet) in the built-in set.
+	if _, ok := reg.Resolve(journald.Name); !ok {
+		_ = reg.Register(journald.Name, journald.New)
+	}
+	return reg
+}
+
+func openLogs(reg *logging.Registry) conmon.LogOpener {
+	return func(ctx context.Context, cfg *conmon.Config, tap func(logging.Stream, []byte)) (conmon.LogPipeline, error) {
+		return conmon.OpenLogs(ctx, cfg, reg, tap)
+	}
 }
