@@ -1,0 +1,110 @@
+package process
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// RecordFile is the name of a task's record inside its state directory.
+const RecordFile = "state.json"
+
+// Record is what the shim keeps on disk about a task, so that a restarted
+// shim can find and re-adopt its containers. It is rewritten atomically on
+// every transition of any of the task's processes.
+type Record struct {
+	ID         string            `json:"id"`
+	Namespace  string            `json:"namespace,omitempty"`
+	Bundle     string            `json:"bundle"`
+	Pid        int               `json:"pid"`
+	Stdio      Stdio             `json:"stdio"`
+	Status     string            `json:"status"`
+	ExitStatus int               `json:"exit_status"`
+	ExitedAt   *time.Time        `json:"exited_at,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+	StartedAt  *time.Time        `json:"started_at,omitempty"`
+	Execs      map[string]Record `json:"execs,omitempty"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func processRecord(p *Process) Record {
+	return Record{
+		ID:         p.ID,
+		Pid:        p.Pid,
+		Stdio:      p.Stdio,
+		Status:     p.Status.String(),
+		ExitStatus: p.ExitStatus,
+		ExitedAt:   timePtr(p.ExitedAt),
+		CreatedAt:  p.CreatedAt,
+		StartedAt:  timePtr(p.StartedAt),
+	}
+}
+
+// Record returns c's current record. Call under the owner's lock.
+func (c *Container) Record() Record {
+	r := processRecord(c.Init)
+	r.Namespace = c.Namespace
+	r.Bundle = c.Bundle
+	if len(c.Execs) > 0 {
+		r.Execs = make(map[string]Record, len(c.Execs))
+		for id, e := range c.Execs {
+			r.Execs[id] = processRecord(e)
+		}
+	}
+	return r
+}
+
+// WriteRecord writes r as dir/<id>/state.json through a temporary file and
+// a rename, so a reader never sees a partial record.
+func WriteRecord(dir string, r Record) error {
+	d := filepath.Join(dir, r.ID)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(d, ".state-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		_ = os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		_ = os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(d, RecordFile)); err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("writing state record of %q: %w", r.ID, err)
+	}
+	return nil
+}
+
+// ReadRecord reads the record of task id under dir.
+func ReadRecord(dir, id string) (Record, error) {
+	var r Record
+	data, err := os.ReadFile(filepath.Join(dir, id, RecordFile))
+	if err != nil {
+		return r, err
+	}
+	err = json.Unmarshal(data, &r)
+	return r, err
+}
+
+// RemoveRecord removes the state directory of task id.
+func RemoveRecord(dir, id string) error {
+	return os.RemoveAll(filepath.Join(dir, id))
+}

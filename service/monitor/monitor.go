@@ -1,0 +1,243 @@
+// Package monitor serves conmon-v2's own API, conmon.v1.Monitor
+// (api/conmon/v1), next to the task service on a shim's ttrpc socket: Info
+// (the shim's pid, group and memory), List (its tasks with status and
+// times) and Subscribe (its events, for clients without containerd, such
+// as conmonctl and package client).
+//
+// Wiring, in the shim's main, once the ttrpc server and the task service
+// exist:
+//
+//	monitor.Register(srv, monitor.New(monitor.Config{
+//		Events:    exchange,            // *events.Exchange
+//		Tasks:     svc,                 // *service.Service
+//		Group:     group,               // shim.GroupKey(cfg, id, annotations)
+//		Namespace: f.Namespace,
+//		Version:   version.Version,
+//	}))
+package monitor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
+	"github.com/containers/conmon-v2/service"
+)
+
+// Events is what the monitor needs of the shim's event exchange
+// (*events.Exchange): a lossless, ordered subscription that ends when ctx
+// does or when cancel is called.
+type Events interface {
+	Subscribe(ctx context.Context) (<-chan *apitypes.Envelope, func())
+}
+
+// Tasks is what the monitor needs of the task service (*service.Service).
+type Tasks interface {
+	List(ctx context.Context) []service.TaskInfo
+}
+
+// Config wires a Monitor.
+type Config struct {
+	Events    Events // required for Subscribe
+	Tasks     Tasks  // required for List and Info's task count
+	Group     string
+	Namespace string
+	Version   string
+	// Pid and StartedAt default to this process and New's call time.
+	Pid       int
+	StartedAt time.Time
+	// Proc is the procfs root, for tests; default /proc.
+	Proc string
+}
+
+// Monitor implements conmonapi.MonitorService.
+type Monitor struct {
+	cfg Config
+}
+
+var _ conmonapi.MonitorService = (*Monitor)(nil)
+
+// New returns a Monitor.
+func New(cfg Config) *Monitor {
+	if cfg.Pid == 0 {
+		cfg.Pid = os.Getpid()
+	}
+	if cfg.StartedAt.IsZero() {
+		cfg.StartedAt = time.Now()
+	}
+	if cfg.Proc == "" {
+		cfg.Proc = "/proc"
+	}
+	return &Monitor{cfg: cfg}
+}
+
+// Register adds m to srv as conmon.v1.Monitor. Its errors are converted to
+// gRPC status codes here, at the edge (the shim's unary interceptor would
+// do it too, but it does not see the Subscribe stream).
+func Register(srv *ttrpc.Server, m *Monitor) {
+	conmonapi.RegisterMonitorService(srv, edge{m})
+}
+
+// edge converts errdefs errors to status codes, once.
+type edge struct{ m *Monitor }
+
+func (e edge) Info(ctx context.Context, r *conmonapi.InfoRequest) (*conmonapi.InfoResponse, error) {
+	resp, err := e.m.Info(ctx, r)
+	return resp, errgrpc.ToGRPC(err)
+}
+
+func (e edge) List(ctx context.Context, r *conmonapi.ListRequest) (*conmonapi.ListResponse, error) {
+	resp, err := e.m.List(ctx, r)
+	return resp, errgrpc.ToGRPC(err)
+}
+
+func (e edge) Subscribe(ctx context.Context, r *conmonapi.SubscribeRequest, ss conmonapi.Monitor_SubscribeServer) error {
+	return errgrpc.ToGRPC(e.m.Subscribe(ctx, r, ss))
+}
+
+// Info describes the shim process.
+func (m *Monitor) Info(ctx context.Context, _ *conmonapi.InfoRequest) (*conmonapi.InfoResponse, error) {
+	rss, pss := memory(m.cfg.Proc, m.cfg.Pid)
+	r := &conmonapi.InfoResponse{
+		Pid:       uint32(m.cfg.Pid),
+		Group:     m.cfg.Group,
+		Namespace: m.cfg.Namespace,
+		Version:   m.cfg.Version,
+		StartedAt: m.cfg.StartedAt.UnixNano(),
+		RssKb:     rss,
+		PssKb:     pss,
+	}
+	if m.cfg.Tasks != nil {
+		r.Tasks = uint32(len(m.cfg.Tasks.List(ctx)))
+	}
+	return r, nil
+}
+
+// List returns every task of the shim.
+func (m *Monitor) List(ctx context.Context, _ *conmonapi.ListRequest) (*conmonapi.ListResponse, error) {
+	if m.cfg.Tasks == nil {
+		return nil, fmt.Errorf("task list: %w", errdefs.ErrNotImplemented)
+	}
+	tasks := m.cfg.Tasks.List(ctx)
+	out := &conmonapi.ListResponse{Tasks: make([]*conmonapi.Task, 0, len(tasks))}
+	for _, t := range tasks {
+		out.Tasks = append(out.Tasks, &conmonapi.Task{
+			Id:         t.ID,
+			Namespace:  t.Namespace,
+			Bundle:     t.Bundle,
+			Pid:        uint32(t.Pid),
+			Status:     t.Status,
+			ExitStatus: uint32(t.ExitStatus),
+			CreatedAt:  unixNano(t.CreatedAt),
+			StartedAt:  unixNano(t.StartedAt),
+			ExitedAt:   unixNano(t.ExitedAt),
+			Execs:      uint32(len(t.ExecIDs)),
+		})
+	}
+	return out, nil
+}
+
+// Subscribe streams events whose topic starts with one of req.Topics (all
+// without topics) until the client goes away or the exchange closes.
+func (m *Monitor) Subscribe(ctx context.Context, req *conmonapi.SubscribeRequest, ss conmonapi.Monitor_SubscribeServer) error {
+	if m.cfg.Events == nil {
+		return fmt.Errorf("event subscription: %w", errdefs.ErrNotImplemented)
+	}
+	for _, t := range req.GetTopics() {
+		if !strings.HasPrefix(t, "/") {
+			return fmt.Errorf("topic filter %q must start with /: %w", t, errdefs.ErrInvalidArgument)
+		}
+	}
+	evc, cancel := m.cfg.Events.Subscribe(ctx)
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case env, ok := <-evc:
+			if !ok {
+				return nil
+			}
+			if !match(req.GetTopics(), env.GetTopic()) {
+				continue
+			}
+			out := &conmonapi.Envelope{
+				Namespace: env.GetNamespace(),
+				Topic:     env.GetTopic(),
+				TypeUrl:   env.GetEvent().GetTypeUrl(),
+				Value:     env.GetEvent().GetValue(),
+			}
+			if ts := env.GetTimestamp(); ts != nil {
+				out.Timestamp = ts.AsTime().UnixNano()
+			}
+			if err := ss.Send(out); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func match(topics []string, topic string) bool {
+	if len(topics) == 0 {
+		return true
+	}
+	for _, t := range topics {
+		if strings.HasPrefix(topic, t) {
+			return true
+		}
+	}
+	return false
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// memory reads the RSS and PSS of pid in KiB from smaps_rollup (kernel
+// 4.14+), falling back to status for the RSS. Unreadable values are 0.
+func memory(proc string, pid int) (rss, pss uint64) {
+	base := proc + "/" + strconv.Itoa(pid)
+	if data, err := os.ReadFile(base + "/smaps_rollup"); err == nil {
+		rss = field(data, "Rss:")
+		pss = field(data, "Pss:")
+		if rss > 0 {
+			return rss, pss
+		}
+	}
+	if data, err := os.ReadFile(base + "/status"); err == nil {
+		rss = field(data, "VmRSS:")
+	}
+	return rss, pss
+}
+
+// field returns the kB value of the first line starting with key.
+func field(data []byte, key string) uint64 {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, key) {
+			continue
+		}
+		f := strings.Fields(line[len(key):])
+		if len(f) == 0 {
+			return 0
+		}
+		n, _ := strconv.ParseUint(f[0], 10, 64)
+		return n
+	}
+	return 0
+}

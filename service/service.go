@@ -1,0 +1,316 @@
+// Package service implements containerd's task API (containerd.task.v2.Task)
+// over the process domain: it owns the containers of one shim, routes the
+// reaper's exits to their processes, publishes task events in order and
+// keeps each task's record on disk.
+//
+// Errors are classified with errdefs and returned as such; the ttrpc edge
+// converts them to status codes once.
+package service
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/containers/conmon-v2/process"
+	"github.com/containers/conmon-v2/reaper"
+)
+
+// Publisher is what the service needs to emit containerd events; topic is
+// like "/tasks/exit", event a containerd api/events message.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, event proto.Message) error
+}
+
+// Runtime is the OCI runtime the service drives; *process.Runc in the shim,
+// a fake in unit tests.
+type Runtime = process.Runtime
+
+// Config is the service's wiring, built in main.
+type Config struct {
+	Namespace string    // containerd namespace (-namespace)
+	StateDir  string    // shim-owned dir; one sub-dir per task with its record
+	Publisher Publisher // may be nil (events are then dropped, logged)
+	// Reaper is the process's only wait loop; the service subscribes to
+	// its exits in New and starts binary loggers through it.
+	Reaper      *reaper.Reaper
+	Runtime     Runtime  // nil: runc rooted at RuntimeRoot
+	RuntimeRoot string   // runc --root; default /run/conmon-v2/runc/<namespace>
+	LoggerDirs  []string // allow-listed directories for binary:// loggers
+	OnEmpty     func()   // called after the last task is deleted; may be nil
+	// Logging, if set, returns a tap that receives a copy of a container's
+	// output (the logging pipeline), or nil for none.
+	Logging LogTapFunc
+}
+
+// exitSource is the reaper subscription as the service consumes it.
+type exitSource interface {
+	Recv(ctx context.Context) (reaper.Exit, error)
+	Close()
+}
+
+// Service is the task service of one shim. Create it with New and stop it
+// with Close.
+type Service struct {
+	cfg     Config
+	rt      Runtime
+	starter process.Starter
+	ctx     context.Context // lives until Close
+	cancel  context.CancelFunc
+	exits   exitSource
+	events  *eventQueue
+	wg      sync.WaitGroup // the exit loop
+
+	mu         sync.Mutex
+	containers map[string]*process.Container
+	reserved   map[string]bool          // ids being created
+	deleting   map[string]bool          // ids being deleted
+	byPid      map[int]*process.Process // live processes by pid
+	starting   int                      // creates/exec starts in flight
+	early      map[int]reaper.Exit      // exits of unknown pids while starting > 0
+	oom        map[string]*process.OOMWatch
+	closed     bool
+
+	// killPid, watchOOMFn and statsFn are process.KillPid, WatchOOM and Stats;
+	// unit tests replace them since their pids are not real.
+	killPid    func(pid int, sig uint32) error
+	watchOOMFn func(pid int, onOOM func()) (*process.OOMWatch, error)
+	statsFn    func(pid int) (*anypb.Any, error)
+}
+
+// New returns a running service. It subscribes to cfg.Reaper's exits
+// before it returns, so no exit of a process it starts can be missed.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Reaper == nil {
+		return nil, fmt.Errorf("service: a reaper is required: %w", errdefs.ErrInvalidArgument)
+	}
+	sub := cfg.Reaper.Subscribe()
+	s, err := newService(ctx, cfg, sub, cfg.Reaper)
+	if err != nil {
+		sub.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func newService(ctx context.Context, cfg Config, exits exitSource, starter process.Starter) (*Service, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
+	}
+	if err := process.ValidateID("namespace", cfg.Namespace); err != nil {
+		return nil, err
+	}
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("service: a state directory is required: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("state directory %q: %w", cfg.StateDir, err)
+	}
+	if cfg.RuntimeRoot == "" {
+		cfg.RuntimeRoot = process.DefaultRuntimeRoot(cfg.Namespace)
+	}
+	rt := cfg.Runtime
+	if rt == nil {
+		if err := os.MkdirAll(cfg.RuntimeRoot, 0o711); err != nil {
+			return nil, fmt.Errorf("runtime root %q: %w", cfg.RuntimeRoot, err)
+		}
+		rt = process.NewRuncRuntime(cfg.RuntimeRoot)
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Service{
+		cfg:        cfg,
+		rt:         rt,
+		starter:    starter,
+		ctx:        sctx,
+		cancel:     cancel,
+		exits:      exits,
+		events:     newEventQueue(cfg.Publisher),
+		containers: make(map[string]*process.Container),
+		reserved:   make(map[string]bool),
+		deleting:   make(map[string]bool),
+		byPid:      make(map[int]*process.Process),
+		early:      make(map[int]reaper.Exit),
+		oom:        make(map[string]*process.OOMWatch),
+		killPid:    process.KillPid,
+		watchOOMFn: process.WatchOOM,
+		statsFn:    process.Stats,
+	}
+	s.events.start(sctx)
+	s.wg.Add(1)
+	go s.exitLoop()
+	return s, nil
+}
+
+// Close stops the exit loop and the OOM watches, and gives queued events a
+// few seconds to be published. Containers are left running.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	watches := s.oom
+	s.oom = make(map[string]*process.OOMWatch)
+	s.mu.Unlock()
+	for _, w := range watches {
+		w.Stop()
+	}
+	s.events.close(5 * time.Second)
+	s.cancel()
+	s.exits.Close()
+	s.wg.Wait()
+	return nil
+}
+
+// Empty reports whether the service holds no task (and none is being
+// created): the shim may exit.
+func (s *Service) Empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.containers) == 0 && len(s.reserved) == 0
+}
+
+// exitLoop is the one consumer of the reaper subscription: exits are
+// handled one at a time, in reap order.
+func (s *Service) exitLoop() {
+	defer s.wg.Done()
+	for {
+		e, err := s.exits.Recv(s.ctx)
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.onExitLocked(e)
+		s.mu.Unlock()
+	}
+}
+
+func (s *Service) onExitLocked(e reaper.Exit) {
+	p := s.byPid[e.Pid]
+	if p == nil {
+		// Not (yet) ours: a runtime command, a logger, or a process whose
+		// start is still in flight. Keep it for the latter.
+		if s.starting > 0 {
+			s.early[e.Pid] = e
+		}
+		return
+	}
+	delete(s.byPid, e.Pid)
+	if p.Starting {
+		x := toExit(e)
+		p.PendingExit = &x
+		return
+	}
+	s.handleExitLocked(p, toExit(e))
+}
+
+func toExit(e reaper.Exit) process.Exit {
+	return process.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Timestamp}
+}
+
+// beginStartLocked marks a create or exec start in flight: exits of pids
+// not known yet are kept until endStartLocked.
+func (s *Service) beginStartLocked() { s.starting++ }
+
+// endStartLocked ends a start; it returns the exit already seen for pid,
+// if any.
+func (s *Service) endStartLocked(pid int) (process.Exit, bool) {
+	e, ok := s.early[pid]
+	if ok {
+		delete(s.early, pid)
+	}
+	s.starting--
+	if s.starting == 0 {
+		clear(s.early)
+	}
+	return toExit(e), ok
+}
+
+// handleExitLocked records an exit. Init's exit is held back while execs
+// of its container are alive (they are killed) so that it is published
+// last.
+func (s *Service) handleExitLocked(p *process.Process, e process.Exit) {
+	c := s.containers[p.ContainerID]
+	if c == nil {
+		p.SetExited(e.Status, e.Timestamp)
+		return
+	}
+	if p.Init {
+		if s.execsBusyLocked(c) {
+			c.InitExitDeferred = &e
+			for _, x := range c.Execs {
+				if x.Alive() {
+					_ = s.killPid(x.Pid, 9)
+				}
+			}
+			s.recordLocked(c)
+			return
+		}
+		s.finishExitLocked(c, p, e)
+		return
+	}
+	s.finishExitLocked(c, p, e)
+	s.maybeFinishInitLocked(c)
+}
+
+// maybeFinishInitLocked publishes a deferred init exit once no exec of c
+// is alive or starting.
+func (s *Service) maybeFinishInitLocked(c *process.Container) {
+	if c.InitExitDeferred != nil && !s.execsBusyLocked(c) {
+		e := *c.InitExitDeferred
+		c.InitExitDeferred = nil
+		s.finishExitLocked(c, c.Init, e)
+	}
+}
+
+func (s *Service) execsBusyLocked(c *process.Container) bool {
+	for _, x := range c.Execs {
+		if x.Alive() || x.Starting {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Service) finishExitLocked(c *process.Container, p *process.Process, e process.Exit) {
+	p.SetExited(e.Status, e.Timestamp)
+	s.publishLocked(topicExit, exitEvent(c, p))
+	s.recordLocked(c)
+}
+
+// initGoneLocked reports whether c's init has exited (even if its exit is
+// held back for its execs).
+func initGoneLocked(c *process.Container) bool {
+	return c.InitExitDeferred != nil || c.Init.Status == process.Stopped || c.Init.Status == process.Deleted
+}
+
+// recordLocked writes c's record; a failure is logged, never fatal.
+func (s *Service) recordLocked(c *process.Container) {
+	if err := process.WriteRecord(s.cfg.StateDir, c.Record()); err != nil {
+		log.Printf("task %s: %v", c.ID, err)
+	}
+}
+
+// recoverPanic turns a panic in a handler into an Internal error: no
+// request may take the shim down.
+func recoverPanic(method string, err *error) {
+	if r := recover(); r != nil {
+		log.Printf("panic in %s: %v\n%s", method, r, debug.Stack())
+		*err = fmt.Errorf("%s: internal error: %v: %w", method, r, errdefs.ErrInternal)
+	}
+}
+
+// ctxErr wraps the context error of a blocking call; errdefs' converters
+// map context.Canceled and DeadlineExceeded themselves.
+func ctxErr(err error) error {
+	return fmt.Errorf("wait: %w", err)
+}

@@ -1,0 +1,612 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/events"
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/containers/conmon-v2/process"
+	"github.com/containers/conmon-v2/reaper"
+)
+
+// testBound bounds every wait of these tests; it is a deadlock guard, not
+// a timing assertion.
+const testBound = 10 * time.Second
+
+// fakeExits is an unbuffered exit source: a send returns once the
+// service's exit loop has taken the exit, and a second send returns only
+// after the first was fully handled (the loop is single-threaded).
+type fakeExits struct {
+	ch   chan reaper.Exit
+	once sync.Once
+	done chan struct{}
+}
+
+func newFakeExits() *fakeExits {
+	return &fakeExits{ch: make(chan reaper.Exit), done: make(chan struct{})}
+}
+
+func (f *fakeExits) Recv(ctx context.Context) (reaper.Exit, error) {
+	select {
+	case e := <-f.ch:
+		return e, nil
+	case <-ctx.Done():
+		return reaper.Exit{}, ctx.Err()
+	case <-f.done:
+		return reaper.Exit{}, errors.New("closed")
+	}
+}
+
+func (f *fakeExits) Close() { f.once.Do(func() { close(f.done) }) }
+
+// exit delivers an exit and returns once the service handled it.
+func (f *fakeExits) exit(t *testing.T, pid, status int) {
+	t.Helper()
+	for _, e := range []reaper.Exit{{Pid: pid, Status: status, Timestamp: time.Now()}, {Pid: -1}} {
+		select {
+		case f.ch <- e:
+		case <-time.After(testBound):
+			t.Fatalf("exit loop did not take the exit of pid %d", pid)
+		}
+	}
+}
+
+// fakeRuntime hands out pids from a range no real process has here (they
+// are never signalled: the service's killPid is replaced too).
+type fakeRuntime struct {
+	mu      sync.Mutex
+	next    int
+	pids    map[string]int // container id -> init pid
+	onStart func(id string, pid int)
+	onExec  func(id string, pid int)
+	panicOn string
+	killed  []string
+}
+
+func newFakeRuntime() *fakeRuntime {
+	return &fakeRuntime{next: 1 << 30, pids: make(map[string]int)}
+}
+
+func (f *fakeRuntime) newPid(path string) (int, error) {
+	f.mu.Lock()
+	f.next++
+	pid := f.next
+	f.mu.Unlock()
+	return pid, os.WriteFile(path, []byte(strconv.Itoa(pid)), 0o600)
+}
+
+func (f *fakeRuntime) Create(ctx context.Context, id, bundle string, opts *runc.CreateOpts) error {
+	pid, err := f.newPid(opts.PidFile)
+	f.mu.Lock()
+	f.pids[id] = pid
+	f.mu.Unlock()
+	return err
+}
+
+func (f *fakeRuntime) Start(ctx context.Context, id string) error {
+	f.mu.Lock()
+	pid, hook := f.pids[id], f.onStart
+	f.mu.Unlock()
+	if hook != nil {
+		hook(id, pid)
+	}
+	return nil
+}
+
+func (f *fakeRuntime) Exec(ctx context.Context, id string, spec specs.Process, opts *runc.ExecOpts) error {
+	pid, err := f.newPid(opts.PidFile)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	hook := f.onExec
+	f.mu.Unlock()
+	if hook != nil {
+		hook(id, pid)
+	}
+	return nil
+}
+
+func (f *fakeRuntime) Kill(ctx context.Context, id string, sig int, opts *runc.KillOpts) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.killed = append(f.killed, fmt.Sprintf("%s:%d", id, sig))
+	return nil
+}
+
+func (f *fakeRuntime) Delete(ctx context.Context, id string, opts *runc.DeleteOpts) error {
+	return nil
+}
+
+func (f *fakeRuntime) Pause(ctx context.Context, id string) error {
+	if f.panicOn == "pause" {
+		panic("fake runtime: pause exploded")
+	}
+	return nil
+}
+func (f *fakeRuntime) Resume(ctx context.Context, id string) error { return nil }
+func (f *fakeRuntime) Ps(ctx context.Context, id string) ([]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return []int{f.pids[id]}, nil
+}
+func (f *fakeRuntime) Update(ctx context.Context, id string, r *specs.LinuxResources) error {
+	return nil
+}
+func (f *fakeRuntime) Checkpoint(ctx context.Context, id string, opts *runc.CheckpointOpts, actions ...runc.CheckpointAction) error {
+	return nil
+}
+
+// recorder is a Publisher that keeps every event.
+type recorder struct {
+	mu     sync.Mutex
+	events []string
+	more   chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{more: make(chan struct{}, 1)} }
+
+func (r *recorder) Publish(ctx context.Context, topic string, ev proto.Message) error {
+	desc := topic
+	switch e := ev.(type) {
+	case *eventsapi.TaskExit:
+		desc = fmt.Sprintf("%s %s %d", topic, e.ID, e.ExitStatus)
+	case *eventsapi.TaskExecStarted:
+		desc = fmt.Sprintf("%s %s", topic, e.ExecID)
+	case *eventsapi.TaskExecAdded:
+		desc = fmt.Sprintf("%s %s", topic, e.ExecID)
+	}
+	r.mu.Lock()
+	r.events = append(r.events, desc)
+	r.mu.Unlock()
+	select {
+	case r.more <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// wait returns the events once there are n of them.
+func (r *recorder) wait(t *testing.T, n int) []string {
+	t.Helper()
+	deadline := time.After(testBound)
+	for {
+		r.mu.Lock()
+		if len(r.events) >= n {
+			out := append([]string(nil), r.events...)
+			r.mu.Unlock()
+			return out
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.more:
+		case <-deadline:
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			t.Fatalf("got events %q, want %d", r.events, n)
+		}
+	}
+}
+
+type harness struct {
+	s     *Service
+	rt    *fakeRuntime
+	exits *fakeExits
+	pub   *recorder
+	dir   string
+	empty chan struct{}
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{rt: newFakeRuntime(), exits: newFakeExits(), pub: newRecorder(), dir: t.TempDir(), empty: make(chan struct{}, 8)}
+	s, err := newService(context.Background(), Config{
+		Namespace: "test",
+		StateDir:  filepath.Join(h.dir, "state"),
+		Publisher: h.pub,
+		Runtime:   h.rt,
+		OnEmpty:   func() { h.empty <- struct{}{} },
+	}, h.exits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.killPid = func(pid int, sig uint32) error { return nil }
+	s.watchOOMFn = func(int, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
+	h.s = s
+	t.Cleanup(func() { _ = s.Close() })
+	return h
+}
+
+func (h *harness) bundle(t *testing.T, id string) string {
+	t.Helper()
+	b := filepath.Join(h.dir, "bundles", id)
+	if err := os.MkdirAll(b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec := specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"/bin/sh"}}}
+	data, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (h *harness) create(t *testing.T, id string) uint32 {
+	t.Helper()
+	r, err := h.s.Create(context.Background(), &taskv2.CreateTaskRequest{ID: id, Bundle: h.bundle(t, id)})
+	if err != nil {
+		t.Fatalf("Create %s: %v", id, err)
+	}
+	return r.Pid
+}
+
+func (h *harness) start(t *testing.T, id, execID string) uint32 {
+	t.Helper()
+	r, err := h.s.Start(context.Background(), &taskv2.StartRequest{ID: id, ExecID: execID})
+	if err != nil {
+		t.Fatalf("Start %s/%s: %v", id, execID, err)
+	}
+	return r.Pid
+}
+
+func (h *harness) exec(t *testing.T, id, execID string) {
+	t.Helper()
+	spec, _ := json.Marshal(specs.Process{Args: []string{"/bin/true"}})
+	_, err := h.s.Exec(context.Background(), &taskv2.ExecProcessRequest{
+		ID: id, ExecID: execID,
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec},
+	})
+	if err != nil {
+		t.Fatalf("Exec %s/%s: %v", id, execID, err)
+	}
+}
+
+func wantEvents(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("events:\n got %q\nwant %q", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("events:\n got %q\nwant %q", got, want)
+		}
+	}
+}
+
+func wantErr(t *testing.T, err error, class error) {
+	t.Helper()
+	if !errors.Is(err, class) {
+		t.Fatalf("error %v, want class %v", err, class)
+	}
+}
+
+func TestExitOrderingExecsBeforeInit(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exec(t, "c1", "e1")
+	epid := h.start(t, "c1", "e1")
+	// Init dies first; its exit must wait for the exec's.
+	h.exits.exit(t, int(pid), 137)
+	st, err := h.s.State(context.Background(), &taskv2.StateRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status == task.Status_STOPPED {
+		t.Fatalf("init reported stopped while its exec is alive")
+	}
+	h.exits.exit(t, int(epid), 137)
+	got := h.pub.wait(t, 6)
+	wantEvents(t, got, "/tasks/create", "/tasks/start", "/tasks/exec-added e1",
+		"/tasks/exec-started e1", "/tasks/exit e1 137", "/tasks/exit c1 137")
+}
+
+func TestInitExitsBeforeStartReturns(t *testing.T) {
+	h := newHarness(t)
+	h.rt.onStart = func(id string, pid int) { h.exits.exit(t, pid, 3) }
+	h.create(t, "c1")
+	h.start(t, "c1", "")
+	w, err := h.s.Wait(context.Background(), &taskv2.WaitRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.ExitStatus != 3 {
+		t.Fatalf("exit status %d, want 3", w.ExitStatus)
+	}
+	wantEvents(t, h.pub.wait(t, 3), "/tasks/create", "/tasks/start", "/tasks/exit c1 3")
+}
+
+func TestExecExitsBeforeStartReturns(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exec(t, "c1", "e1")
+	h.rt.onExec = func(id string, pid int) { h.exits.exit(t, pid, 5) }
+	h.start(t, "c1", "e1")
+	w, err := h.s.Wait(context.Background(), &taskv2.WaitRequest{ID: "c1", ExecID: "e1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.ExitStatus != 5 {
+		t.Fatalf("exit status %d, want 5", w.ExitStatus)
+	}
+	wantEvents(t, h.pub.wait(t, 5), "/tasks/create", "/tasks/start", "/tasks/exec-added e1",
+		"/tasks/exec-started e1", "/tasks/exit e1 5")
+}
+
+func TestExecAfterInitExit(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exec(t, "c1", "early")
+	h.exits.exit(t, int(pid), 0)
+	spec, _ := json.Marshal(specs.Process{Args: []string{"/bin/true"}})
+	_, err := h.s.Exec(context.Background(), &taskv2.ExecProcessRequest{
+		ID: "c1", ExecID: "e2", Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec},
+	})
+	wantErr(t, err, errdefs.ErrFailedPrecondition)
+	_, err = h.s.Start(context.Background(), &taskv2.StartRequest{ID: "c1", ExecID: "early"})
+	wantErr(t, err, errdefs.ErrFailedPrecondition)
+}
+
+func TestWaitOnExitedProcess(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exits.exit(t, int(pid), 7)
+	for i := 0; i < 2; i++ {
+		w, err := h.s.Wait(context.Background(), &taskv2.WaitRequest{ID: "c1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.ExitStatus != 7 || w.ExitedAt == nil {
+			t.Fatalf("wait = %v, want status 7 with a time", w)
+		}
+	}
+}
+
+func TestWaitBeforeStart(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	res := make(chan *taskv2.WaitResponse, 1)
+	go func() {
+		w, err := h.s.Wait(context.Background(), &taskv2.WaitRequest{ID: "c1"})
+		if err != nil {
+			t.Error(err)
+		}
+		res <- w
+	}()
+	h.start(t, "c1", "")
+	select {
+	case w := <-res:
+		t.Fatalf("Wait returned %v before the exit", w)
+	default:
+	}
+	h.exits.exit(t, int(pid), 1)
+	select {
+	case w := <-res:
+		if w == nil || w.ExitStatus != 1 {
+			t.Fatalf("wait = %v, want status 1", w)
+		}
+	case <-time.After(testBound):
+		t.Fatal("Wait did not return after the exit")
+	}
+}
+
+func TestWaitCancelled(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := h.s.Wait(ctx, &taskv2.WaitRequest{ID: "c1"})
+	wantErr(t, err, context.Canceled)
+}
+
+func TestDoubleDelete(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	_, err := h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"})
+	wantErr(t, err, errdefs.ErrFailedPrecondition) // still running
+	h.exits.exit(t, int(pid), 9)
+	d, err := h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Pid != pid || d.ExitStatus != 9 || d.ExitedAt == nil {
+		t.Fatalf("delete = %v, want pid %d status 9", d, pid)
+	}
+	_, err = h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"})
+	wantErr(t, err, errdefs.ErrNotFound)
+	wantEvents(t, h.pub.wait(t, 4), "/tasks/create", "/tasks/start", "/tasks/exit c1 9", "/tasks/delete")
+	select {
+	case <-h.empty:
+	case <-time.After(testBound):
+		t.Fatal("OnEmpty not called after the last delete")
+	}
+	if !h.s.Empty() {
+		t.Fatal("service not empty after the last delete")
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "state", "c1")); !os.IsNotExist(err) {
+		t.Fatalf("state record left after delete: %v", err)
+	}
+}
+
+func TestDeleteCreatedTask(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	d, err := h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ExitStatus != 137 {
+		t.Fatalf("delete of a created task: status %d, want 137", d.ExitStatus)
+	}
+}
+
+func TestKillExitedProcess(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exec(t, "c1", "e1")
+	_, err := h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", ExecID: "e1", Signal: 9})
+	wantErr(t, err, errdefs.ErrFailedPrecondition) // exec not started
+	epid := h.start(t, "c1", "e1")
+	h.exits.exit(t, int(epid), 0)
+	_, err = h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", ExecID: "e1", Signal: 9})
+	wantErr(t, err, errdefs.ErrNotFound)
+	if _, err := h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 15}); err != nil {
+		t.Fatalf("kill of running init: %v", err)
+	}
+	h.exits.exit(t, int(pid), 143)
+	_, err = h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 9})
+	wantErr(t, err, errdefs.ErrNotFound)
+}
+
+func TestStateOfExecAndRecord(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	h.exec(t, "c1", "e1")
+	st, err := h.s.State(context.Background(), &taskv2.StateRequest{ID: "c1", ExecID: "e1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ID != "e1" || st.Status != task.Status_CREATED || st.Pid != 0 {
+		t.Fatalf("state of a registered exec = %v", st)
+	}
+	_, err = h.s.State(context.Background(), &taskv2.StateRequest{ID: "c1", ExecID: "nope"})
+	wantErr(t, err, errdefs.ErrNotFound)
+	h.start(t, "c1", "")
+	rec, err := process.ReadRecord(filepath.Join(h.dir, "state"), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Status != "running" || rec.Pid == 0 || rec.StartedAt == nil || rec.Execs["e1"].Status != "created" {
+		t.Fatalf("record = %+v", rec)
+	}
+}
+
+func TestConnect(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	r, err := h.s.Connect(context.Background(), &taskv2.ConnectRequest{ID: "c1"})
+	if err != nil || r.TaskPid != pid || r.ShimPid != uint32(os.Getpid()) {
+		t.Fatalf("connect = %v, %v", r, err)
+	}
+	r, err = h.s.Connect(context.Background(), &taskv2.ConnectRequest{ID: "unknown"})
+	if err != nil || r.TaskPid != 0 {
+		t.Fatalf("connect to an unknown task = %v, %v", r, err)
+	}
+}
+
+func TestCreateRefusals(t *testing.T) {
+	h := newHarness(t)
+	good := h.bundle(t, "good")
+	h.create(t, "dup")
+	loggerDir := t.TempDir()
+	for _, tc := range []struct {
+		name  string
+		req   *taskv2.CreateTaskRequest
+		class error
+	}{
+		{"bad id", &taskv2.CreateTaskRequest{ID: "../x", Bundle: good}, errdefs.ErrInvalidArgument},
+		{"relative bundle", &taskv2.CreateTaskRequest{ID: "a", Bundle: "rel/dir"}, errdefs.ErrInvalidArgument},
+		{"missing bundle", &taskv2.CreateTaskRequest{ID: "a", Bundle: "/nonexistent/bundle"}, errdefs.ErrInvalidArgument},
+		{"no config.json", &taskv2.CreateTaskRequest{ID: "a", Bundle: loggerDir}, errdefs.ErrInvalidArgument},
+		{"unknown scheme", &taskv2.CreateTaskRequest{ID: "a", Bundle: good, Stdout: "http://x/y"}, errdefs.ErrInvalidArgument},
+		{"binary logger not allowed", &taskv2.CreateTaskRequest{ID: "a", Bundle: good, Stdout: "binary:///bin/sh"}, errdefs.ErrInvalidArgument},
+		{"relative fifo", &taskv2.CreateTaskRequest{ID: "a", Bundle: good, Stdout: "out"}, errdefs.ErrInvalidArgument},
+		{"duplicate", &taskv2.CreateTaskRequest{ID: "dup", Bundle: good}, errdefs.ErrAlreadyExists},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.s.Create(context.Background(), tc.req)
+			wantErr(t, err, tc.class)
+		})
+	}
+}
+
+func TestExecRefusals(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	h.exec(t, "c1", "e1")
+	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/true"}})
+	procURL := "types.containerd.io/opencontainers/runtime-spec/1/Process"
+	for _, tc := range []struct {
+		name  string
+		req   *taskv2.ExecProcessRequest
+		class error
+	}{
+		{"bad exec id", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "-x", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrInvalidArgument},
+		{"no spec", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e2"}, errdefs.ErrInvalidArgument},
+		{"wrong spec type", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e2", Spec: &anypb.Any{TypeUrl: "x.Y", Value: proc}}, errdefs.ErrInvalidArgument},
+		{"bad json", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e2", Spec: &anypb.Any{TypeUrl: procURL, Value: []byte("{")}}, errdefs.ErrInvalidArgument},
+		{"unknown task", &taskv2.ExecProcessRequest{ID: "c9", ExecID: "e2", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrNotFound},
+		{"duplicate", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e1", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrAlreadyExists},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.s.Exec(context.Background(), tc.req)
+			wantErr(t, err, tc.class)
+		})
+	}
+}
+
+func TestPanicBecomesError(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.rt.panicOn = "pause"
+	_, err := h.s.Pause(context.Background(), &taskv2.PauseRequest{ID: "c1"})
+	wantErr(t, err, errdefs.ErrInternal)
+	// The service still answers.
+	if _, err := h.s.State(context.Background(), &taskv2.StateRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPauseResume(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	_, err := h.s.Pause(context.Background(), &taskv2.PauseRequest{ID: "c1"})
+	wantErr(t, err, errdefs.ErrFailedPrecondition) // not running yet
+	h.start(t, "c1", "")
+	if _, err := h.s.Pause(context.Background(), &taskv2.PauseRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := h.s.State(context.Background(), &taskv2.StateRequest{ID: "c1"})
+	if st.Status != task.Status_PAUSED {
+		t.Fatalf("status %v after pause", st.Status)
+	}
+	if _, err := h.s.Resume(context.Background(), &taskv2.ResumeRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	wantEvents(t, h.pub.wait(t, 4), "/tasks/create", "/tasks/start", "/tasks/paused", "/tasks/resumed")
+}
+
+func TestListAndEmpty(t *testing.T) {
+	h := newHarness(t)
+	if !h.s.Empty() {
+		t.Fatal("new service not empty")
+	}
+	h.create(t, "c1")
+	h.exec(t, "c1", "e1")
+	l := h.s.List(context.Background())
+	if len(l) != 1 || l[0].ID != "c1" || l[0].Status != "created" || len(l[0].ExecIDs) != 1 {
+		t.Fatalf("list = %+v", l)
+	}
+}
