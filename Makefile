@@ -45,5 +45,8 @@ check: ## gofmt, go vet, generated code up to date
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+critest: build ## CRI conformance: critest through containerd 1.6, runc baseline vs conmon-v2 (root; see integration/critest)
+	integration/critest/critest.sh
+
 clean: ## remove build output
 	rm -rf bin
