@@ -20,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	clog "github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/internal/version"
@@ -91,6 +92,10 @@ func defaultRoot() string {
 }
 
 func main() {
+	// ttrpc logs through containerd/log (logrus); a reply that arrives
+	// after its call was cancelled (stop's bounded Wait) is normal here,
+	// not worth a line on the user's terminal.
+	_ = clog.SetLevel("fatal")
 	a := &app{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, opts: &options{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	code := a.main(ctx, os.Args[1:])
@@ -215,6 +220,7 @@ func cleanError(err error) string {
 // positional arguments (`logs NAME -f`), as docker allows; "--" ends flags
 // in both modes.
 func parseFlags(fs *flag.FlagSet, args []string, stopAtArg bool) ([]string, error) {
+	args = expandShortFlags(fs, args, stopAtArg)
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -230,6 +236,61 @@ func parseFlags(fs *flag.FlagSet, args []string, stopAtArg bool) ([]string, erro
 		positional = append(positional, rest[0])
 		args = rest[1:]
 	}
+}
+
+// expandShortFlags rewrites grouped one-letter boolean flags ("-it",
+// "-dit") into separate ones, as docker users type them; the flag package
+// does not group. Values of flags that take one are skipped.
+func expandShortFlags(fs *flag.FlagSet, args []string, stopAtArg bool) []string {
+	isBool := func(name string) (known, boolean bool) {
+		f := fs.Lookup(name)
+		if f == nil {
+			return false, false
+		}
+		b, ok := f.Value.(interface{ IsBoolFlag() bool })
+		return true, ok && b.IsBoolFlag()
+	}
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(arg) < 2 || arg[0] != '-' {
+			if stopAtArg {
+				return append(out, args[i:]...)
+			}
+			out = append(out, arg)
+			continue
+		}
+		name := strings.TrimLeft(arg, "-")
+		if strings.Contains(name, "=") {
+			out = append(out, arg)
+			continue
+		}
+		if known, boolean := isBool(name); known {
+			out = append(out, arg)
+			if !boolean && i+1 < len(args) {
+				i++
+				out = append(out, args[i])
+			}
+			continue
+		}
+		grouped := !strings.HasPrefix(arg, "--") && len(name) > 1
+		for _, c := range name {
+			if _, boolean := isBool(string(c)); !boolean {
+				grouped = false
+			}
+		}
+		if !grouped {
+			out = append(out, arg) // the flag package reports it
+			continue
+		}
+		for _, c := range name {
+			out = append(out, "-"+string(c))
+		}
+	}
+	return out
 }
 
 func (a *app) mainUsage(cmds map[string]*command) {

@@ -127,8 +127,14 @@ func (c *shimConns) describe(ctx context.Context, r *record) psEntry {
 			e.ExitedAt = t.ExitedAt
 		}
 	}
-	if !e.StartedAt.IsZero() && e.Status != string(client.Stopped) {
-		e.Uptime = time.Since(e.StartedAt).Round(time.Second).String()
+	if e.Status == string(client.Running) || e.Status == string(client.Paused) {
+		// Without the shim's start time (a shim without the Monitor API),
+		// the record's creation time is close enough.
+		since := e.StartedAt
+		if since.IsZero() {
+			since = r.Created
+		}
+		e.Uptime = time.Since(since).Round(time.Second).String()
 	}
 	return e
 }
@@ -640,6 +646,15 @@ func cmdShims(ctx context.Context, a *app, args []string) error {
 			}
 			cctx, cancel := withTimeout(ctx)
 			info, err := s.Info(cctx)
+			if errdefs.IsNotImplemented(err) {
+				// A shim without the Monitor API: its pid from the task API,
+				// its memory from /proc (same host).
+				var ci client.ConnectInfo
+				if ci, err = s.ConnectTask(cctx, r.ID); err == nil {
+					info = client.ShimInfo{Pid: ci.ShimPid, Group: r.Group, Namespace: r.Namespace}
+					info.RSSKB, info.PSSKB = procMemory(int(ci.ShimPid))
+				}
+			}
 			cancel()
 			if err != nil {
 				continue
@@ -784,4 +799,27 @@ func cmdAttach(ctx context.Context, a *app, args []string) error {
 	default:
 		return nil
 	}
+}
+
+// procMemory reads a process's RSS and PSS in KiB from /proc (0 when
+// unreadable).
+func procMemory(pid int) (rss, pss uint64) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseUint(f[1], 10, 64)
+		switch f[0] {
+		case "Rss:":
+			rss = n
+		case "Pss:":
+			pss = n
+		}
+	}
+	return rss, pss
 }

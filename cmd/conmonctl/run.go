@@ -427,18 +427,25 @@ func (p *process) run(ctx context.Context) (int, error) {
 		}
 		defer p.con.Reset()
 	}
+	fwdCtx, stopFwd := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFwd()
+	if p.con != nil && p.execID == "" {
+		// Before Start: a container's pty exists once it is created, and
+		// the process must see the right size from its first instruction.
+		// (An exec's pty only exists once it is started.)
+		p.shim.ForwardResize(fwdCtx, p.con, p.id, p.execID, nil)
+	}
 	cctx, cancel := withTimeout(ctx)
 	_, err := p.shim.Start(cctx, p.id, p.execID)
 	cancel()
 	if err != nil {
 		return 0, err
 	}
-	fwdCtx, stopFwd := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopFwd()
-	if p.con != nil {
-		p.shim.ForwardResize(fwdCtx, p.con, p.id, p.execID, nil)
-	} else {
+	switch {
+	case p.con == nil:
 		p.forwardSignals(fwdCtx)
+	case p.execID != "":
+		p.shim.ForwardResize(fwdCtx, p.con, p.id, p.execID, nil)
 	}
 	r := <-waitc
 	if r.err != nil {
