@@ -1,0 +1,212 @@
+// Command containerd-shim-conmon-v2 is conmon-v2 as a containerd shim v2
+// (runtime name io.containerd.conmon.v2). It is also what CRI-O's "vm"
+// runtime handler runs. See docs/containerd.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+
+	"github.com/containers/conmon-v2/events"
+	"github.com/containers/conmon-v2/internal/version"
+	"github.com/containers/conmon-v2/process"
+	"github.com/containers/conmon-v2/reaper"
+	"github.com/containers/conmon-v2/service"
+	"github.com/containers/conmon-v2/shim"
+)
+
+func main() {
+	f, err := shim.ParseFlags(os.Args[1:])
+	if err != nil {
+		fail(err)
+	}
+	ctx := context.Background()
+	switch {
+	case f.Version:
+		fmt.Printf("%s:\n  Version: %s\n  Runtime: %s\n  Go: %s\n", filepath.Base(os.Args[0]), version.Version, shim.RuntimeName, runtime.Version())
+		return
+	case f.Info:
+		err = shim.Info(ctx, version.Version, os.Stdin, os.Stdout, f.Config)
+	case f.Action == shim.ActionStart:
+		var self string
+		if self, err = os.Executable(); err == nil {
+			err = shim.Start(ctx, f, shim.StartEnv{Stdin: os.Stdin, Stdout: os.Stdout, Self: self, Getenv: os.Getenv})
+		}
+	case f.Action == shim.ActionDelete:
+		err = shim.Delete(ctx, f, shim.DeleteEnv{Stdout: os.Stdout, Stderr: os.Stderr})
+	default:
+		err = daemon(f)
+	}
+	if err != nil {
+		fail(err)
+	}
+}
+
+// fail reports err on stderr (containerd shows it as the start error) and
+// exits non-zero.
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "containerd-shim-conmon-v2: %v\n", err)
+	os.Exit(1)
+}
+
+// daemon serves the task API until the last task is gone.
+func daemon(f shim.Flags) error {
+	tune()
+	cfg, err := daemonConfig(f)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if f.Debug || cfg.Debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
+		With("runtime", shim.RuntimeName, "namespace", f.Namespace, "pid", os.Getpid())
+	// containerd reads our stderr (the bundle's log FIFO); when it goes away
+	// a write must fail with EPIPE rather than kill the daemon. Notify, not
+	// Ignore: an ignored SIGPIPE would be inherited by the containers.
+	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
+
+	var ready *os.File
+	if s := os.Getenv(shim.ReadyFDEnv); s != "" {
+		if fd, err := strconv.Atoi(s); err == nil && fd > 2 {
+			unix.CloseOnExec(fd) // inherited without; runc must not get it
+			ready = os.NewFile(uintptr(fd), "ready")
+		}
+		os.Unsetenv(shim.ReadyFDEnv)
+	}
+	os.Unsetenv(shim.ConfigEnv)
+	l, sockPath, err := daemonListener(f)
+	if err != nil {
+		if ready != nil {
+			fmt.Fprint(ready, err.Error())
+			ready.Close()
+		}
+		return err
+	}
+
+	if err := reaper.SetSubreaper(); err != nil {
+		return fmt.Errorf("subreaper: %w", err)
+	}
+	r := reaper.New()
+	runc.Monitor = r // go-runc's global: every runc command goes through our wait loop
+
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stopSignals()
+	reapCtx, stopReaper := context.WithCancel(context.Background())
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		r.Run(reapCtx)
+	}()
+
+	exchange := events.New(f.Namespace, os.Getenv(shim.TTRPCAddressEnv), log)
+	d := shim.Daemon{
+		Log:        log,
+		Listener:   l,
+		SocketPath: sockPath,
+		NewService: func(ctx context.Context, onEmpty func()) (shim.TaskService, error) {
+			root := filepath.Join(cfg.RuntimeRoot, f.Namespace)
+			if err := os.MkdirAll(root, 0o711); err != nil {
+				return nil, fmt.Errorf("runtime root %q: %w", root, err)
+			}
+			rt := process.NewRuncRuntime(root)
+			rt.Command = cfg.Runtime
+			return service.New(ctx, service.Config{
+				Namespace:   f.Namespace,
+				StateDir:    filepath.Join(cfg.StateDir, f.Namespace),
+				Publisher:   exchange,
+				Reaper:      r,
+				Runtime:     rt,
+				RuntimeRoot: root,
+				LoggerDirs:  cfg.LoggerDirs,
+				OnEmpty:     onEmpty,
+			})
+		},
+	}
+	if ready != nil {
+		d.Ready = ready
+	}
+	reason, err := d.Serve(sigCtx)
+	// Serve closed the service: its last events are queued. Give them a
+	// few seconds to reach containerd.
+	cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if cerr := exchange.Close(cctx); cerr != nil {
+		log.Error("events", "error", cerr)
+	}
+	cancel()
+	stopReaper()
+	<-reaped
+	if err != nil {
+		log.Error("daemon", "error", err)
+		return err
+	}
+	log.Info("exit", "reason", reason)
+	return nil
+}
+
+// daemonListener returns the socket inherited from start (fd 3), or, when
+// the daemon is run by hand with -socket, listens there.
+func daemonListener(f shim.Flags) (net.Listener, string, error) {
+	if f.Socket != "" {
+		p, err := shim.SocketFromAddress(f.Socket)
+		if err != nil {
+			p = f.Socket
+		}
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			return nil, "", err
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		return l, p, nil
+	}
+	lf := os.NewFile(3, "listener")
+	l, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("daemon mode needs the listening socket as fd 3 (run by `start`) or -socket: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, "", fmt.Errorf("fd 3 is not a unix socket: %w", errdefs.ErrInvalidArgument)
+	}
+	return ul, ul.Addr().String(), nil
+}
+
+// daemonConfig is the configuration start resolved (passed in the
+// environment), else the configuration file.
+func daemonConfig(f shim.Flags) (shim.Config, error) {
+	if s := os.Getenv(shim.ConfigEnv); s != "" {
+		return shim.ParseConfig("from start ("+shim.ConfigEnv+")", []byte(s))
+	}
+	return shim.ResolveConfig(nil, f.Config)
+}
+
+// tune keeps the daemon small: it mostly sleeps in syscalls, two Ps are
+// plenty, and a lower GC target trades a little CPU for resident memory.
+// Explicit GOMAXPROCS/GOGC settings in the environment win.
+func tune() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(2)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(64 << 20)
+	}
+}

@@ -1,0 +1,523 @@
+// Package containerd runs containerd-shim-conmon-v2 under a real containerd
+// (Debian's 1.6, or a 2.x built from the Go module proxy when
+// CONMON_V2_CONTAINERD2 names its directory) driven by ctr. Each test
+// starts its own containerd with private root, state and sockets, and the
+// shim's sockets, runc root and state live under the test's directory too.
+package containerd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containers/conmon-v2/internal/testutil"
+)
+
+const runtimeName = "io.containerd.conmon.v2"
+
+// env is one private containerd with the shim on its PATH.
+type env struct {
+	t         *testing.T
+	dir       string // short: socket paths must fit 106 bytes
+	rootfs    string
+	shimBin   string
+	ctrBin    string
+	ctrdBin   string
+	address   string
+	shimCfg   string // shim configuration file passed with --runtime-config-path
+	socketDir string
+	runcRoot  string
+	loggers   string
+	version   int // containerd config version (2 for 1.6, 3 for 2.x)
+	cmd       *exec.Cmd
+	log       *os.File
+}
+
+// newEnv prepares the directories and starts containerd. ctrdDir, if set,
+// holds containerd and ctr binaries to use instead of the installed ones.
+func newEnv(t *testing.T, ctrdDir string) *env {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.NeedCommand(t, "runc")
+	e := &env{t: t, shimBin: testutil.Bin(t, "containerd-shim-conmon-v2"), version: 2}
+	if ctrdDir != "" {
+		e.ctrdBin, e.ctrBin, e.version = filepath.Join(ctrdDir, "containerd"), filepath.Join(ctrdDir, "ctr"), 3
+	} else {
+		e.ctrdBin, e.ctrBin = testutil.NeedCommand(t, "containerd"), testutil.NeedCommand(t, "ctr")
+	}
+	dir, err := os.MkdirTemp("", "ctrd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.dir = dir
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e.rootfs = testutil.BusyboxRootfs(t, filepath.Join(dir, "rootfs"))
+	e.address = filepath.Join(dir, "c.sock")
+	e.socketDir = filepath.Join(dir, "s")
+	e.runcRoot = filepath.Join(dir, "runc")
+	e.loggers = filepath.Join(dir, "loggers")
+	for _, d := range []string{"bin", "fifo", "log", "loggers"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(e.shimBin, filepath.Join(dir, "bin", "containerd-shim-conmon-v2")); err != nil {
+		t.Fatal(err)
+	}
+	e.shimCfg = filepath.Join(dir, "shim.toml")
+	writeFile(t, e.shimCfg, fmt.Sprintf(
+		"socket_dir = %q\nruntime_root = %q\nstate_dir = %q\nlogger_dirs = [%q]\n",
+		e.socketDir, e.runcRoot, filepath.Join(dir, "shimstate"), e.loggers))
+	writeFile(t, filepath.Join(dir, "config.toml"), e.containerdConfig())
+	e.startContainerd()
+	t.Cleanup(e.cleanup)
+	return e
+}
+
+func (e *env) containerdConfig() string {
+	if e.version == 3 {
+		return fmt.Sprintf(`version = 3
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images",
+  "io.containerd.nri.v1.nri", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.sandbox.controller.v1.shim"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "debug"
+`, filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state"), e.address, e.address+".ttrpc")
+	}
+	return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "debug"
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`, filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state"), e.address, e.address+".ttrpc", filepath.Join(e.dir, "opt"))
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) startContainerd() {
+	t := e.t
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(e.dir, "log", "containerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(e.ctrdBin, "--config", filepath.Join(e.dir, "config.toml"))
+	cmd.Dir = e.dir
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(e.dir, "bin")+":"+os.Getenv("PATH"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.cmd, e.log = cmd, logf
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := e.ctr("version"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.dumpLog()
+			t.Fatal("containerd did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopContainerd sends SIGTERM to containerd (by pid) and waits for it.
+// Shims keep running.
+func (e *env) stopContainerd() {
+	if e.cmd == nil {
+		return
+	}
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { e.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		e.cmd.Process.Kill()
+		<-done
+	}
+	e.log.Close()
+	e.cmd = nil
+}
+
+func (e *env) dumpLog() {
+	data, _ := os.ReadFile(filepath.Join(e.dir, "log", "containerd.log"))
+	lines := strings.Split(string(data), "\n")
+	if len(lines) > 80 {
+		lines = lines[len(lines)-80:]
+	}
+	e.t.Logf("containerd log (tail):\n%s", strings.Join(lines, "\n"))
+}
+
+// cleanup removes what a failed test left and stops containerd. Shim
+// daemons of this environment that are still alive are killed (by pid).
+func (e *env) cleanup() {
+	if e.t.Failed() {
+		e.dumpLog()
+	}
+	if e.cmd != nil {
+		out, _ := e.ctr("task", "ls", "-q")
+		for _, id := range strings.Fields(out) {
+			e.ctr("task", "kill", "-a", "-s", "SIGKILL", id)
+		}
+		time.Sleep(200 * time.Millisecond)
+		for _, id := range strings.Fields(out) {
+			e.ctr("task", "rm", "-f", id)
+		}
+		out, _ = e.ctr("c", "ls", "-q")
+		for _, id := range strings.Fields(out) {
+			e.ctr("c", "rm", id)
+		}
+	}
+	e.stopContainerd()
+	for _, pid := range e.shimPids() {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// ctr runs ctr against this containerd and returns its combined output.
+func (e *env) ctr(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.ctrBin, append([]string{"--address", e.address}, args...)...)
+	cmd.Dir = e.dir
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *env) mustCtr(args ...string) string {
+	e.t.Helper()
+	out, err := e.ctr(args...)
+	if err != nil {
+		e.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// runArgs returns `run` arguments for our runtime; extra flags go before
+// --rootfs since ctr wants every flag before <rootfs> <id>.
+func (e *env) runArgs(id string, flags []string, cmd ...string) []string {
+	a := []string{"run", "--runtime", runtimeName, "--runtime-config-path", e.shimCfg, "--fifo-dir", filepath.Join(e.dir, "fifo")}
+	a = append(a, flags...)
+	a = append(a, "--rootfs", e.rootfs, id)
+	return append(a, cmd...)
+}
+
+// shimPids lists the shim daemons serving this containerd.
+func (e *env) shimPids() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || !strings.HasSuffix(args[0], "containerd-shim-conmon-v2") {
+			continue
+		}
+		for i := range args[:len(args)-1] {
+			if args[i] == "-address" && args[i+1] == e.address {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// taskStatus returns the STATUS column of `ctr task ls` for id.
+func (e *env) taskStatus(id string) string {
+	out, _ := e.ctr("task", "ls")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == id {
+			return f[2]
+		}
+	}
+	return ""
+}
+
+func (e *env) waitStatus(id, want string) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.taskStatus(id) != want {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("task %s: status %q, want %q", id, e.taskStatus(id), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// remove kills, deletes the task and the container id.
+func (e *env) remove(id string) string {
+	e.t.Helper()
+	e.ctr("task", "kill", "-a", "-s", "SIGKILL", id)
+	e.waitStatus(id, "STOPPED")
+	out := e.mustCtr("task", "rm", id)
+	e.mustCtr("c", "rm", id)
+	return out
+}
+
+// assertClean checks that nothing of the shim is left: no daemon, no
+// socket, no mount under the test directory, no runc container.
+func (e *env) assertClean() {
+	t := e.t
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.shimPids()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("shim daemons still running: %v", e.shimPids())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ents, _ := os.ReadDir(e.socketDir); len(ents) > 0 {
+		t.Errorf("sockets left in %s: %v", e.socketDir, ents)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if strings.Contains(line, e.dir+"/") {
+			t.Errorf("mount left: %s", line)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.runcRoot, "default")); len(ents) > 0 {
+		for _, d := range ents {
+			if d.IsDir() {
+				t.Errorf("runc container left: %s", d.Name())
+			}
+		}
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func TestContainerd16(t *testing.T) {
+	e := newEnv(t, "")
+	runScenario(t, e)
+}
+
+// TestContainerd2 runs the same scenario against containerd 2.x when
+// CONMON_V2_CONTAINERD2 names a directory with its containerd and ctr
+// (see `make containerd2`).
+func TestContainerd2(t *testing.T) {
+	dir := os.Getenv("CONMON_V2_CONTAINERD2")
+	if dir == "" {
+		t.Skip("CONMON_V2_CONTAINERD2 not set (make containerd2 builds containerd 2.x)")
+	}
+	e := newEnv(t, dir)
+	runScenario(t, e)
+}
+
+func runScenario(t *testing.T, e *env) {
+	t.Run("output", func(t *testing.T) {
+		out := e.mustCtr(e.runArgs("echo1", []string{"--rm"}, "/bin/echo", "hello from conmon-v2")...)
+		if !strings.Contains(out, "hello from conmon-v2") {
+			t.Fatalf("output %q", out)
+		}
+	})
+	t.Run("exit code", func(t *testing.T) {
+		out, err := e.ctr(e.runArgs("exit7", []string{"--rm"}, "/bin/sh", "-c", "exit 7")...)
+		if exitCode(err) != 7 {
+			t.Fatalf("ctr exited %v, want 7\n%s", err, out)
+		}
+	})
+	t.Run("detached exec ps metrics pause kill", func(t *testing.T) {
+		e.mustCtr(e.runArgs("det", []string{"-d"}, "/bin/sh", "-c", "while true; do sleep 1; done")...)
+		e.waitStatus("det", "RUNNING")
+		out := e.mustCtr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e1", "det", "/bin/echo", "hello-exec")
+		if !strings.Contains(out, "hello-exec") {
+			t.Fatalf("exec output %q", out)
+		}
+		out, err := e.ctr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e2", "det", "/bin/sh", "-c", "exit 3")
+		if exitCode(err) != 3 {
+			t.Fatalf("exec exit: %v, want 3\n%s", err, out)
+		}
+		// ps: the init process at least, with numeric pids.
+		out = e.mustCtr("task", "ps", "det")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) < 2 || !strings.HasPrefix(lines[0], "PID") {
+			t.Fatalf("ps output %q", out)
+		}
+		if _, err := strconv.Atoi(strings.Fields(lines[1])[0]); err != nil {
+			t.Fatalf("ps output %q", out)
+		}
+		out = e.mustCtr("task", "metrics", "det")
+		if !strings.Contains(out, "memory") && !strings.Contains(out, "pids") {
+			t.Fatalf("metrics output %q", out)
+		}
+		e.mustCtr("task", "pause", "det")
+		e.waitStatus("det", "PAUSED")
+		e.mustCtr("task", "resume", "det")
+		e.waitStatus("det", "RUNNING")
+		e.mustCtr("task", "kill", "-s", "SIGKILL", "det")
+		e.waitStatus("det", "STOPPED")
+		out = e.mustCtr("task", "rm", "det")
+		if !strings.Contains(out, "137") {
+			t.Errorf("task rm after SIGKILL reports %q, want exit code 137", out)
+		}
+		e.mustCtr("c", "rm", "det")
+	})
+	t.Run("tty", func(t *testing.T) {
+		testutil.NeedCommand(t, "script")
+		// The size arrives by ResizePty right after Start: poll for it.
+		inner := "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do s=$(stty size 2>/dev/null); " +
+			"[ -n \"$s\" ] && [ \"$s\" != \"0 0\" ] && break; sleep 0.1; done; echo size=$s; tty"
+		args := append([]string{e.ctrBin, "--address", e.address}, e.runArgs("tty1", []string{"--rm", "-t"}, "/bin/sh", "-c", inner)...)
+		quoted := make([]string, len(args))
+		for i, a := range args {
+			quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "script", "-qec", "stty cols 100 rows 30; "+strings.Join(quoted, " "), "/dev/null")
+		// script reads its stdin; keep it open (and empty) while ctr runs.
+		pr, pw, _ := os.Pipe()
+		defer pw.Close()
+		cmd.Stdin = pr
+		out, err := cmd.CombinedOutput()
+		pr.Close()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if !bytes.Contains(out, []byte("size=30 100")) || !bytes.Contains(out, []byte("/dev/pts/")) {
+			t.Fatalf("tty output %q, want size=30 100 and a /dev/pts tty", out)
+		}
+	})
+	t.Run("log uris", func(t *testing.T) {
+		logDir := filepath.Join(e.dir, "log")
+		logger := filepath.Join(e.loggers, "filelogger")
+		// binary:// protocol: stdout on fd 3, stderr on fd 4, ready on fd 5;
+		// the environment holds only CONTAINER_ID and CONTAINER_NAMESPACE.
+		// No PATH either: the script finds the log directory from $0.
+		writeFile(t, logger, "#!/bin/sh\nexec 5>&-\nd=${0%/*}/../log\n"+
+			"/bin/cat <&3 > \"$d/$CONTAINER_NAMESPACE-$CONTAINER_ID.out\" &\n"+
+			"/bin/cat <&4 > \"$d/$CONTAINER_NAMESPACE-$CONTAINER_ID.err\" &\nwait\n")
+		if err := os.Chmod(logger, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		e.mustCtr(e.runArgs("bin1", []string{"--rm", "--log-uri", "binary://" + logger + "?k=v"},
+			"/bin/sh", "-c", "echo out-line; echo err-line >&2")...)
+		waitFile(t, filepath.Join(logDir, "default-bin1.out"), "out-line\n")
+		waitFile(t, filepath.Join(logDir, "default-bin1.err"), "err-line\n")
+
+		// A logger outside the allow-list is refused.
+		out, err := e.ctr(e.runArgs("bin2", []string{"--rm", "--log-uri", "binary:///bin/sh"}, "/bin/true")...)
+		if err == nil || !strings.Contains(out, "logger") {
+			t.Fatalf("logger outside the allow-list: %v %q", err, out)
+		}
+		e.ctr("c", "rm", "bin2")
+
+		file := filepath.Join(logDir, "sub", "file1.log")
+		e.mustCtr(e.runArgs("file1", []string{"--rm", "--log-uri", "file://" + file}, "/bin/sh", "-c", "echo out-line; echo err-line >&2")...)
+		data, err := os.ReadFile(file)
+		if err != nil || !strings.Contains(string(data), "out-line") || !strings.Contains(string(data), "err-line") {
+			t.Fatalf("file:// log %q %v", data, err)
+		}
+	})
+	t.Run("one shim per sandbox", func(t *testing.T) {
+		for _, id := range []string{"g1", "g2"} {
+			e.mustCtr(e.runArgs(id, []string{"-d", "--annotation", "io.kubernetes.cri.sandbox-id=pod1"}, "/bin/sleep", "1000")...)
+		}
+		e.waitStatus("g1", "RUNNING")
+		e.waitStatus("g2", "RUNNING")
+		if pids := e.shimPids(); len(pids) != 1 {
+			t.Fatalf("%d shim daemons for one sandbox: %v", len(pids), pids)
+		}
+		a1, _ := os.ReadFile(filepath.Join(e.bundle("g1"), "address"))
+		a2, _ := os.ReadFile(filepath.Join(e.bundle("g2"), "address"))
+		if len(a1) == 0 || string(a1) != string(a2) {
+			t.Fatalf("address files %q and %q differ", a1, a2)
+		}
+		// Deleting one leaves the shared daemon serving the other.
+		e.remove("g1")
+		if pids := e.shimPids(); len(pids) != 1 {
+			t.Fatalf("after deleting g1: %d shim daemons", len(pids))
+		}
+		e.waitStatus("g2", "RUNNING")
+		out := e.mustCtr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e1", "g2", "/bin/echo", "still-here")
+		if !strings.Contains(out, "still-here") {
+			t.Fatalf("exec after deleting g1: %q", out)
+		}
+		e.remove("g2")
+		e.assertClean()
+	})
+	t.Run("containerd restart", func(t *testing.T) {
+		e.mustCtr(e.runArgs("r1", []string{"-d"}, "/bin/sleep", "1000")...)
+		e.waitStatus("r1", "RUNNING")
+		pids := e.shimPids()
+		e.stopContainerd()
+		e.startContainerd()
+		e.waitStatus("r1", "RUNNING")
+		if got := e.shimPids(); len(got) != 1 || len(pids) != 1 || got[0] != pids[0] {
+			t.Fatalf("shim daemons before restart %v, after %v", pids, got)
+		}
+		out := e.mustCtr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e1", "r1", "/bin/echo", "after-restart")
+		if !strings.Contains(out, "after-restart") {
+			t.Fatalf("exec after restart: %q", out)
+		}
+		e.remove("r1")
+		e.assertClean()
+	})
+	t.Run("nothing left", func(t *testing.T) {
+		e.assertClean()
+	})
+}
+
+func (e *env) bundle(id string) string {
+	return filepath.Join(e.dir, "state", "io.containerd.runtime.v2.task", "default", id)
+}
+
+func waitFile(t *testing.T, path, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil && string(data) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %q %v, want %q", path, data, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
