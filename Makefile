@@ -48,5 +48,8 @@ check: ## gofmt, go vet, generated code up to date
 critest: build ## CRI conformance: critest through containerd 1.6, runc baseline vs conmon-v2 (root; see integration/critest)
 	integration/critest/critest.sh
 
+demo: ## on a fresh Debian machine (root): install runc/busybox, build, run a container with conmonctl
+	@scripts/demo.sh
+
 clean: ## remove build output
 	rm -rf bin
