@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/builtin"
 	"github.com/containers/conmon-v2/process"
 	"github.com/containers/conmon-v2/reaper"
 )
@@ -46,8 +48,9 @@ type Config struct {
 	RuntimeRoot string   // runc --root; default /run/conmon-v2/runc/<namespace>
 	LoggerDirs  []string // allow-listed directories for binary:// loggers
 	OnEmpty     func()   // called after the last task is deleted; may be nil
-	// Logging, if set, returns a tap that receives a copy of a container's
-	// output (the logging pipeline), or nil for none.
+	// Logging returns a tap that receives a copy of a container's output
+	// (the logging pipeline), or nil for none. nil: AnnotationLogging with
+	// the built-in drivers and logging.DefaultConfig.
 	Logging LogTapFunc
 }
 
@@ -116,6 +119,9 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 	}
 	if cfg.RuntimeRoot == "" {
 		cfg.RuntimeRoot = process.DefaultRuntimeRoot(cfg.Namespace)
+	}
+	if cfg.Logging == nil {
+		cfg.Logging = AnnotationLogging(builtin.Registry(), logging.DefaultConfig(), cfg.StateDir)
 	}
 	rt := cfg.Runtime
 	if rt == nil {

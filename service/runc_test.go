@@ -1,0 +1,387 @@
+package service
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/containers/conmon-v2/internal/testutil"
+	"github.com/containers/conmon-v2/reaper"
+)
+
+// The root tests share one reaper (a process has exactly one wait loop),
+// one busybox rootfs and runc's default spec, both made before the reaper
+// runs: once it does, exec.Cmd.Wait elsewhere in the process loses its
+// child to the loop.
+var (
+	rootOnce   sync.Once
+	rootReaper *reaper.Reaper
+	rootErr    error
+	rootfsDir  string
+	specJSON   []byte
+)
+
+func testReaper(t *testing.T) *reaper.Reaper {
+	t.Helper()
+	rootOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "conmon-v2-service-test-")
+		if err != nil {
+			rootErr = err
+			return
+		}
+		rootfsDir = filepath.Join(dir, "rootfs")
+		if rootErr = testutil.MakeBusyboxRootfs(rootfsDir); rootErr != nil {
+			return
+		}
+		if out, err := exec.Command("runc", "spec", "--bundle", dir).CombinedOutput(); err != nil {
+			rootErr = fmt.Errorf("runc spec: %v: %s", err, out)
+			return
+		}
+		if specJSON, rootErr = os.ReadFile(filepath.Join(dir, "config.json")); rootErr != nil {
+			return
+		}
+		if rootErr = reaper.SetSubreaper(); rootErr != nil {
+			return
+		}
+		rootReaper = reaper.New()
+		runc.Monitor = rootReaper
+		go func() { _ = rootReaper.Run(context.Background()) }()
+	})
+	if rootErr != nil {
+		t.Fatal(rootErr)
+	}
+	return rootReaper
+}
+
+type runcEnv struct {
+	s       *Service
+	pub     *recorder
+	dir     string
+	rootfs  string
+	loggers string
+}
+
+func newRuncEnv(t *testing.T) *runcEnv {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.NeedCommand(t, "runc")
+	r := testReaper(t)
+	dir := t.TempDir()
+	e := &runcEnv{pub: newRecorder(), dir: dir, rootfs: rootfsDir, loggers: filepath.Join(dir, "loggers")}
+	if err := os.MkdirAll(e.loggers, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(context.Background(), Config{
+		Namespace:   "conmontest",
+		StateDir:    filepath.Join(dir, "state"),
+		Publisher:   e.pub,
+		Reaper:      r,
+		RuntimeRoot: filepath.Join(dir, "runc"),
+		LoggerDirs:  []string{e.loggers},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.s = s
+	t.Cleanup(func() { _ = s.Close() })
+	return e
+}
+
+// bundle writes a bundle running args on the busybox rootfs.
+func (e *runcEnv) bundle(t *testing.T, id string, terminal bool, ann map[string]string, args ...string) string {
+	t.Helper()
+	b := filepath.Join(e.dir, "bundles", id)
+	if err := os.MkdirAll(b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(specJSON, &spec); err != nil {
+		t.Fatal(err)
+	}
+	spec.Root = &specs.Root{Path: e.rootfs, Readonly: true}
+	spec.Process.Terminal = terminal
+	spec.Process.Args = args
+	spec.Annotations = ann
+	spec.Linux.CgroupsPath = "/conmon-v2-test/" + id
+	data, err := json.Marshal(&spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// fifo makes a FIFO and reads all of it in the background.
+func (e *runcEnv) fifo(t *testing.T, name string) (string, <-chan string) {
+	t.Helper()
+	p := filepath.Join(e.dir, "fifo", name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan string, 1)
+	go func() {
+		f, err := os.OpenFile(p, os.O_RDONLY, 0)
+		if err != nil {
+			out <- "open: " + err.Error()
+			return
+		}
+		defer f.Close()
+		data, _ := io.ReadAll(f)
+		out <- string(data)
+	}()
+	return p, out
+}
+
+func recvString(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case s := <-ch:
+		return s
+	case <-time.After(30 * time.Second):
+		t.Fatal("no EOF on a stdio FIFO")
+		return ""
+	}
+}
+
+func (e *runcEnv) wait(t *testing.T, id, execID string) uint32 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := e.s.Wait(ctx, &taskv2.WaitRequest{ID: id, ExecID: execID})
+	if err != nil {
+		t.Fatalf("Wait %s/%s: %v", id, execID, err)
+	}
+	return w.ExitStatus
+}
+
+// must returns v or panics with err (which fails the test, with cleanup).
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestRuncLifecycle(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	out, outC := e.fifo(t, "c1-stdout")
+	errp, errC := e.fifo(t, "c1-stderr")
+	b := e.bundle(t, "c1", false, nil, "/bin/sh", "-c", "echo hello; echo oops >&2; exec sleep 1000")
+	cr := must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c1", Bundle: b, Stdout: out, Stderr: errp}))
+	if cr.Pid == 0 {
+		t.Fatal("no pid from Create")
+	}
+	st := must(e.s.State(ctx, &taskv2.StateRequest{ID: "c1"}))
+	if st.Status != task.Status_CREATED {
+		t.Fatalf("status after create %v", st.Status)
+	}
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c1"}))
+
+	// exec with its own stdout
+	eout, eoutC := e.fifo(t, "e1-stdout")
+	spec, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "echo exec-out; exit 3"}, Cwd: "/", Env: []string{"PATH=/bin"}})
+	must(e.s.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e1", Stdout: eout,
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec}}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c1", ExecID: "e1"}))
+	if code := e.wait(t, "c1", "e1"); code != 3 {
+		t.Fatalf("exec exit %d, want 3", code)
+	}
+	if got := recvString(t, eoutC); got != "exec-out\n" {
+		t.Fatalf("exec stdout %q", got)
+	}
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c1", ExecID: "e1"}))
+
+	pids := must(e.s.Pids(ctx, &taskv2.PidsRequest{ID: "c1"}))
+	found := false
+	for _, p := range pids.Processes {
+		found = found || p.Pid == cr.Pid
+	}
+	if !found {
+		t.Fatalf("pids %v lack init %d", pids.Processes, cr.Pid)
+	}
+	stats := must(e.s.Stats(ctx, &taskv2.StatsRequest{ID: "c1"}))
+	if !strings.HasPrefix(stats.Stats.TypeUrl, "io.containerd.cgroups.v") || len(stats.Stats.Value) == 0 {
+		t.Fatalf("stats type %q, %d bytes", stats.Stats.TypeUrl, len(stats.Stats.Value))
+	}
+	must(e.s.Pause(ctx, &taskv2.PauseRequest{ID: "c1"}))
+	if st := must(e.s.State(ctx, &taskv2.StateRequest{ID: "c1"})); st.Status != task.Status_PAUSED {
+		t.Fatalf("status after pause %v", st.Status)
+	}
+	must(e.s.Resume(ctx, &taskv2.ResumeRequest{ID: "c1"}))
+	res, _ := json.Marshal(specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: ptr(int64(64 << 20))}})
+	must(e.s.Update(ctx, &taskv2.UpdateTaskRequest{ID: "c1", Resources: &anypb.Any{
+		TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: res}}))
+	if _, err := e.s.Checkpoint(ctx, &taskv2.CheckpointTaskRequest{ID: "c1", Path: filepath.Join(e.dir, "ckpt")}); err == nil {
+		t.Log("checkpoint succeeded (criu installed)")
+	} else if _, lerr := exec.LookPath("criu"); lerr != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("checkpoint without criu: %v, want FailedPrecondition", err)
+	}
+
+	must(e.s.Kill(ctx, &taskv2.KillRequest{ID: "c1", Signal: 9, All: true}))
+	if code := e.wait(t, "c1", ""); code != 137 {
+		t.Fatalf("init exit %d, want 137", code)
+	}
+	if got := recvString(t, outC); got != "hello\n" {
+		t.Fatalf("stdout %q", got)
+	}
+	if got := recvString(t, errC); got != "oops\n" {
+		t.Fatalf("stderr %q", got)
+	}
+	_, err := e.s.Kill(ctx, &taskv2.KillRequest{ID: "c1", Signal: 9})
+	wantErr(t, err, errdefs.ErrNotFound)
+	d := must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c1"}))
+	if d.ExitStatus != 137 || d.Pid != cr.Pid {
+		t.Fatalf("delete = %v", d)
+	}
+	wantEvents(t, e.pub.wait(t, 9), "/tasks/create", "/tasks/start", "/tasks/exec-added e1",
+		"/tasks/exec-started e1", "/tasks/exit e1 3", "/tasks/paused", "/tasks/resumed", "/tasks/exit c1 137", "/tasks/delete")
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestRuncExitCodeAndFastExit(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	b := e.bundle(t, "c2", false, nil, "/bin/sh", "-c", "exit 7")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c2", Bundle: b}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c2"}))
+	if code := e.wait(t, "c2", ""); code != 7 {
+		t.Fatalf("exit %d, want 7", code)
+	}
+	_, err := e.s.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c2", ExecID: "late",
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: []byte(`{"args":["/bin/true"],"cwd":"/"}`)}})
+	wantErr(t, err, errdefs.ErrFailedPrecondition)
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c2"}))
+	wantEvents(t, e.pub.wait(t, 4), "/tasks/create", "/tasks/start", "/tasks/exit c2 7", "/tasks/delete")
+}
+
+func TestRuncTerminal(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	out, outC := e.fifo(t, "c3-stdout")
+	b := e.bundle(t, "c3", true, nil, "/bin/sh", "-c", "stty size; tty")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c3", Bundle: b, Stdout: out, Terminal: true}))
+	must(e.s.ResizePty(ctx, &taskv2.ResizePtyRequest{ID: "c3", Width: 100, Height: 30}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c3"}))
+	if code := e.wait(t, "c3", ""); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	got := recvString(t, outC)
+	if !strings.Contains(got, "30 100") || !strings.Contains(got, "/dev/pts/") {
+		t.Fatalf("terminal output %q, want the size 30 100 and a pts", got)
+	}
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c3"}))
+}
+
+func TestRuncFileAndBinaryURIs(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	logFile := filepath.Join(e.dir, "logs", "c4.log")
+	b := e.bundle(t, "c4", false, nil, "/bin/sh", "-c", "echo out-line; echo err-line >&2")
+	uri := "file://" + logFile
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c4", Bundle: b, Stdout: uri, Stderr: uri}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c4"}))
+	e.wait(t, "c4", "")
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c4"}))
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "out-line\n") || !strings.Contains(string(data), "err-line\n") {
+		t.Fatalf("file log %q", data)
+	}
+
+	// binary:// logger: copies fd 3 and fd 4 to files, readiness by closing fd 5.
+	outDir := filepath.Join(e.dir, "binlog")
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logger := filepath.Join(e.loggers, "binlogger")
+	script := "#!/bin/sh\nexec 5>&-\n/bin/cat <&3 > \"$1/$CONTAINER_ID.stdout\" &\n/bin/cat <&4 > \"$1/$CONTAINER_ID.stderr\" &\nwait\n"
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The query key is passed as the first argument (a key without value).
+	buri := "binary://" + logger + "?" + outDir
+	b = e.bundle(t, "c5", false, nil, "/bin/sh", "-c", "echo out-line; echo err-line >&2")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c5", Bundle: b, Stdout: buri, Stderr: buri}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c5"}))
+	e.wait(t, "c5", "")
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c5"}))
+	for name, want := range map[string]string{"c5.stdout": "out-line\n", "c5.stderr": "err-line\n"} {
+		got, err := os.ReadFile(filepath.Join(outDir, name))
+		if err != nil || string(got) != want {
+			t.Fatalf("binary logger %s = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	// A logger outside the allowed directories is refused.
+	_, err = e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c6", Bundle: b, Stdout: "binary:///bin/sh"})
+	wantErr(t, err, errdefs.ErrInvalidArgument)
+}
+
+func TestRuncLogAnnotations(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	out, outC := e.fifo(t, "c7-stdout")
+	k8s := filepath.Join(e.dir, "k8s", "c7.log")
+	if err := os.MkdirAll(filepath.Dir(k8s), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := e.bundle(t, "c7", false, map[string]string{
+		"io.containers.conmon-v2.log.driver": "k8s-file",
+		"io.containers.conmon-v2.log.path":   k8s,
+	}, "/bin/sh", "-c", "echo to-both")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c7", Bundle: b, Stdout: out}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c7"}))
+	e.wait(t, "c7", "")
+	if got := recvString(t, outC); got != "to-both\n" {
+		t.Fatalf("fifo got %q", got)
+	}
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c7"}))
+	f, err := os.Open(k8s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() || !strings.HasSuffix(sc.Text(), " stdout F to-both") {
+		t.Fatalf("k8s-file log line %q", sc.Text())
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if rootfsDir != "" {
+		_ = os.RemoveAll(filepath.Dir(rootfsDir))
+		// runc removes a container's cgroup, not the parent the tests chose.
+		parents, _ := filepath.Glob("/sys/fs/cgroup/*/conmon-v2-test")
+		for _, p := range parents {
+			_ = os.Remove(p)
+		}
+	}
+	os.Exit(code)
+}
