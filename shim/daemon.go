@@ -39,6 +39,9 @@ type Daemon struct {
 	// NewService builds the task service. onEmpty is to be called when the
 	// last task was deleted.
 	NewService func(ctx context.Context, onEmpty func()) (TaskService, error)
+	// Register, if set, adds more services (conmon's own Monitor API) to
+	// the server before it serves.
+	Register func(srv *ttrpc.Server, svc TaskService)
 	// EmptyGrace is how long the daemon, once empty, waits for the
 	// Shutdown request containerd sends after Delete before it exits by
 	// itself (containerd 2.x sends none for pod containers).
@@ -84,6 +87,9 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		return "", err
 	}
 	RegisterTaskService(srv, shutdownHook{TaskService: svc, exit: exit})
+	if d.Register != nil {
+		d.Register(srv, svc)
+	}
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, d.Listener) }()

@@ -29,6 +29,8 @@ const (
 	ReadyFDEnv = "CONMON_V2_SHIM_READY_FD"
 	// TTRPCAddressEnv is containerd's ttrpc socket, where events go.
 	TTRPCAddressEnv = "TTRPC_ADDRESS"
+	// GroupEnv is the group key the daemon serves ("" in namespace mode).
+	GroupEnv = "CONMON_V2_SHIM_GROUP"
 )
 
 // listenerFD is where the daemon finds its listening socket.
@@ -79,7 +81,8 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	if in.SocketDir != "" {
 		socketDir = in.SocketDir
 	}
-	sock, err := SocketPath(socketDir, f.Address, f.Namespace, GroupKey(cfg, f.ID, annotations))
+	group := GroupKey(cfg, f.ID, annotations)
+	sock, err := SocketPath(socketDir, f.Address, f.Namespace, group)
 	if err != nil {
 		return err
 	}
@@ -101,7 +104,7 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 		return err
 	}
 	defer l.Close()
-	if err := spawnDaemon(ctx, f, cfg, in, bundle, l, env); err != nil {
+	if err := spawnDaemon(ctx, f, cfg, in, group, bundle, l, env); err != nil {
 		os.Remove(sock)
 		return err
 	}
@@ -165,7 +168,7 @@ func listenGroup(path string) (*net.UnixListener, error) {
 // reports readiness. Its stdin and stdout are /dev/null; its stderr is the
 // bundle's log FIFO when containerd made one (containerd copies it to its
 // own log), else /dev/null.
-func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, bundle string, l *net.UnixListener, env StartEnv) error {
+func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, group, bundle string, l *net.UnixListener, env StartEnv) error {
 	lf, err := l.File()
 	if err != nil {
 		return fmt.Errorf("start: listener fd: %w", err)
@@ -187,7 +190,7 @@ func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, bundle
 	}
 	cmd := exec.Command(env.Self, args...)
 	cmd.Dir = "/" // do not keep the bundle busy: it is removed while the daemon may serve others
-	cmd.Env = daemonEnv(os.Environ(), cfg, in)
+	cmd.Env = daemonEnv(os.Environ(), cfg, in, group)
 	cmd.ExtraFiles = []*os.File{lf, readyW} // fds 3 and 4
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if logf := openLogFifo(filepath.Join(bundle, "log")); logf != nil {
@@ -222,16 +225,16 @@ func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, bundle
 	}
 }
 
-func daemonEnv(base []string, cfg Config, in StartInput) []string {
-	env := make([]string, 0, len(base)+3)
+func daemonEnv(base []string, cfg Config, in StartInput, group string) []string {
+	env := make([]string, 0, len(base)+4)
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == ConfigEnv || k == ReadyFDEnv || (in.TTRPCAddress != "" && k == TTRPCAddressEnv) {
+		if k == ConfigEnv || k == ReadyFDEnv || k == GroupEnv || (in.TTRPCAddress != "" && k == TTRPCAddressEnv) {
 			continue
 		}
 		env = append(env, kv)
 	}
-	env = append(env, ConfigEnv+"="+string(cfg.Encode()), ReadyFDEnv+"=4")
+	env = append(env, ConfigEnv+"="+string(cfg.Encode()), ReadyFDEnv+"=4", GroupEnv+"="+group)
 	if in.TTRPCAddress != "" {
 		env = append(env, TTRPCAddressEnv+"="+in.TTRPCAddress)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/events"
@@ -25,6 +26,7 @@ import (
 	"github.com/containers/conmon-v2/process"
 	"github.com/containers/conmon-v2/reaper"
 	"github.com/containers/conmon-v2/service"
+	"github.com/containers/conmon-v2/service/monitor"
 	"github.com/containers/conmon-v2/shim"
 )
 
@@ -88,7 +90,9 @@ func daemon(f shim.Flags) error {
 		}
 		os.Unsetenv(shim.ReadyFDEnv)
 	}
+	group := os.Getenv(shim.GroupEnv)
 	os.Unsetenv(shim.ConfigEnv)
+	os.Unsetenv(shim.GroupEnv)
 	l, sockPath, err := daemonListener(f)
 	if err != nil {
 		if ready != nil {
@@ -114,6 +118,7 @@ func daemon(f shim.Flags) error {
 	}()
 
 	exchange := events.New(f.Namespace, os.Getenv(shim.TTRPCAddressEnv), log)
+	var tasks *service.Service
 	d := shim.Daemon{
 		Log:        log,
 		Listener:   l,
@@ -125,7 +130,7 @@ func daemon(f shim.Flags) error {
 			}
 			rt := process.NewRuncRuntime(root)
 			rt.Command = cfg.Runtime
-			return service.New(ctx, service.Config{
+			svc, err := service.New(ctx, service.Config{
 				Namespace:   f.Namespace,
 				StateDir:    filepath.Join(cfg.StateDir, f.Namespace),
 				Publisher:   exchange,
@@ -135,6 +140,20 @@ func daemon(f shim.Flags) error {
 				LoggerDirs:  cfg.LoggerDirs,
 				OnEmpty:     onEmpty,
 			})
+			if err != nil {
+				return nil, err
+			}
+			tasks = svc
+			return svc, nil
+		},
+		Register: func(srv *ttrpc.Server, _ shim.TaskService) {
+			monitor.Register(srv, monitor.New(monitor.Config{
+				Events:    exchange,
+				Tasks:     tasks,
+				Group:     group,
+				Namespace: f.Namespace,
+				Version:   version.Version,
+			}))
 		},
 	}
 	if ready != nil {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/ttrpc"
+
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/internal/testutil"
 )
 
@@ -468,6 +472,11 @@ func runScenario(t *testing.T, e *env) {
 		if len(a1) == 0 || string(a1) != string(a2) {
 			t.Fatalf("address files %q and %q differ", a1, a2)
 		}
+		// The shim's own API reports the group and both tasks.
+		info := monitorInfo(t, string(a1))
+		if info.Group != "pod1" || info.Tasks != 2 || int(info.Pid) != e.shimPids()[0] {
+			t.Fatalf("monitor Info %+v, want group pod1, 2 tasks, pid %v", info, e.shimPids())
+		}
 		// Deleting one leaves the shared daemon serving the other.
 		e.remove("g1")
 		if pids := e.shimPids(); len(pids) != 1 {
@@ -505,6 +514,23 @@ func runScenario(t *testing.T, e *env) {
 
 func (e *env) bundle(id string) string {
 	return filepath.Join(e.dir, "state", "io.containerd.runtime.v2.task", "default", id)
+}
+
+func monitorInfo(t *testing.T, address string) *conmonapi.InfoResponse {
+	t.Helper()
+	conn, err := net.Dial("unix", strings.TrimPrefix(address, "unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	info, err := conmonapi.NewMonitorClient(c).Info(ctx, &conmonapi.InfoRequest{})
+	if err != nil {
+		t.Fatalf("conmon.v1.Monitor/Info: %v", err)
+	}
+	return info
 }
 
 func waitFile(t *testing.T, path, want string) {
