@@ -385,3 +385,78 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+func TestRuncOOM(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	b := e.bundle(t, "oom1", false, nil, "/bin/sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done")
+	// A small memory limit without swap: the shell's string doubling hits it.
+	data, err := os.ReadFile(filepath.Join(b, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	limit := int64(16 << 20)
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}
+	data, _ = json.Marshal(&spec)
+	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "oom1", Bundle: b}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "oom1"}))
+	if code := e.wait(t, "oom1", ""); code != 137 {
+		t.Fatalf("exit %d, want 137 (OOM kill)", code)
+	}
+	got := e.pub.wait(t, 4)
+	oom := false
+	for _, ev := range got {
+		oom = oom || ev == "/tasks/oom"
+	}
+	if !oom {
+		t.Fatalf("no /tasks/oom in %q", got)
+	}
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oom1"}))
+}
+
+func TestRuncExecStdinCloseIO(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	b := e.bundle(t, "c8", false, nil, "/bin/sleep", "1000")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c8", Bundle: b}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c8"}))
+	in := filepath.Join(e.dir, "fifo", "e1-stdin")
+	if err := os.MkdirAll(filepath.Dir(in), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Like a client: hold the write end open before Exec.
+	w, err := os.OpenFile(in, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	out, outC := e.fifo(t, "e1-stdout")
+	spec, _ := json.Marshal(specs.Process{Args: []string{"/bin/cat"}, Cwd: "/"})
+	must(e.s.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c8", ExecID: "e1", Stdin: in, Stdout: out,
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec}}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c8", ExecID: "e1"}))
+	if _, err := w.Write([]byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	// cat only ends at EOF on its stdin: CloseIO must deliver it.
+	must(e.s.CloseIO(ctx, &taskv2.CloseIORequest{ID: "c8", ExecID: "e1", Stdin: true}))
+	if code := e.wait(t, "c8", "e1"); code != 0 {
+		t.Fatalf("cat exit %d", code)
+	}
+	if got := recvString(t, outC); got != "ping\n" {
+		t.Fatalf("cat output %q", got)
+	}
+	must(e.s.Kill(ctx, &taskv2.KillRequest{ID: "c8", Signal: 9}))
+	e.wait(t, "c8", "")
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c8"}))
+}
