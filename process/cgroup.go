@@ -5,7 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -176,7 +176,7 @@ func (w *OOMWatch) Stop() {
 	}
 	w.once.Do(func() {
 		if err := w.f.Close(); err != nil {
-			log.Printf("closing oom watch: %v", err)
+			slog.Debug("closing oom watch", "error", err)
 		}
 		w.wg.Wait()
 	})

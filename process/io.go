@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,9 +43,10 @@ type IOConfig struct {
 	ID        string // container ID (CONTAINER_ID of binary loggers)
 	Namespace string // containerd namespace (CONTAINER_NAMESPACE)
 	Stdio     *ParsedStdio
-	Starter   Starter // for binary:// loggers
-	Tap       Tap     // optional
-	UID, GID  int     // owner of the pipes handed to the process
+	Starter   Starter      // for binary:// loggers
+	Tap       Tap          // optional
+	UID, GID  int          // owner of the pipes handed to the process
+	Log       *slog.Logger // nil: slog.Default()
 }
 
 // IO connects one process's stdio to its destinations: containerd's FIFOs,
@@ -77,6 +78,9 @@ type IO struct {
 // NewIO opens the destinations of cfg.Stdio and prepares what the runtime
 // needs (pipes or a console socket). Nothing is copied before Start.
 func NewIO(ctx context.Context, cfg IOConfig) (_ *IO, retErr error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
 	ioctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	i := &IO{cfg: cfg, ctx: ioctx, cancel: cancel}
 	defer func() {
@@ -268,14 +272,14 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 						continue
 					}
 					if _, werr := d.Write(buf[:n]); werr != nil {
-						log.Printf("container %s: %s destination %d failed, dropping it: %v", i.cfg.ID, stream, k, werr)
+						i.cfg.Log.Warn("output destination failed, dropping it", "container", i.cfg.ID, "stream", stream.String(), "destination", k, "error", werr)
 						alive[k] = false
 					}
 				}
 			}
 			if err != nil {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrClosed) {
-					log.Printf("container %s: reading %s: %v", i.cfg.ID, stream, err)
+					i.cfg.Log.Warn("reading container output", "container", i.cfg.ID, "stream", stream.String(), "error", err)
 				}
 				break
 			}
@@ -374,7 +378,7 @@ func (i *IO) Close() {
 	}
 	if i.cfg.Tap != nil {
 		if err := i.cfg.Tap.Close(); err != nil {
-			log.Printf("container %s: closing log pipeline: %v", i.cfg.ID, err)
+			i.cfg.Log.Error("closing log pipeline", "container", i.cfg.ID, "error", err)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,6 +116,7 @@ type Container struct {
 	InitExitDeferred *Exit
 
 	rt            Runtime
+	log           *slog.Logger
 	rootfsMounted bool
 }
 
@@ -132,6 +134,7 @@ type CreateConfig struct {
 	// nil when the spec asks for none.
 	TapFor  func(spec *specs.Spec) (Tap, error)
 	NoPivot bool
+	Log     *slog.Logger // nil: slog.Default()
 }
 
 // ReadSpec reads bundle/config.json.
@@ -173,6 +176,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 		Init:      newProcess(cfg.ID, cfg.ID, true, cfg.Stdio),
 		Execs:     make(map[string]*Process),
 		rt:        cfg.Runtime,
+		log:       cfg.Log,
 	}
 	defer func() {
 		if retErr != nil {
@@ -196,7 +200,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 		}
 	}
 	uid, gid := processOwner(spec.Process)
-	pio, err := NewIO(ctx, IOConfig{ID: cfg.ID, Namespace: cfg.Namespace, Stdio: st, Starter: cfg.Starter, Tap: tap, UID: uid, GID: gid})
+	pio, err := NewIO(ctx, IOConfig{ID: cfg.ID, Namespace: cfg.Namespace, Stdio: st, Starter: cfg.Starter, Tap: tap, UID: uid, GID: gid, Log: cfg.Log})
 	if err != nil {
 		if tap != nil {
 			_ = tap.Close()
@@ -288,7 +292,7 @@ func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, 
 		return 0, err
 	}
 	uid, gid := int(p.Spec.User.UID), int(p.Spec.User.GID)
-	pio, err := NewIO(ctx, IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: starter, UID: uid, GID: gid})
+	pio, err := NewIO(ctx, IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: starter, UID: uid, GID: gid, Log: c.log})
 	if err != nil {
 		return 0, err
 	}

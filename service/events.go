@@ -2,7 +2,7 @@ package service
 
 import (
 	"context"
-	"log"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -37,6 +37,7 @@ type event struct {
 // the order decided under that lock is the order containerd sees.
 type eventQueue struct {
 	pub     Publisher
+	log     *slog.Logger
 	mu      sync.Mutex
 	queue   []event
 	ready   chan struct{}
@@ -45,8 +46,8 @@ type eventQueue struct {
 	once    sync.Once
 }
 
-func newEventQueue(pub Publisher) *eventQueue {
-	return &eventQueue{pub: pub, ready: make(chan struct{}, 1), done: make(chan struct{}), closing: make(chan struct{})}
+func newEventQueue(pub Publisher, log *slog.Logger) *eventQueue {
+	return &eventQueue{pub: pub, log: log, ready: make(chan struct{}, 1), done: make(chan struct{}), closing: make(chan struct{})}
 }
 
 func (q *eventQueue) push(topic string, msg proto.Message) {
@@ -89,11 +90,11 @@ func (q *eventQueue) start(ctx context.Context) {
 
 func (q *eventQueue) publish(ctx context.Context, ev event) {
 	if q.pub == nil {
-		log.Printf("no publisher: dropping event %s", ev.topic)
+		q.log.Warn("no publisher: dropping event", "topic", ev.topic)
 		return
 	}
 	if err := q.pub.Publish(ctx, ev.topic, ev.msg); err != nil {
-		log.Printf("publishing %s: %v", ev.topic, err)
+		q.log.Error("publishing event", "topic", ev.topic, "error", err)
 	}
 }
 

@@ -10,7 +10,7 @@ package service
 import (
 	"context"
 	"fmt"
-	"log"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -44,10 +44,11 @@ type Config struct {
 	// Reaper is the process's only wait loop; the service subscribes to
 	// its exits in New and starts binary loggers through it.
 	Reaper      *reaper.Reaper
-	Runtime     Runtime  // nil: runc rooted at RuntimeRoot
-	RuntimeRoot string   // runc --root; default /run/conmon-v2/runc/<namespace>
-	LoggerDirs  []string // allow-listed directories for binary:// loggers
-	OnEmpty     func()   // called after the last task is deleted; may be nil
+	Runtime     Runtime      // nil: runc rooted at RuntimeRoot
+	RuntimeRoot string       // runc --root; default /run/conmon-v2/runc/<namespace>
+	LoggerDirs  []string     // allow-listed directories for binary:// loggers
+	OnEmpty     func()       // called after the last task is deleted; may be nil
+	Log         *slog.Logger // nil: slog.Default()
 	// Logging returns a tap that receives a copy of a container's output
 	// (the logging pipeline), or nil for none. nil: AnnotationLogging with
 	// the built-in drivers and logging.DefaultConfig.
@@ -120,6 +121,9 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 	if cfg.RuntimeRoot == "" {
 		cfg.RuntimeRoot = process.DefaultRuntimeRoot(cfg.Namespace)
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
 	if cfg.Logging == nil {
 		cfg.Logging = AnnotationLogging(builtin.Registry(), logging.DefaultConfig(), cfg.StateDir)
 	}
@@ -138,7 +142,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		ctx:        sctx,
 		cancel:     cancel,
 		exits:      exits,
-		events:     newEventQueue(cfg.Publisher),
+		events:     newEventQueue(cfg.Publisher, cfg.Log),
 		containers: make(map[string]*process.Container),
 		reserved:   make(map[string]bool),
 		deleting:   make(map[string]bool),
@@ -302,7 +306,7 @@ func initGoneLocked(c *process.Container) bool {
 // recordLocked writes c's record; a failure is logged, never fatal.
 func (s *Service) recordLocked(c *process.Container) {
 	if err := process.WriteRecord(s.cfg.StateDir, c.Record()); err != nil {
-		log.Printf("task %s: %v", c.ID, err)
+		s.cfg.Log.Error("writing state record", "task", c.ID, "error", err)
 	}
 }
 
@@ -310,7 +314,7 @@ func (s *Service) recordLocked(c *process.Container) {
 // request may take the shim down.
 func recoverPanic(method string, err *error) {
 	if r := recover(); r != nil {
-		log.Printf("panic in %s: %v\n%s", method, r, debug.Stack())
+		slog.Error("panic in a task request", "method", method, "panic", r, "stack", string(debug.Stack()))
 		*err = fmt.Errorf("%s: internal error: %v: %w", method, r, errdefs.ErrInternal)
 	}
 }

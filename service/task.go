@@ -86,6 +86,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		Starter:    s.starter,
 		LoggerDirs: s.cfg.LoggerDirs,
 		NoPivot:    noPivot,
+		Log:        s.cfg.Log,
 	}
 	if s.cfg.Logging != nil {
 		cfg.TapFor = func(spec *specs.Spec) (process.Tap, error) {
@@ -135,7 +136,7 @@ func (s *Service) watchOOM(c *process.Container, pid int) {
 		s.publishLocked(topicOOM, &eventsapi.TaskOOM{ContainerID: id})
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "task %s: no OOM events: %v\n", id, err)
+		s.cfg.Log.Warn("no OOM events for task", "task", id, "error", err)
 		return
 	}
 	s.mu.Lock()
@@ -297,12 +298,12 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (_ *taskv
 		ID:          c.ID,
 	})
 	if err := process.RemoveRecord(s.cfg.StateDir, c.ID); err != nil {
-		fmt.Fprintf(os.Stderr, "task %s: removing state record: %v\n", c.ID, err)
+		s.cfg.Log.Error("removing state record", "task", c.ID, "error", err)
 	}
 	empty := len(s.containers) == 0 && len(s.reserved) == 0
 	s.mu.Unlock()
 	if derr != nil {
-		fmt.Fprintf(os.Stderr, "task %s: delete: %v\n", c.ID, derr)
+		s.cfg.Log.Error("delete", "task", c.ID, "error", derr)
 	}
 	if empty && s.cfg.OnEmpty != nil {
 		s.cfg.OnEmpty()
