@@ -46,6 +46,10 @@ type Daemon struct {
 	// Shutdown request containerd sends after Delete before it exits by
 	// itself (containerd 2.x sends none for pod containers).
 	EmptyGrace time.Duration
+	// IdleTimeout stops a daemon that holds no task for this long, for
+	// example because containerd died between start and Create (default
+	// 2 minutes).
+	IdleTimeout time.Duration
 }
 
 // Serve runs the daemon until its last task is gone (Shutdown on an empty
@@ -100,6 +104,13 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 	if grace <= 0 {
 		grace = 2 * time.Second
 	}
+	idle := d.IdleTimeout
+	if idle <= 0 {
+		idle = 2 * time.Minute
+	}
+	idleTicker := time.NewTicker(idle)
+	defer idleTicker.Stop()
+	wasEmpty := false // at the previous tick
 	var reason string
 	var graceTimer <-chan time.Time
 loop:
@@ -121,6 +132,13 @@ loop:
 				break loop
 			}
 			graceTimer = nil
+		case <-idleTicker.C:
+			empty := svc.Empty()
+			if empty && wasEmpty {
+				reason = "idle: no task for " + idle.String()
+				break loop
+			}
+			wasEmpty = empty
 		case <-ctx.Done():
 			reason = "signal: " + context.Cause(ctx).Error()
 			break loop

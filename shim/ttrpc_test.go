@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -273,5 +274,25 @@ func TestDaemonStopsWhenLastTaskDeleted(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind: %v", err)
+	}
+}
+
+func TestDaemonStopsWhenIdle(t *testing.T) {
+	sock := shortTempSocket(t)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Daemon{
+		Listener:    l,
+		SocketPath:  sock,
+		IdleTimeout: 20 * time.Millisecond,
+		NewService: func(ctx context.Context, onEmpty func()) (TaskService, error) {
+			return &fakeService{}, nil
+		},
+	}
+	reason, err := d.Serve(context.Background())
+	if err != nil || !strings.HasPrefix(reason, "idle") {
+		t.Fatalf("Serve: %q %v, want an idle stop", reason, err)
 	}
 }

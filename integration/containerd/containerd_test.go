@@ -365,6 +365,14 @@ func runScenario(t *testing.T, e *env) {
 			t.Fatalf("ctr exited %v, want 7\n%s", err, out)
 		}
 	})
+	t.Run("failed create leaves nothing", func(t *testing.T) {
+		out, err := e.ctr(e.runArgs("bad1", []string{"--rm"}, "/no/such/binary")...)
+		if err == nil {
+			t.Fatalf("running a missing binary succeeded: %q", out)
+		}
+		e.ctr("c", "rm", "bad1")
+		e.assertClean()
+	})
 	t.Run("detached exec ps metrics pause kill", func(t *testing.T) {
 		e.mustCtr(e.runArgs("det", []string{"-d"}, "/bin/sh", "-c", "while true; do sleep 1; done")...)
 		e.waitStatus("det", "RUNNING")
