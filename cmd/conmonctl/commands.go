@@ -70,7 +70,7 @@ conmonctl run -it --rootfs ./rootfs -- sh`,
 		{name: "shims", args: "[--json]", summary: "list shim processes: pid, group, containers served, RSS and PSS",
 			example: "conmonctl shims\nconmonctl shims --json", run: cmdShims},
 		{name: "completion", args: "bash", summary: "print a shell completion script",
-			example: "source <(conmonctl completion bash)", run: cmdCompletion},
+			example: "conmonctl completion bash > /etc/bash_completion.d/conmonctl\nsource <(conmonctl completion bash)", run: cmdCompletion},
 		{name: "help", args: "[COMMAND]", summary: "print help for conmonctl or a command", example: "conmonctl help run", run: nil},
 	}
 	m := map[string]*command{}

@@ -116,7 +116,8 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 	var shim *client.Shim
 	created := false
 	defer func() {
-		if retErr == nil {
+		var ec exitCode
+		if retErr == nil || errors.As(retErr, &ec) {
 			return
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
@@ -185,10 +186,13 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 	}
 	if o.rm {
 		if err := a.removeContainer(context.WithoutCancel(ctx), rec, shim, false); err != nil {
-			fmt.Fprintf(a.stderr, "conmonctl run: --rm: %v\n", err)
+			fmt.Fprintf(a.stderr, "conmonctl run: --rm: %v\n", cleanError(err))
 		}
 	}
-	return exitCode(code)
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
 }
 
 // makeSpec writes the spec of a new container: from --rootfs with
