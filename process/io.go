@@ -65,7 +65,7 @@ type IO struct {
 	mu      sync.Mutex
 	con     console.Console // pty master; set by Start
 	stdinW  io.WriteCloser  // where stdin goes (process pipe or pty)
-	stdinR  io.ReadCloser   // the client's stdin FIFO
+	stdin   *stdinCopier    // copies the client's stdin FIFO; nil without one
 	closed  bool
 	stdinCl bool
 
@@ -114,9 +114,8 @@ func NewIO(ctx context.Context, cfg IOConfig) (_ *IO, retErr error) {
 		}
 	}
 	if st.Stdin != "" {
-		// O_NONBLOCK: do not wait for the client to open its end here.
-		if i.stdinR, err = fifo.OpenFifo(ioctx, st.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0); err != nil {
-			return nil, fmt.Errorf("stdin %q: %v: %w", st.Stdin, err, errdefs.ErrInvalidArgument)
+		if fi, err := os.Stat(st.Stdin); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+			return nil, fmt.Errorf("stdin %q is not a FIFO (%v): %w", st.Stdin, err, errdefs.ErrInvalidArgument)
 		}
 	}
 	if err := i.openDests(); err != nil {
@@ -234,20 +233,13 @@ func (i *IO) Start(ctx context.Context) error {
 			i.copyOut(logging.Stderr, r, true)
 		}
 	}
-	if i.stdinR != nil && i.stdinW != nil {
-		go i.copyIn()
+	i.mu.Lock()
+	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed {
+		i.stdin = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.con != nil)
+		i.stdin.start()
 	}
+	i.mu.Unlock()
 	return nil
-}
-
-// copyIn copies the client's stdin into the process and closes the
-// process's stdin at EOF. It ends with the IO (its FIFO is closed).
-func (i *IO) copyIn() {
-	buf := make([]byte, 32<<10)
-	_, _ = io.CopyBuffer(i.stdinW, i.stdinR, buf)
-	if i.con == nil { // a pty is closed with the IO, not at EOF
-		_ = i.CloseStdin()
-	}
 }
 
 // copyOut copies one process stream to its destinations until EOF (or EIO
@@ -295,22 +287,24 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 
 // CloseStdin closes the process's stdin (CloseIO): the process reads EOF.
 // For a terminal it sends the EOF character instead of closing the pty.
+// What the client wrote before is delivered first.
 func (i *IO) CloseStdin() error {
 	i.mu.Lock()
-	defer i.mu.Unlock()
 	if i.stdinCl {
+		i.mu.Unlock()
 		return nil
 	}
 	i.stdinCl = true
-	if i.stdinR != nil {
-		_ = i.stdinR.Close()
-	}
-	if i.con != nil {
-		_, err := i.con.Write([]byte{4}) // ^D: the line discipline's EOF
+	sc, con, w := i.stdin, i.con, i.stdinW
+	i.mu.Unlock()
+	switch {
+	case sc != nil:
+		return sc.closeStdin()
+	case con != nil:
+		_, err := con.Write([]byte{4}) // ^D: the line discipline's EOF
 		return err
-	}
-	if i.stdinW != nil {
-		return i.stdinW.Close()
+	case w != nil:
+		return w.Close()
 	}
 	return nil
 }
@@ -354,8 +348,11 @@ func (i *IO) Close() {
 		}
 		<-done
 	}
-	if i.stdinR != nil {
-		_ = i.stdinR.Close()
+	i.mu.Lock()
+	sc := i.stdin
+	i.mu.Unlock()
+	if sc != nil {
+		sc.stop()
 	}
 	if i.pio != nil {
 		_ = i.pio.Close()

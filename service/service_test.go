@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -222,6 +224,7 @@ func newHarness(t *testing.T) *harness {
 		Publisher: h.pub,
 		Runtime:   h.rt,
 		OnEmpty:   func() { h.empty <- struct{}{} },
+		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, h.exits, nil)
 	if err != nil {
 		t.Fatal(err)

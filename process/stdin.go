@@ -1,0 +1,184 @@
+package process
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// stdinDrainBound bounds how long CloseIO waits for stdin already written
+// by the client to reach the process.
+const stdinDrainBound = 5 * time.Second
+
+// stdinCopier copies the client's stdin FIFO into the process. It exists so
+// that CloseIO loses nothing: what the client wrote before CloseIO is still
+// delivered, then the process sees EOF. The FIFO is opened (blocking until
+// the client opens its end) in the background, then switched to
+// non-blocking so the runtime poller owns it and a read can be interrupted.
+type stdinCopier struct {
+	path string
+	dst  io.WriteCloser // the process's stdin (pipe or pty)
+	pty  bool           // EOF is ^D, the pty stays open
+
+	mu      sync.Mutex
+	f       *os.File // nil until opened
+	closing bool     // CloseIO asked: drain, then EOF
+	stopped bool     // IO.Close: stop now
+	opened  chan struct{}
+	done    chan struct{}
+}
+
+func newStdinCopier(path string, dst io.WriteCloser, pty bool) *stdinCopier {
+	return &stdinCopier{path: path, dst: dst, pty: pty, opened: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (c *stdinCopier) start() {
+	go func() {
+		defer close(c.done)
+		fd, err := unix.Open(c.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = unix.SetNonblock(fd, true)
+			if err != nil {
+				_ = unix.Close(fd)
+			}
+		}
+		c.mu.Lock()
+		if err == nil {
+			c.f = os.NewFile(uintptr(fd), c.path)
+		}
+		abort := c.stopped || c.closing
+		close(c.opened)
+		c.mu.Unlock()
+		if err != nil || abort {
+			c.finish()
+			return
+		}
+		c.copy()
+		c.finish()
+	}()
+}
+
+func (c *stdinCopier) copy() {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.f.Read(buf)
+		if n > 0 {
+			if _, werr := c.dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err == nil {
+			continue
+		}
+		c.mu.Lock()
+		closing, stopped := c.closing, c.stopped
+		c.mu.Unlock()
+		if errors.Is(err, os.ErrDeadlineExceeded) && closing && !stopped {
+			c.drain(buf)
+		}
+		return
+	}
+}
+
+// drain writes what is buffered in the FIFO without waiting for more.
+func (c *stdinCopier) drain(buf []byte) {
+	_ = c.f.SetReadDeadline(time.Time{})
+	rc, err := c.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Read(func(fd uintptr) bool {
+		for {
+			n, err := unix.Read(int(fd), buf)
+			if n <= 0 || err != nil {
+				return true
+			}
+			if _, werr := c.dst.Write(buf[:n]); werr != nil {
+				return true
+			}
+		}
+	})
+}
+
+// finish gives the process its EOF and releases the FIFO.
+func (c *stdinCopier) finish() {
+	c.mu.Lock()
+	stopped := c.stopped
+	c.mu.Unlock()
+	if !stopped {
+		if c.pty {
+			_, _ = c.dst.Write([]byte{4}) // ^D: the line discipline's EOF
+		} else {
+			_ = c.dst.Close()
+		}
+	}
+	c.mu.Lock()
+	if c.f != nil {
+		_ = c.f.Close()
+	}
+	c.mu.Unlock()
+}
+
+// unblockOpen lets a pending open of the FIFO return by opening the
+// writing end ourselves for a moment. That open only succeeds while our
+// reader waits in open(2), so it is retried until the copier saw it (or
+// the bound passes: then the copier is left to the client's open).
+func (c *stdinCopier) unblockOpen() {
+	deadline := time.Now().Add(stdinDrainBound)
+	for time.Now().Before(deadline) {
+		if fd, err := unix.Open(c.path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+			_ = unix.Close(fd)
+		}
+		select {
+		case <-c.opened:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// closeStdin is CloseIO: deliver what is buffered, then EOF. It returns
+// once the process's stdin is closed (or after stdinDrainBound).
+func (c *stdinCopier) closeStdin() error {
+	c.mu.Lock()
+	if c.closing || c.stopped {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closing = true
+	f := c.f
+	c.mu.Unlock()
+	if f != nil {
+		_ = f.SetReadDeadline(time.Now())
+	} else {
+		c.unblockOpen()
+	}
+	select {
+	case <-c.done:
+		return nil
+	case <-time.After(stdinDrainBound):
+		return fmt.Errorf("stdin of the process still busy after %s", stdinDrainBound)
+	}
+}
+
+// stop ends the copier without delivering more (the IO is closing).
+func (c *stdinCopier) stop() {
+	c.mu.Lock()
+	c.stopped = true
+	f := c.f
+	c.mu.Unlock()
+	if f != nil {
+		_ = f.SetReadDeadline(time.Now())
+	} else {
+		c.unblockOpen()
+	}
+	select {
+	case <-c.done:
+	case <-time.After(stdinDrainBound):
+	}
+}
