@@ -460,3 +460,29 @@ func TestRuncExecStdinCloseIO(t *testing.T) {
 	e.wait(t, "c8", "")
 	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c8"}))
 }
+
+func TestRuncKillPausedAndExecTerminal(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	b := e.bundle(t, "c9", false, nil, "/bin/sleep", "1000")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c9", Bundle: b}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c9"}))
+
+	out, outC := e.fifo(t, "t1-stdout")
+	spec, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "stty size"}, Cwd: "/", Terminal: true})
+	must(e.s.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c9", ExecID: "t1", Stdout: out, Terminal: true,
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec}}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c9", ExecID: "t1"}))
+	e.wait(t, "c9", "t1")
+	if got := recvString(t, outC); !strings.Contains(got, " ") {
+		t.Fatalf("exec pty output %q, want a size", got)
+	}
+
+	// SIGKILL must end a frozen container too.
+	must(e.s.Pause(ctx, &taskv2.PauseRequest{ID: "c9"}))
+	must(e.s.Kill(ctx, &taskv2.KillRequest{ID: "c9", Signal: 9}))
+	if code := e.wait(t, "c9", ""); code != 137 {
+		t.Fatalf("exit %d, want 137", code)
+	}
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c9"}))
+}
