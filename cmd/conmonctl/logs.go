@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -37,10 +39,11 @@ func cmdLogs(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	if r.LogPath == "" {
-		return fmt.Errorf("container %s logs with %s, which conmonctl cannot read back (only k8s-file and json-file): %w",
-			r.Name, r.LogDriver, errdefs.ErrNotImplemented)
+	src, err := logSource(r)
+	if err != nil {
+		return err
 	}
+	r.LogPath, r.LogDriver = src.Path, src.Format
 	var exited chan struct{}
 	if q.follow {
 		exited = make(chan struct{})
@@ -56,6 +59,25 @@ func cmdLogs(ctx context.Context, a *app, args []string) error {
 		}
 	}
 	return followLog(ctx, a, r, q, exited)
+}
+
+// defaultShimStateDir is the shim's state_dir when its configuration file
+// does not set another (docs/containerd.md).
+const defaultShimStateDir = "/run/conmon-v2/state"
+
+// logSource says where the logs of r can be read back: its k8s-file or
+// json-file, or, for a write-only driver (journald, syslog, fluentd, none),
+// the shim's local k8s-file cache of the container.
+func logSource(r *record) (logging.Source, error) {
+	if r.LogPath != "" {
+		return logging.Source{Path: r.LogPath, Format: r.LogDriver}, nil
+	}
+	cache := filepath.Join(defaultShimStateDir, r.Namespace, r.ID, logging.CacheDirName, "ctr.log")
+	if _, err := os.Stat(cache); err == nil {
+		return logging.Source{Path: cache, Format: logging.FormatK8sFile}, nil
+	}
+	return logging.Source{}, fmt.Errorf("container %s logs with %s, and no local log cache was found at %s: %w",
+		r.Name, r.LogDriver, cache, errdefs.ErrNotFound)
 }
 
 // parseSince accepts an RFC 3339 time, a Unix time in seconds, or a

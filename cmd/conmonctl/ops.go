@@ -766,10 +766,11 @@ func cmdAttach(ctx context.Context, a *app, args []string) error {
 	if st.Status != client.Running && st.Status != client.Paused {
 		return fmt.Errorf("container %s is %s, not running: %w", r.Name, st.Status, errdefs.ErrFailedPrecondition)
 	}
-	if r.LogPath == "" {
-		return fmt.Errorf("container %s logs with %s, which conmonctl cannot read back; attach follows the k8s-file or json-file log: %w",
-			r.Name, r.LogDriver, errdefs.ErrNotImplemented)
+	src, err := logSource(r)
+	if err != nil {
+		return err
 	}
+	r.LogPath, r.LogDriver = src.Path, src.Format
 	fwdCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	if r.Terminal {

@@ -24,7 +24,8 @@ import (
 
 // Annotations conmonctl adds to the spec besides the group and log ones.
 const (
-	nameAnnotation = "io.containers.conmon-v2.name"
+	nameAnnotation    = "io.containers.conmon-v2.name"
+	criNameAnnotation = "io.kubernetes.cri.container-name"
 )
 
 // readableDrivers are the log drivers whose files `logs` reads back.
@@ -86,7 +87,7 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 	if err != nil {
 		return err
 	}
-	if _, err := st.find(name); err == nil {
+	if st.nameTaken(name) {
 		unlock()
 		return fmt.Errorf("a container named %s exists already (conmonctl rm %s): %w", name, name, errdefs.ErrAlreadyExists)
 	}
@@ -198,7 +199,9 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 // makeSpec writes the spec of a new container: from --rootfs with
 // defaults, or from --bundle's config.json with the root made absolute.
 func (a *app) makeSpec(rec *record, o *options, args []string, memory int64, logOpts map[string]string) (*specs.Spec, error) {
-	ann := map[string]string{nameAnnotation: rec.Name}
+	// The shim names the container in its logs (journald's
+	// CONTAINER_NAME, the tag) after CRI's container-name annotation.
+	ann := map[string]string{nameAnnotation: rec.Name, criNameAnnotation: rec.Name}
 	if o.group != "" {
 		ann[client.GroupAnnotation] = o.group
 	}

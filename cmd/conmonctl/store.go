@@ -136,6 +136,18 @@ func (s store) find(ref string) (*record, error) {
 	return nil, fmt.Errorf("container ID prefix %s is ambiguous (%d containers): %w", ref, len(prefixed), errdefs.ErrInvalidArgument)
 }
 
+// nameTaken reports whether a container has name as its name or full ID
+// (an ID prefix does not count: names are short, IDs are hex).
+func (s store) nameTaken(name string) bool {
+	all, _ := s.list()
+	for _, r := range all {
+		if r.Name == name || r.ID == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (s store) remove(id string) error {
 	if err := client.ValidateID(id); err != nil {
 		return err

@@ -668,3 +668,23 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestLogsOfOtherDrivers: with a driver that cannot be read back (none
+// here; journald, syslog and fluentd alike), logs reads the shim's local
+// k8s-file cache, and json-file logs read back too.
+func TestLogsOfOtherDrivers(t *testing.T) {
+	h := newHarness(t)
+	for _, driver := range []string{"none", "json-file"} {
+		name := "drv-" + driver
+		h.ok("run", "-d", "--name", name, "--log-driver", driver, "--rootfs", h.rootfs, "--",
+			"sh", "-c", "echo via "+driver+"; echo err via "+driver+" >&2; sleep 1000")
+		eventually(t, 10*time.Second, func() error {
+			r := h.run("logs", name)
+			if r.code != 0 || r.stdout != "via "+driver+"\n" || r.stderr != "err via "+driver+"\n" {
+				return fmt.Errorf("logs with %s: %v", driver, r)
+			}
+			return nil
+		})
+		h.ok("rm", "-f", name)
+	}
+}
