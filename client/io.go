@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,6 +40,21 @@ func NewFIFOSet(dir, name string, stdin, stdout, stderr, terminal bool) (*FIFOSe
 		s.Stdio.Stderr = filepath.Join(dir, name+"-stderr")
 	}
 	return s, nil
+}
+
+// Mkfifo creates the fifos without opening them: for a process whose
+// streams a later client attaches to (the shim's open of a stdin fifo waits
+// for its first writer).
+func (s *FIFOSet) Mkfifo() error {
+	for _, p := range []string{s.Stdio.Stdin, s.Stdio.Stdout, s.Stdio.Stderr} {
+		if p == "" || strings.Contains(p, "://") {
+			continue
+		}
+		if err := syscall.Mkfifo(p, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("mkfifo %s: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // Remove deletes the fifos (not the directory).

@@ -371,12 +371,10 @@ func (p *process) openIO(ctx context.Context, dir, name string) error {
 			return err
 		}
 		p.fifos.Stdio.Stdout = "file:///dev/null"
-		if p.stdin {
-			// Hold the write end open until Start, so the shim's open of
-			// the fifo does not wait.
-			p.io, err = client.OpenIO(ctx, p.fifos, client.Streams{}, nil)
-		}
-		return err
+		// The stdin fifo stays unopened here: the shim's copy into the
+		// container begins with the first attach that writes to it (and
+		// ends at that attach's EOF).
+		return p.fifos.Mkfifo()
 	}
 	p.fifos, err = client.NewFIFOSet(dir, name, p.stdin, true, true, p.tty)
 	if err != nil {
@@ -407,7 +405,8 @@ func (p *process) closeIO() {
 	if p.io != nil {
 		p.io.Close()
 	}
-	if p.fifos != nil {
+	// A detached process's stdin fifo is for attach; rm removes it.
+	if p.fifos != nil && !p.detach {
 		p.fifos.Remove()
 	}
 }

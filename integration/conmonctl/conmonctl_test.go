@@ -492,6 +492,15 @@ func TestAttach(t *testing.T) {
 		t.Errorf("attach to a stopped container: %v", r)
 	}
 	h.ok("rm", "att")
+
+	// run -d -i: the first attach's input reaches the container.
+	h.ok("run", "-d", "-i", "--name", "reader", "--rootfs", h.rootfs, "--",
+		"sh", "-c", "read a; echo got $a; read b; echo then $b; exit 4")
+	r = h.runIn("one\ntwo\n", "attach", "reader")
+	if r.code != 4 || !strings.Contains(r.stdout, "got one\nthen two\n") {
+		t.Errorf("attach with input: %v; want both lines echoed and exit 4", r)
+	}
+	h.ok("rm", "reader")
 }
 
 func TestEvents(t *testing.T) {
