@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/containers/conmon-v2/process"
 )
 
 // deleteExitStatus is what `delete` reports: the container was (or is now)
@@ -50,14 +52,25 @@ func Delete(ctx context.Context, f Flags, env DeleteEnv) error {
 	warn := func(format string, args ...any) { fmt.Fprintf(env.Stderr, format+"\n", args...) }
 
 	root := filepath.Join(cfg.RuntimeRoot, f.Namespace)
+	stateDir := filepath.Join(cfg.StateDir, f.Namespace)
 	pid := readPidFile(filepath.Join(bundle, "init.pid"))
+	if rec, err := process.ReadRecord(stateDir, f.ID); err == nil && rec.Pid > 0 {
+		pid = rec.Pid
+	}
 	if err := runtimeDelete(ctx, cfg.Runtime, root, f.ID); err != nil {
 		warn("%v", err)
 	}
 	if err := unmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		warn("%v", err)
 	}
-	removeStaleSocket(bundle)
+	if !daemonAlive(bundle) {
+		// The task's record would make a later recovery adopt a container
+		// that is gone. A live daemon removes it itself on Delete.
+		if err := process.RemoveRecord(stateDir, f.ID); err != nil {
+			warn("remove task record: %v", err)
+		}
+		removeStaleSocket(bundle)
+	}
 
 	resp := &taskv2.DeleteResponse{
 		Pid:        uint32(pid),
@@ -129,15 +142,28 @@ func unmountAll(target string) error {
 	return fmt.Errorf("unmount %s: still mounted after 64 unmounts: %w", target, errdefs.ErrFailedPrecondition)
 }
 
+// bundleSocket returns the socket named by the bundle's address file.
+func bundleSocket(bundle string) (string, bool) {
+	data, err := os.ReadFile(filepath.Join(bundle, AddressFile))
+	if err != nil {
+		return "", false
+	}
+	sock, err := SocketFromAddress(strings.TrimSpace(string(data)))
+	return sock, err == nil
+}
+
+// daemonAlive reports whether the daemon named by the bundle's address
+// file answers.
+func daemonAlive(bundle string) bool {
+	sock, ok := bundleSocket(bundle)
+	return ok && canConnect(sock)
+}
+
 // removeStaleSocket removes the socket named by the bundle's address file
 // when no daemon answers on it any more.
 func removeStaleSocket(bundle string) {
-	data, err := os.ReadFile(filepath.Join(bundle, AddressFile))
-	if err != nil {
-		return
-	}
-	sock, err := SocketFromAddress(strings.TrimSpace(string(data)))
-	if err != nil {
+	sock, ok := bundleSocket(bundle)
+	if !ok {
 		return
 	}
 	if st, err := os.Lstat(sock); err != nil || st.Mode()&os.ModeSocket == 0 {

@@ -139,6 +139,7 @@ func daemon(f shim.Flags) error {
 				RuntimeRoot: root,
 				LoggerDirs:  cfg.LoggerDirs,
 				OnEmpty:     onEmpty,
+				Log:         log,
 			})
 			if err != nil {
 				return nil, err

@@ -498,6 +498,40 @@ func runScenario(t *testing.T, e *env) {
 		e.remove("g2")
 		e.assertClean()
 	})
+	t.Run("shim killed", func(t *testing.T) {
+		e.mustCtr(e.runArgs("k1", []string{"-d"}, "/bin/sleep", "1000")...)
+		e.waitStatus("k1", "RUNNING")
+		pids := e.shimPids()
+		if len(pids) != 1 {
+			t.Fatalf("shim daemons %v", pids)
+		}
+		if _, err := os.Stat(filepath.Join(e.dir, "shimstate", "default", "k1")); err != nil {
+			t.Fatalf("no task record: %v", err)
+		}
+		syscall.Kill(pids[0], syscall.SIGKILL)
+		// containerd notices, runs `delete`, and forgets the task.
+		deadline := time.Now().Add(10 * time.Second)
+		for e.taskStatus("k1") != "" {
+			if time.Now().After(deadline) {
+				t.Fatalf("task still listed as %q after its shim died", e.taskStatus("k1"))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// containerd may forget the task before its `delete` call returns.
+		record := filepath.Join(e.dir, "shimstate", "default", "k1")
+		deadline = time.Now().Add(5 * time.Second)
+		for {
+			if _, err := os.Stat(record); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("task record %s left after delete", record)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		e.mustCtr("c", "rm", "k1")
+		e.assertClean()
+	})
 	t.Run("containerd restart", func(t *testing.T) {
 		e.mustCtr(e.runArgs("r1", []string{"-d"}, "/bin/sleep", "1000")...)
 		e.waitStatus("r1", "RUNNING")
