@@ -101,7 +101,18 @@ func newRuncEnv(t *testing.T) *runcEnv {
 		t.Fatal(err)
 	}
 	e.s = s
-	t.Cleanup(func() { _ = s.Close() })
+	t.Cleanup(func() {
+		// A failed test must not leave containers behind.
+		ctx := context.Background()
+		for _, ti := range s.List(ctx) {
+			_, _ = s.Kill(ctx, &taskv2.KillRequest{ID: ti.ID, Signal: 9, All: true})
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, _ = s.Wait(wctx, &taskv2.WaitRequest{ID: ti.ID})
+			cancel()
+			_, _ = s.Delete(ctx, &taskv2.DeleteRequest{ID: ti.ID})
+		}
+		_ = s.Close()
+	})
 	return e
 }
 
