@@ -10,7 +10,7 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /integration -e /bench)
 # Integration and unit tests are time-boxed so .ci/run stays far below CI's limit.
 INTEGRATION_TIMEOUT ?= 20m
 
-.PHONY: help build test unit integration vendor verify-vendor check protos check-protos demo bench bench-quick critest soak clean
+.PHONY: help build test unit integration vendor verify-vendor check protos check-protos demo bench bench-quick critest soak containerd2 integration-containerd2 clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -47,6 +47,22 @@ check: ## gofmt, go vet, generated code up to date
 
 critest: build ## CRI conformance: critest through containerd 1.6, runc baseline vs conmon-v2 (root; see integration/critest)
 	integration/critest/critest.sh
+
+# containerd 2.x from the Go module proxy (network), cached outside the tree.
+CONTAINERD2_VERSIONS ?= v2.2.9 v2.3.7
+CONTAINERD2_CACHE    ?= $(HOME)/.cache/conmon-v2-containerd2
+
+containerd2: ## build containerd+ctr $(CONTAINERD2_VERSIONS) into $(CONTAINERD2_CACHE) (network, minutes)
+	@for v in $(CONTAINERD2_VERSIONS); do \
+		[ -x $(CONTAINERD2_CACHE)/$$v/ctr ] && continue; \
+		echo "go install containerd $$v"; \
+		GOFLAGS= CGO_ENABLED=0 GOBIN=$(CONTAINERD2_CACHE)/$$v $(GO) install -tags "no_btrfs no_devmapper no_zfs" \
+		  github.com/containerd/containerd/v2/cmd/containerd@$$v github.com/containerd/containerd/v2/cmd/ctr@$$v || exit 1; \
+	done
+
+integration-containerd2: build containerd2 ## the ctr scenario against containerd 2.x (root)
+	CONMON_V2_CONTAINERD2=$$(for v in $(CONTAINERD2_VERSIONS); do printf '%s:' $(CONTAINERD2_CACHE)/$$v; done) \
+	  $(GO) test -count=1 -v -run TestContainerd2 ./integration/containerd/
 
 demo: ## on a fresh Debian machine (root): install runc/busybox, build, run a container with conmonctl
 	@scripts/demo.sh

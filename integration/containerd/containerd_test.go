@@ -341,15 +341,22 @@ func TestContainerd16(t *testing.T) {
 }
 
 // TestContainerd2 runs the same scenario against containerd 2.x when
-// CONMON_V2_CONTAINERD2 names a directory with its containerd and ctr
-// (see `make containerd2`).
+// CONMON_V2_CONTAINERD2 names directories (colon-separated) that hold a
+// containerd and a ctr (see `make containerd2`).
 func TestContainerd2(t *testing.T) {
-	dir := os.Getenv("CONMON_V2_CONTAINERD2")
-	if dir == "" {
+	dirs := os.Getenv("CONMON_V2_CONTAINERD2")
+	if dirs == "" {
 		t.Skip("CONMON_V2_CONTAINERD2 not set (make containerd2 builds containerd 2.x)")
 	}
-	e := newEnv(t, dir)
-	runScenario(t, e)
+	for _, dir := range filepath.SplitList(dirs) {
+		if dir == "" {
+			continue
+		}
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			e := newEnv(t, dir)
+			runScenario(t, e)
+		})
+	}
 }
 
 func runScenario(t *testing.T, e *env) {
@@ -385,9 +392,13 @@ func runScenario(t *testing.T, e *env) {
 			t.Fatalf("exec exit: %v, want 3\n%s", err, out)
 		}
 		// ps: the init process at least, with numeric pids.
+		// ctr 2.x may print warnings before the table.
 		out = e.mustCtr("task", "ps", "det")
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) < 2 || !strings.HasPrefix(lines[0], "PID") {
+		for len(lines) > 0 && !strings.HasPrefix(lines[0], "PID") {
+			lines = lines[1:]
+		}
+		if len(lines) < 2 {
 			t.Fatalf("ps output %q", out)
 		}
 		if _, err := strconv.Atoi(strings.Fields(lines[1])[0]); err != nil {
