@@ -285,16 +285,17 @@ func (c *Container) NewExec(execID string, stdio Stdio, spec *specs.Process, log
 }
 
 // StartExec opens the exec's stdio and runs the runtime's exec, detached.
-// It returns the exec's pid.
-func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, loggerDirs []string) (int, error) {
+// It returns the exec's pid and its IO, which the caller stores in p.IO
+// under its lock. p's Stdio and Spec are only read.
+func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, loggerDirs []string) (int, *IO, error) {
 	st, err := ParseStdio(p.Stdio, loggerDirs)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	uid, gid := int(p.Spec.User.UID), int(p.Spec.User.GID)
 	pio, err := NewIO(ctx, IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: starter, UID: uid, GID: gid, Log: c.log})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	pidFile := filepath.Join(c.Bundle, "exec-"+p.ID+".pid")
 	_ = os.Remove(pidFile)
@@ -309,19 +310,18 @@ func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, 
 	_ = os.Remove(filepath.Join(c.Bundle, "exec-"+p.ID+"-log.json"))
 	if err != nil {
 		pio.Close()
-		return 0, fmt.Errorf("runtime exec of %q in %q: %w", p.ID, c.ID, err)
+		return 0, nil, fmt.Errorf("runtime exec of %q in %q: %w", p.ID, c.ID, err)
 	}
 	if err := pio.Start(ctx); err != nil {
 		pio.Close()
-		return 0, err
+		return 0, nil, err
 	}
 	pid, err := readPid(pidFile)
 	if err != nil {
 		pio.Close()
-		return 0, fmt.Errorf("reading the pid of exec %q: %w", p.ID, err)
+		return 0, nil, fmt.Errorf("reading the pid of exec %q: %w", p.ID, err)
 	}
-	p.IO = pio
-	return pid, nil
+	return pid, pio, nil
 }
 
 // Kill signals the container's init (all: every process of the container).

@@ -179,16 +179,20 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.
 
 	var pid int
 	var serr error
+	var pio *process.IO
 	if p.Init {
 		serr = c.Start(ctx)
 		pid = p.Pid
 	} else {
-		pid, serr = c.StartExec(ctx, p, s.starter, s.cfg.LoggerDirs)
+		pid, pio, serr = c.StartExec(ctx, p, s.starter, s.cfg.LoggerDirs)
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p.Starting = false
+	if pio != nil {
+		p.IO = pio
+	}
 	var early process.Exit
 	exited := false
 	if !p.Init {
