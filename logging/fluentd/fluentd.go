@@ -70,13 +70,18 @@ type Driver struct {
 	fixed        []byte // encoded container_id, container_name and labels
 	nfixed       uint32 // number of map entries in fixed
 
-	inflight atomic.Int64  // events handed to the client and not yet settled
-	dropped  atomic.Uint64 // events the client gave up on
-	closed   atomic.Bool
-	closeMu  sync.Mutex
+	inflight      atomic.Int64  // events handed to the client and not yet settled
+	inflightBytes atomic.Int64  // their log bytes
+	dropped       atomic.Uint64 // events the client gave up on
+	droppedBytes  atomic.Uint64 // their log bytes
+	closed        atomic.Bool
+	closeMu       sync.Mutex
 }
 
-var _ logging.Driver = (*Driver)(nil)
+var (
+	_ logging.Driver = (*Driver)(nil)
+	_ logging.Loser  = (*Driver)(nil)
+)
 
 // TagData is what the tag template sees.
 type TagData struct {
@@ -148,10 +153,13 @@ func New(_ context.Context, info logging.Info) (logging.Driver, error) {
 	}
 	d.tag = tag
 	d.fixed, d.nfixed = fixedFields(&info.Meta)
-	cfg.AsyncResultCallback = func(_ []byte, err error) {
+	cfg.AsyncResultCallback = func(data []byte, err error) {
+		n := logLen(data)
 		if err != nil {
 			d.dropped.Add(1)
+			d.droppedBytes.Add(uint64(n))
 		}
+		d.inflightBytes.Add(-int64(n))
 		d.inflight.Add(-1)
 	}
 	client, err := fluent.New(cfg)
@@ -313,10 +321,12 @@ func (d *Driver) Write(r *logging.Record) error {
 		ts = time.Now()
 	}
 	d.inflight.Add(1)
+	d.inflightBytes.Add(int64(len(r.Line)))
 	// The event is encoded before EncodeAndPostData returns, so r.Line need
 	// not outlive the call.
 	if err := d.client.EncodeAndPostData(d.tag, ts, event{d: d, r: r}); err != nil {
 		d.inflight.Add(-1)
+		d.inflightBytes.Add(-int64(len(r.Line)))
 		return fmt.Errorf("fluentd: %w", joinExhausted(err))
 	}
 	return nil
@@ -329,8 +339,45 @@ func joinExhausted(err error) error {
 	return err
 }
 
-// Dropped returns how many accepted events were never delivered.
-func (d *Driver) Dropped() uint64 { return d.dropped.Load() }
+// Lost returns the events (and their log bytes) that Write accepted and
+// that were never delivered.
+func (d *Driver) Lost() (lines, bytes uint64) { return d.dropped.Load(), d.droppedBytes.Load() }
+
+// logLen returns the length of the log field of an encoded event
+// ([tag, time, record, option]), 0 if it cannot be found.
+func logLen(data []byte) int {
+	n, b, err := msgp.ReadArrayHeaderBytes(data)
+	if err != nil || n < 3 {
+		return 0
+	}
+	if b, err = msgp.Skip(b); err != nil { // tag
+		return 0
+	}
+	if b, err = msgp.Skip(b); err != nil { // time
+		return 0
+	}
+	fields, b, err := msgp.ReadMapHeaderBytes(b)
+	if err != nil {
+		return 0
+	}
+	for range fields {
+		var k []byte
+		if k, b, err = msgp.ReadStringZC(b); err != nil {
+			return 0
+		}
+		if string(k) == "log" {
+			v, _, err := msgp.ReadStringZC(b)
+			if err != nil {
+				return 0
+			}
+			return len(v)
+		}
+		if b, err = msgp.Skip(b); err != nil {
+			return 0
+		}
+	}
+	return 0
+}
 
 // Reopen does nothing: the client reconnects by itself.
 func (d *Driver) Reopen() error { return nil }
@@ -351,9 +398,9 @@ func (d *Driver) Close() error {
 	left := d.inflight.Load()
 	err := d.client.Close()
 	// Events discarded by the forced stop never reach the callback.
-	if n := d.inflight.Load(); n > 0 {
+	if n := d.inflight.Swap(0); n > 0 {
 		d.dropped.Add(uint64(n))
-		d.inflight.Store(0)
+		d.droppedBytes.Add(uint64(max(d.inflightBytes.Swap(0), 0)))
 	}
 	if err != nil {
 		return fmt.Errorf("fluentd: close: %w", err)

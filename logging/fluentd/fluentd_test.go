@@ -5,11 +5,15 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/fluent/fluent-logger-golang/fluent"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/fluentd/fluentdtest"
+	"github.com/containers/conmon-v2/logging/loggingtest"
 )
 
 var meta = logging.Metadata{ID: "0123456789abcdef0123", Name: "web", Namespace: "k8s.io", Tag: "t1", Labels: map[string]string{"team": "core", "log": "ignored"}}
@@ -105,7 +109,53 @@ func TestCloseCountsUndelivered(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "5 events not delivered") {
 		t.Fatalf("Close = %v, want 5 events reported lost", err)
 	}
+	if lines, bytes := d.(*Driver).Lost(); lines != 5 || bytes != 5 {
+		t.Errorf("Lost() = %d lines, %d bytes; want 5, 5", lines, bytes)
+	}
 	if err := d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("x")}); err == nil {
 		t.Error("write after close succeeded")
 	}
+}
+
+func TestLogLen(t *testing.T) {
+	d := &Driver{}
+	d.fixed, d.nfixed = fixedFields(&meta)
+	rec := logging.Record{Stream: logging.Stdout, Line: []byte("twelve bytes")}
+	ev, _ := event{d: d, r: &rec}.MarshalMsg(nil)
+	m := fluent.MessageExt{Tag: "t", Time: fluent.EventTime(time.Now()), Record: event{d: d, r: &rec}}
+	b, err := m.MarshalMsg(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := logLen(b); n != 12 {
+		t.Errorf("logLen = %d, want 12 (event %d bytes)", n, len(ev))
+	}
+	if n := logLen([]byte{0x01}); n != 0 {
+		t.Errorf("logLen(garbage) = %d", n)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	loggingtest.Run(t, func(t *testing.T) (logging.Driver, func() []logging.Record) {
+		rcv := fluentdtest.Start(t, "127.0.0.1:0")
+		d, err := New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"address": rcv.Addr()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []logging.Record
+		return d, func() []logging.Record {
+			for {
+				select {
+				case e := <-rcv.Events:
+					s := logging.Stdout
+					if e.Record["source"] == "stderr" {
+						s = logging.Stderr
+					}
+					got = append(got, logging.Record{Stream: s, Line: []byte(e.Record["log"]), Partial: e.Record["partial_message"] == "true"})
+				default:
+					return got
+				}
+			}
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/loggingtest"
 )
 
 // fakeJournal is a datagram socket that decodes the native protocol, the
@@ -362,4 +364,55 @@ func TestConcurrentWrites(t *testing.T) {
 	if err := d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("late")}); err == nil {
 		t.Error("write after close succeeded")
 	}
+}
+
+func TestConformance(t *testing.T) {
+	loggingtest.Run(t, func(t *testing.T) (logging.Driver, func() []logging.Record) {
+		j := newFakeJournal(t)
+		d := open(t, j, logging.Metadata{ID: cid}, nil)
+		// Drain the socket as journald does: a full receive queue would
+		// block the writers.
+		var mu sync.Mutex
+		var got []logging.Record
+		done := make(chan struct{})
+		stop := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				e, ok := j.tryRecv(t, 20*time.Millisecond)
+				if !ok {
+					continue
+				}
+				r := logging.Record{Stream: logging.Stdout}
+				if e["PRIORITY"] == "3" {
+					r.Stream = logging.Stderr
+				}
+				msg, full := strings.CutSuffix(e["MESSAGE"], "\n")
+				r.Line, r.Partial = []byte(msg), !full
+				mu.Lock()
+				got = append(got, r)
+				mu.Unlock()
+			}
+		}()
+		t.Cleanup(func() { close(stop); <-done })
+		return d, func() []logging.Record {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]logging.Record(nil), got...)
+		}
+	})
+}
+
+// tryRecv returns the next entry if one arrives within wait.
+func (j *fakeJournal) tryRecv(t *testing.T, wait time.Duration) (entry, bool) {
+	var pfd = []unix.PollFd{{Fd: int32(j.fd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, int(wait.Milliseconds())); n <= 0 {
+		return nil, false
+	}
+	return j.recv(t), true
 }

@@ -15,6 +15,11 @@
 //	tls-cert, tls-key PEM client certificate and key (tcp+tls)
 //	tls-skip-verify  "true" to accept any server certificate (tests only)
 //
+//	max-line-size    bytes of one line reassembled from partial records
+//	                 (default 60000, which fits a UDP datagram); a longer
+//	                 line is sent in pieces of that size; 0 sends every
+//	                 record as its own message
+//
 // The severity is info for stdout and err for stderr; a line starting with
 // an sd-daemon prefix "<N>" (N in 0..7) gets severity N, prefix removed.
 //
@@ -49,6 +54,9 @@ import (
 
 // Name is the driver's registry name.
 const Name = "syslog"
+
+// DefaultMaxLineSize bounds the reassembly of one line (bytes).
+const DefaultMaxLineSize = 60000
 
 // DefaultAddress is the local syslog socket.
 const DefaultAddress = "unixgram:///dev/log"
@@ -87,6 +95,7 @@ type Driver struct {
 	hostname string
 	tlsConf  *tls.Config
 	stream   bool // byte-stream transport: frame messages
+	maxLine  int
 
 	mu      sync.Mutex // guards below
 	conn    net.Conn   // nil when disconnected
@@ -94,6 +103,7 @@ type Driver struct {
 	backoff time.Duration
 	nextTry time.Time
 	buf     []byte
+	pending [3][]byte // per stream: a line being reassembled from partial records
 }
 
 var _ logging.Driver = (*Driver)(nil)
@@ -114,7 +124,7 @@ func New(ctx context.Context, info logging.Info) (logging.Driver, error) {
 }
 
 func newDriver(info logging.Info) (*Driver, error) {
-	d := &Driver{facility: 3}
+	d := &Driver{facility: 3, maxLine: DefaultMaxLineSize}
 	address := DefaultAddress
 	format := ""
 	var caFile, certFile, keyFile string
@@ -137,6 +147,12 @@ func newDriver(info logging.Info) (*Driver, error) {
 			d.facility = f
 		case "tag":
 			d.tag = v
+		case "max-line-size":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("syslog: option max-line-size=%q: want a byte count >= 0: %w", v, errdefs.ErrInvalidArgument)
+			}
+			d.maxLine = n
 		case "tls-ca":
 			caFile = v
 		case "tls-cert":
@@ -297,13 +313,39 @@ func (d *Driver) dial(ctx context.Context) (net.Conn, error) {
 	return conn, nil
 }
 
-// Write formats r as one message and sends it.
+// Write sends r as one message, or holds it while partial records are
+// reassembled into a line.
 func (d *Driver) Write(r *logging.Record) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return fmt.Errorf("syslog: write after close: %w", errdefs.ErrFailedPrecondition)
 	}
+	if d.maxLine == 0 {
+		return d.sendRecordLocked(r)
+	}
+	s := 1
+	if r.Stream == logging.Stderr {
+		s = 2
+	}
+	if r.Partial {
+		p := append(d.pending[s], r.Line...)
+		if len(p) < d.maxLine {
+			d.pending[s] = p
+			return nil
+		}
+		d.pending[s] = p[:0]
+		return d.sendRecordLocked(&logging.Record{Time: r.Time, Stream: r.Stream, Line: p, Partial: true, Meta: r.Meta})
+	}
+	if len(d.pending[s]) == 0 {
+		return d.sendRecordLocked(r)
+	}
+	p := append(d.pending[s], r.Line...)
+	d.pending[s] = p[:0]
+	return d.sendRecordLocked(&logging.Record{Time: r.Time, Stream: r.Stream, Line: p, Meta: r.Meta})
+}
+
+func (d *Driver) sendRecordLocked(r *logging.Record) error {
 	d.buf = d.format1(d.buf[:0], r)
 	if d.conn != nil && d.stream && peerGone(d.conn) {
 		// Writing into a connection the receiver already closed would
@@ -443,17 +485,26 @@ func (d *Driver) Reopen() error {
 	return nil
 }
 
-// Close closes the connection.
+// Close sends a line still being reassembled and closes the connection.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.closed = true
-	if d.conn == nil {
+	if d.closed {
 		return nil
 	}
-	err := d.conn.Close()
-	d.conn = nil
-	return err
+	var errs []error
+	for s, p := range d.pending {
+		if len(p) > 0 {
+			errs = append(errs, d.sendRecordLocked(&logging.Record{Stream: logging.Stream(s), Line: p, Partial: true}))
+			d.pending[s] = nil
+		}
+	}
+	d.closed = true
+	if d.conn != nil {
+		errs = append(errs, d.conn.Close())
+		d.conn = nil
+	}
+	return errors.Join(errs...)
 }
 
 // String returns the format's option value.

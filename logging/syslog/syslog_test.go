@@ -26,6 +26,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/loggingtest"
 )
 
 var ts = time.Date(2026, 11, 28, 13, 4, 5, 123456789, time.UTC)
@@ -382,4 +383,41 @@ func TestBackoff(t *testing.T) {
 	if !errors.Is(lastErr, errdefs.ErrUnavailable) || !strings.Contains(lastErr.Error(), "next attempt") {
 		t.Errorf("err = %v, want a backoff error", lastErr)
 	}
+}
+
+// TestConformance runs the suite over TCP with RFC 5424 (octet counting
+// carries any byte), reading back stream from MSGID.
+func TestConformance(t *testing.T) {
+	loggingtest.Run(t, func(t *testing.T) (logging.Driver, func() []logging.Record) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs := make(chan string, 10000)
+		serveStream(t, l, true, msgs)
+		d, err := New(context.Background(), logging.Info{Meta: logging.Metadata{ID: "abc", Name: "web"}, Options: map[string]string{"address": "tcp://" + l.Addr().String()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []logging.Record
+		return d, func() []logging.Record {
+			for {
+				select {
+				case m := <-msgs:
+					// <PRI>1 TS HOST APP PROCID MSGID SD MSG
+					f := strings.SplitN(m, " ", 8)
+					if len(f) != 8 {
+						t.Fatalf("bad message %q", m)
+					}
+					s := logging.Stdout
+					if f[5] == "stderr" {
+						s = logging.Stderr
+					}
+					got = append(got, logging.Record{Stream: s, Line: []byte(f[7])})
+				default:
+					return got
+				}
+			}
+		}
+	})
 }
