@@ -199,7 +199,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 			return nil, err
 		}
 	}
-	uid, gid := processOwner(spec.Process)
+	uid, gid := processOwner(spec, spec.Process)
 	pio, err := NewIO(ctx, IOConfig{ID: cfg.ID, Namespace: cfg.Namespace, Stdio: st, Starter: cfg.Starter, Tap: tap, UID: uid, GID: gid, Log: cfg.Log})
 	if err != nil {
 		if tap != nil {
@@ -233,11 +233,29 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 	return c, nil
 }
 
-func processOwner(p *specs.Process) (int, int) {
+// processOwner returns the host uid and gid that own the pipes of process
+// p: its user, mapped through the spec's user namespace if it has one.
+func processOwner(spec *specs.Spec, p *specs.Process) (int, int) {
 	if p == nil {
 		return 0, 0
 	}
-	return int(p.User.UID), int(p.User.GID)
+	uid, gid := p.User.UID, p.User.GID
+	if spec != nil && spec.Linux != nil {
+		uid = mapID(spec.Linux.UIDMappings, uid)
+		gid = mapID(spec.Linux.GIDMappings, gid)
+	}
+	return int(uid), int(gid)
+}
+
+// mapID maps a container id to the host through mappings (identity when
+// there are none or none covers it).
+func mapID(mappings []specs.LinuxIDMapping, id uint32) uint32 {
+	for _, m := range mappings {
+		if id >= m.ContainerID && id-m.ContainerID < m.Size {
+			return m.HostID + (id - m.ContainerID)
+		}
+	}
+	return id
 }
 
 // cleanup releases what Create acquired.
@@ -292,7 +310,7 @@ func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, 
 	if err != nil {
 		return 0, nil, err
 	}
-	uid, gid := int(p.Spec.User.UID), int(p.Spec.User.GID)
+	uid, gid := processOwner(c.Spec, p.Spec)
 	pio, err := NewIO(ctx, IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: starter, UID: uid, GID: gid, Log: c.log})
 	if err != nil {
 		return 0, nil, err

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func TestValidateID(t *testing.T) {
@@ -188,5 +189,20 @@ func TestParseMountOptions(t *testing.T) {
 	flags, _ = parseMountOptions([]string{"ro", "rw"})
 	if flags != 0 {
 		t.Errorf("ro then rw: flags %#x", flags)
+	}
+}
+
+func TestProcessOwnerMapsUserNamespace(t *testing.T) {
+	spec := &specs.Spec{Linux: &specs.Linux{
+		UIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}},
+		GIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 200000, Size: 65536}},
+	}}
+	uid, gid := processOwner(spec, &specs.Process{User: specs.User{UID: 1000, GID: 10}})
+	if uid != 101000 || gid != 200010 {
+		t.Fatalf("owner %d:%d, want 101000:200010", uid, gid)
+	}
+	uid, gid = processOwner(&specs.Spec{}, &specs.Process{User: specs.User{UID: 5, GID: 6}})
+	if uid != 5 || gid != 6 {
+		t.Fatalf("owner without user namespace %d:%d", uid, gid)
 	}
 }
