@@ -138,7 +138,9 @@ func New(_ context.Context, info logging.Info) (logging.Driver, error) {
 		case "tls-skip-verify":
 			cfg.TlsInsecureSkipVerify, err = boolean(k, v)
 		default:
-			err = fmt.Errorf("fluentd: unknown option %q: %w", k, errdefs.ErrInvalidArgument)
+			if !logging.IsCommonOption(k) { // file options are for other drivers
+				err = fmt.Errorf("fluentd: unknown option %q: %w", k, errdefs.ErrInvalidArgument)
+			}
 		}
 		if err != nil {
 			return nil, err

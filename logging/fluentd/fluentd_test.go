@@ -159,3 +159,13 @@ func TestConformance(t *testing.T) {
 		}
 	})
 }
+
+// TestCommonOptionsIgnored: the file options every driver receives from a
+// logging.Config are not fluentd's business.
+func TestCommonOptionsIgnored(t *testing.T) {
+	d, err := New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{logging.OptPath: "/var/log/ctr.log", logging.OptCompress: "true", "close-timeout": "10ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+}

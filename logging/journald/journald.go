@@ -20,7 +20,7 @@
 //
 // Options:
 //
-//	path            the journal socket (default /run/systemd/journal/socket)
+//	socket          the journal socket (default /run/systemd/journal/socket)
 //	max-line-size   bytes of one reassembled line (default 1048576; 0 writes
 //	                every record as its own entry, as conmon does)
 //	partial-message "true" to mark entries that do not end a line
@@ -86,9 +86,9 @@ func newDriver(info logging.Info) (*Driver, error) {
 	d := &Driver{path: DefaultSocket, maxLine: DefaultMaxLineSize, fd: -1}
 	for k, v := range info.Options {
 		switch k {
-		case "path":
+		case "socket":
 			if v == "" {
-				return nil, fmt.Errorf("journald: option path is empty: %w", errdefs.ErrInvalidArgument)
+				return nil, fmt.Errorf("journald: option socket is empty: %w", errdefs.ErrInvalidArgument)
 			}
 			d.path = v
 		case "max-line-size":
@@ -104,6 +104,9 @@ func newDriver(info logging.Info) (*Driver, error) {
 			}
 			d.markPartial = b
 		default:
+			if logging.IsCommonOption(k) {
+				continue // file options, for other drivers
+			}
 			return nil, fmt.Errorf("journald: unknown option %q: %w", k, errdefs.ErrInvalidArgument)
 		}
 	}

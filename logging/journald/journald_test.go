@@ -130,7 +130,7 @@ func open(t *testing.T, j *fakeJournal, meta logging.Metadata, opts map[string]s
 	if opts == nil {
 		opts = map[string]string{}
 	}
-	opts["path"] = j.path
+	opts["socket"] = j.path
 	d, err := New(context.Background(), logging.Info{Meta: meta, Options: opts})
 	if err != nil {
 		t.Fatal(err)
@@ -287,15 +287,15 @@ func TestBadConfig(t *testing.T) {
 		opts map[string]string
 		want string
 	}{
-		{"unknown option", logging.Metadata{ID: cid}, map[string]string{"path": j.path, "colour": "red"}, `"colour"`},
-		{"bad size", logging.Metadata{ID: cid}, map[string]string{"path": j.path, "max-line-size": "-1"}, "max-line-size"},
-		{"bad bool", logging.Metadata{ID: cid}, map[string]string{"path": j.path, "partial-message": "maybe"}, "partial-message"},
-		{"no id", logging.Metadata{}, map[string]string{"path": j.path}, "container ID"},
-		{"missing socket", logging.Metadata{ID: cid}, map[string]string{"path": notSock + "x"}, notSock + "x"},
-		{"not a socket", logging.Metadata{ID: cid}, map[string]string{"path": notSock}, notSock},
-		{"reserved label", logging.Metadata{ID: cid, Labels: map[string]string{"priority": "1"}}, map[string]string{"path": j.path}, `"priority"`},
-		{"empty label", logging.Metadata{ID: cid, Labels: map[string]string{"__": "1"}}, map[string]string{"path": j.path}, `"__"`},
-		{"colliding labels", logging.Metadata{ID: cid, Labels: map[string]string{"a.b": "1", "a-b": "2"}}, map[string]string{"path": j.path}, "A_B"},
+		{"unknown option", logging.Metadata{ID: cid}, map[string]string{"socket": j.path, "colour": "red"}, `"colour"`},
+		{"bad size", logging.Metadata{ID: cid}, map[string]string{"socket": j.path, "max-line-size": "-1"}, "max-line-size"},
+		{"bad bool", logging.Metadata{ID: cid}, map[string]string{"socket": j.path, "partial-message": "maybe"}, "partial-message"},
+		{"no id", logging.Metadata{}, map[string]string{"socket": j.path}, "container ID"},
+		{"missing socket", logging.Metadata{ID: cid}, map[string]string{"socket": notSock + "x"}, notSock + "x"},
+		{"not a socket", logging.Metadata{ID: cid}, map[string]string{"socket": notSock}, notSock},
+		{"reserved label", logging.Metadata{ID: cid, Labels: map[string]string{"priority": "1"}}, map[string]string{"socket": j.path}, `"priority"`},
+		{"empty label", logging.Metadata{ID: cid, Labels: map[string]string{"__": "1"}}, map[string]string{"socket": j.path}, `"__"`},
+		{"colliding labels", logging.Metadata{ID: cid, Labels: map[string]string{"a.b": "1", "a-b": "2"}}, map[string]string{"socket": j.path}, "A_B"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(context.Background(), logging.Info{Meta: tc.meta, Options: tc.opts})
@@ -415,4 +415,14 @@ func (j *fakeJournal) tryRecv(t *testing.T, wait time.Duration) (entry, bool) {
 		return nil, false
 	}
 	return j.recv(t), true
+}
+
+// TestCommonOptionsIgnored: the file options every driver receives from a
+// logging.Config are not journald's business.
+func TestCommonOptionsIgnored(t *testing.T) {
+	j := newFakeJournal(t)
+	d := open(t, j, logging.Metadata{ID: cid}, map[string]string{logging.OptPath: "/var/log/ctr.log", logging.OptMaxSize: "10"})
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

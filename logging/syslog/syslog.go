@@ -166,6 +166,9 @@ func newDriver(info logging.Info) (*Driver, error) {
 			}
 			skipVerify = b
 		default:
+			if logging.IsCommonOption(k) {
+				continue // file options, for other drivers
+			}
 			return nil, fmt.Errorf("syslog: unknown option %q: %w", k, errdefs.ErrInvalidArgument)
 		}
 	}

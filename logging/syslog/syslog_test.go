@@ -421,3 +421,11 @@ func TestConformance(t *testing.T) {
 		}
 	})
 }
+
+// TestCommonOptionsIgnored: the file options every driver receives from a
+// logging.Config are not syslog's business.
+func TestCommonOptionsIgnored(t *testing.T) {
+	if _, err := newDriver(logging.Info{Meta: logging.Metadata{ID: "abc"}, Options: map[string]string{logging.OptPath: "/var/log/ctr.log", logging.OptMaxFiles: "3"}}); err != nil {
+		t.Fatal(err)
+	}
+}
