@@ -98,18 +98,16 @@ func (c *shimConns) describe(ctx context.Context, r *record) psEntry {
 		LogDriver: r.LogDriver, Address: r.Address, Status: string(client.Stopped)}
 	s, err := c.get(ctx, r)
 	if err != nil {
-		// No shim: the container cannot be running. 255 is what containerd
-		// reports for a task whose shim died.
-		code := uint32(255)
-		e.ExitCode = &code
+		// The shim died (or was killed): nobody knows the container's
+		// state any more. `rm` cleans up with the shim's delete action.
+		e.Status = string(client.Unknown)
 		return e
 	}
 	cctx, cancel := withTimeout(ctx)
 	defer cancel()
 	st, err := s.State(cctx, r.ID, "")
 	if err != nil {
-		code := uint32(255)
-		e.ExitCode = &code
+		e.Status = string(client.Unknown)
 		return e
 	}
 	e.Status, e.Pid = string(st.Status), st.Pid

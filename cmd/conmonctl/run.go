@@ -119,6 +119,9 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 	defer func() {
 		var ec exitCode
 		if retErr == nil || errors.As(retErr, &ec) {
+			if shim != nil {
+				shim.Close()
+			}
 			return
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
@@ -155,10 +158,11 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 	if err := st.save(rec); err != nil {
 		return err
 	}
+	// The deferred cleanup above closes the connection, after its
+	// Shutdown when the run failed.
 	if shim, err = a.connect(ctx, rec); err != nil {
 		return err
 	}
-	defer shim.Close()
 
 	proc := &process{a: a, shim: shim, id: id, tty: o.tty, stdin: o.interactive, detach: o.detach}
 	if err := proc.openIO(ctx, filepath.Join(dir, "io"), "init"); err != nil {

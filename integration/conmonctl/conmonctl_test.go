@@ -30,6 +30,7 @@ type harness struct {
 	shim   string
 	root   string
 	rootfs string
+	before map[int]bool // shim daemons that ran before the test
 }
 
 func newHarness(t *testing.T) *harness {
@@ -42,6 +43,10 @@ func newHarness(t *testing.T) *harness {
 		shim:   testutil.Bin(t, "containerd-shim-conmon-v2"),
 		root:   filepath.Join(t.TempDir(), "state"),
 		rootfs: testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs")),
+	}
+	h.before = map[int]bool{}
+	for _, pid := range shimPids() {
+		h.before[pid] = true
 	}
 	t.Cleanup(h.cleanup)
 	return h
@@ -364,6 +369,39 @@ func TestStopIgnoringTERM(t *testing.T) {
 	h.ok("rm", "-f", "doomed")
 }
 
+// TestDeadShim: after its shim is killed, a container is listed as
+// unknown, and rm cleans up with the shim's delete action.
+func TestDeadShim(t *testing.T) {
+	h := newHarness(t)
+	h.ok("run", "-d", "--name", "orphan", "--rootfs", h.rootfs, "--", "sleep", "1000")
+	e := h.psOf("orphan")
+	if err := syscall.Kill(e.ShimPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if e := h.psOf("orphan"); e.Status != "unknown" || e.ExitCode != nil {
+			return fmt.Errorf("ps after the shim was killed: %+v, want unknown", e)
+		}
+		return nil
+	})
+	h.ok("rm", "orphan")
+	out, err := exec.Command("runc", "--root", "/run/conmon-v2/runc/conmonctl", "list", "-q").Output()
+	if err != nil {
+		t.Fatalf("runc list: %v", err)
+	}
+	if strings.Contains(string(out), e.ID) {
+		t.Errorf("runc still knows %s after rm", e.ID)
+	}
+	// The container was killed (it may stay a zombie when pid 1 does not reap).
+	eventually(t, 10*time.Second, func() error {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.Pid))
+		if err == nil && !strings.Contains(string(stat), ") Z ") {
+			return fmt.Errorf("container process %d still running: %s", e.Pid, stat)
+		}
+		return nil
+	})
+}
+
 func TestGroup(t *testing.T) {
 	h := newHarness(t)
 	h.ok("run", "-d", "--name", "a", "--group", "pod1", "--rootfs", h.rootfs, "--", "sleep", "1000")
@@ -610,10 +648,20 @@ func TestBadInput(t *testing.T) {
 	})
 }
 
-// shims returns the pids of shim daemons started for this test's root: a
-// daemon's working directory is the bundle of the container that started
-// it, under the root.
+// shims returns the pids of conmonctl's shim daemons (namespace
+// conmonctl) that were not running when the harness was made.
 func (h *harness) shims() []int {
+	var out []int
+	for _, pid := range shimPids() {
+		if !h.before[pid] {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// shimPids lists the running shim daemons of namespace conmonctl.
+func shimPids() []int {
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {
@@ -621,11 +669,10 @@ func (h *harness) shims() []int {
 		if err != nil {
 			continue
 		}
-		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if !strings.HasSuffix(strings.TrimSuffix(exe, " (deleted)"), "containerd-shim-conmon-v2") {
-			continue
-		}
-		if cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); strings.HasPrefix(cwd, h.root+"/") {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(cmdline), "\x00")
+		if len(args) > 2 && strings.HasSuffix(args[0], "containerd-shim-conmon-v2") &&
+			strings.Contains(string(cmdline), "-namespace\x00conmonctl\x00") {
 			out = append(out, pid)
 		}
 	}
