@@ -62,17 +62,27 @@ func Stats(pid int) (*anypb.Any, error) {
 }
 
 // OOMWatch reports OOM kills in a container's memory cgroup until Stop.
+//
+// It counts the cgroup's oom_kill counter, so every kill is reported
+// exactly once, either by its own goroutine (woken by the kernel) or by a
+// synchronous Poll: the task service polls before it reports init's exit,
+// so that /tasks/oom precedes /tasks/exit (CRI reads the reason from it).
 type OOMWatch struct {
-	f    *os.File
-	wg   sync.WaitGroup
-	once sync.Once
+	f     *os.File
+	wg    sync.WaitGroup
+	once  sync.Once
+	onOOM func()
+
+	mu    sync.Mutex
+	count func() (uint64, error) // the cgroup's oom_kill counter
+	seen  uint64
 }
 
-// WatchOOM watches the memory cgroup of pid and calls onOOM for each OOM
-// event: on cgroup v1 through an eventfd registered in
-// cgroup.event_control for memory.oom_control, on v2 through inotify on
-// memory.events (counting oom_kill). The watch ends by itself when the
-// cgroup disappears; Stop ends it earlier and waits for its goroutine.
+// WatchOOM watches the memory cgroup of pid and calls onOOM once per OOM
+// kill: on cgroup v1 woken by an eventfd registered in
+// cgroup.event_control for memory.oom_control, on v2 by inotify on
+// memory.events. onOOM must not block on locks held around Poll. The watch
+// ends by itself when the cgroup disappears; Stop ends it earlier.
 func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		return watchOOMv2(pid, onOOM)
@@ -80,8 +90,78 @@ func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
 	return watchOOMv1(pid, onOOM)
 }
 
+// Poll reports the OOM kills not reported yet, calling onOOM for each.
+// Safe on nil.
+func (w *OOMWatch) Poll() {
+	if w == nil {
+		return
+	}
+	w.poll(false)
+}
+
+// poll reads the counter; woken says the kernel signalled an event, which
+// counts as one kill when the counter cannot be read (kernels before 4.13
+// have no oom_kill in memory.oom_control). It returns false once the
+// cgroup is gone.
+func (w *OOMWatch) poll(woken bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := w.count()
+	if err != nil {
+		if os.IsNotExist(err) {
+			return false
+		}
+		if woken {
+			w.onOOM()
+		}
+		return true
+	}
+	for ; w.seen < n; w.seen++ {
+		w.onOOM()
+	}
+	return true
+}
+
+func (w *OOMWatch) run() {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		buf := make([]byte, 4096)
+		for {
+			if _, err := w.f.Read(buf); err != nil {
+				return
+			}
+			if !w.poll(true) {
+				return
+			}
+		}
+	}()
+}
+
+// memoryDirV1 returns the cgroup v1 memory directory of pid.
+func memoryDirV1(pid int) (string, error) {
+	rel, err := cgroup1.PidPath(pid)(cgroup1.Memory)
+	if err != nil {
+		return "", err
+	}
+	subs, err := cgroup1.Default()
+	if err != nil {
+		return "", err
+	}
+	for _, s := range subs {
+		if p, ok := s.(interface{ Path(string) string }); ok && s.Name() == cgroup1.Memory {
+			return p.Path(rel), nil
+		}
+	}
+	return "", fmt.Errorf("no memory cgroup controller: %w", errdefs.ErrNotFound)
+}
+
 func watchOOMv1(pid int, onOOM func()) (*OOMWatch, error) {
 	cg, err := cgroup1.Load(cgroup1.PidPath(pid), cgroup1.WithHiearchy(cgroup1.SingleSubsystem(cgroup1.Default, cgroup1.Memory)))
+	if err != nil {
+		return nil, fmt.Errorf("memory cgroup of pid %d: %w", pid, err)
+	}
+	dir, err := memoryDirV1(pid)
 	if err != nil {
 		return nil, fmt.Errorf("memory cgroup of pid %d: %w", pid, err)
 	}
@@ -95,22 +175,12 @@ func watchOOMv1(pid int, onOOM func()) (*OOMWatch, error) {
 		_ = unix.Close(int(fd))
 		return nil, err
 	}
-	w := &OOMWatch{f: os.NewFile(fd, "oom-eventfd")}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		buf := make([]byte, 8)
-		for {
-			if _, err := w.f.Read(buf); err != nil {
-				return
-			}
-			// The eventfd also fires when the cgroup is removed.
-			if cg.State() == cgroup1.Deleted {
-				return
-			}
-			onOOM()
-		}
-	}()
+	control := filepath.Join(dir, "memory.oom_control")
+	w := &OOMWatch{f: os.NewFile(fd, "oom-eventfd"), onOOM: onOOM, count: func() (uint64, error) {
+		return counter(control, "oom_kill")
+	}}
+	w.seen, _ = w.count()
+	w.run()
 	return w, nil
 }
 
@@ -120,7 +190,7 @@ func watchOOMv2(pid int, onOOM func()) (*OOMWatch, error) {
 		return nil, fmt.Errorf("cgroup of pid %d: %w", pid, err)
 	}
 	events := filepath.Join("/sys/fs/cgroup", group, "memory.events")
-	last, err := oomKills(events)
+	seen, err := counter(events, "oom_kill")
 	if err != nil {
 		return nil, err
 	}
@@ -132,29 +202,16 @@ func watchOOMv2(pid int, onOOM func()) (*OOMWatch, error) {
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("watching %s: %w", events, err)
 	}
-	w := &OOMWatch{f: os.NewFile(uintptr(fd), "inotify")}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		buf := make([]byte, 4096)
-		for {
-			if _, err := w.f.Read(buf); err != nil {
-				return
-			}
-			n, err := oomKills(events)
-			if err != nil {
-				return // cgroup gone
-			}
-			for ; last < n; last++ {
-				onOOM()
-			}
-		}
-	}()
+	w := &OOMWatch{f: os.NewFile(uintptr(fd), "inotify"), onOOM: onOOM, seen: seen, count: func() (uint64, error) {
+		return counter(events, "oom_kill")
+	}}
+	w.run()
 	return w, nil
 }
 
-// oomKills reads the oom_kill counter of a cgroup v2 memory.events file.
-func oomKills(path string) (uint64, error) {
+// counter reads a "key value" line of a cgroup file such as
+// memory.events or memory.oom_control.
+func counter(path, key string) (uint64, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
@@ -162,11 +219,11 @@ func oomKills(path string) (uint64, error) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		k, v, ok := bytes.Cut(sc.Bytes(), []byte{' '})
-		if ok && string(k) == "oom_kill" {
+		if ok && string(k) == key {
 			return strconv.ParseUint(string(v), 10, 64)
 		}
 	}
-	return 0, errors.New("no oom_kill in " + path)
+	return 0, errors.New("no " + key + " in " + path)
 }
 
 // Stop ends the watch and waits for its goroutine. Safe on nil.

@@ -292,6 +292,10 @@ func (s *Service) execsBusyLocked(c *process.Container) bool {
 }
 
 func (s *Service) finishExitLocked(c *process.Container, p *process.Process, e process.Exit) {
+	if p.Init {
+		// An OOM kill is reported before the exit it caused.
+		s.oom[c.ID].Poll()
+	}
 	p.SetExited(e.Status, e.Timestamp)
 	s.publishLocked(topicExit, exitEvent(c, p))
 	s.recordLocked(c)

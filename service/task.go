@@ -130,10 +130,10 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 // memory cgroup only loses OOM events, so a failure is logged.
 func (s *Service) watchOOM(c *process.Container, pid int) {
 	id := c.ID
+	// The callback queues directly (no s.mu): the exit handler polls the
+	// watch while it holds s.mu.
 	w, err := s.watchOOMFn(pid, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.publishLocked(topicOOM, &eventsapi.TaskOOM{ContainerID: id})
+		s.events.push(topicOOM, &eventsapi.TaskOOM{ContainerID: id})
 	})
 	if err != nil {
 		s.cfg.Log.Warn("no OOM events for task", "task", id, "error", err)
