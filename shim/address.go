@@ -56,16 +56,22 @@ func ReadAnnotations(bundle string) (map[string]string, error) {
 // SocketPath returns the path of the daemon socket of a group: a name
 // derived from containerd's address, the namespace and the group key, so
 // that two containerd instances (or CRI-O, whose address is empty) never
-// share a daemon, in dir.
-func SocketPath(dir, containerdAddress, namespace, group string) (string, error) {
+// share a daemon, in dir. prefix is prepended to the name; it keeps our
+// sockets apart from the runc shim's in a directory both use (containerd
+// 2.3's socket_dir), where the runc shim names sockets by the same hash.
+func SocketPath(dir, prefix, containerdAddress, namespace, group string) (string, error) {
 	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, namespace, group)))
-	p := filepath.Join(dir, hex.EncodeToString(sum[:]))
+	p := filepath.Join(dir, prefix+hex.EncodeToString(sum[:]))
 	if len(p) > socketPathLimit {
 		return "", fmt.Errorf("socket path %q is %d bytes, the limit is %d: choose a shorter socket_dir: %w",
 			p, len(p), socketPathLimit, errdefs.ErrInvalidArgument)
 	}
 	return p, nil
 }
+
+// SharedSocketPrefix names our sockets in a socket directory containerd
+// shares among shims.
+const SharedSocketPrefix = "conmon-"
 
 // Address returns the address form of a socket path.
 func Address(socketPath string) string { return "unix://" + socketPath }

@@ -51,7 +51,7 @@ func TestSocketPath(t *testing.T) {
 		{"/run/conmon-v2/s", "/w/c.sock", "k8s.io", "", "/run/conmon-v2/s/" + hash("/w/c.sock/k8s.io")},
 	}
 	for _, tt := range tests {
-		got, err := SocketPath(tt.dir, tt.addr, tt.ns, tt.group)
+		got, err := SocketPath(tt.dir, "", tt.addr, tt.ns, tt.group)
 		if err != nil || got != tt.want {
 			t.Errorf("SocketPath(%q,%q,%q,%q) = %q, %v; want %q", tt.dir, tt.addr, tt.ns, tt.group, got, err, tt.want)
 		}
@@ -59,11 +59,14 @@ func TestSocketPath(t *testing.T) {
 	if hash("/w/containerd.sock/default/c1") == hash("/w2/containerd.sock/default/c1") {
 		t.Fatal("two containerd instances share a socket")
 	}
-	if _, err := SocketPath("/"+strings.Repeat("d", 41), "", "ns", "g"); !errdefs.IsInvalidArgument(err) {
+	if _, err := SocketPath("/"+strings.Repeat("d", 41), "", "", "ns", "g"); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("107-byte socket path: %v, want InvalidArgument", err)
 	}
-	if p, err := SocketPath("/"+strings.Repeat("d", 40), "", "ns", "g"); err != nil || len(p) != 106 {
+	if p, err := SocketPath("/"+strings.Repeat("d", 40), "", "", "ns", "g"); err != nil || len(p) != 106 {
 		t.Fatalf("106-byte socket path: %q %v", p, err)
+	}
+	if p, _ := SocketPath("/run/containerd/s", SharedSocketPrefix, "/c.sock", "ns", "g"); p != "/run/containerd/s/conmon-"+hash("/c.sock/ns/g") {
+		t.Fatalf("shared socket dir path %q", p)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -73,20 +74,9 @@ func isOptionsURL(u string) bool {
 	return u == runtimeOptionsURL || u == runcOptionsURL
 }
 
+// trimTypePrefix drops a "type.googleapis.com/"-style prefix.
 func trimTypePrefix(u string) string {
-	if i := lastSlash(u); i >= 0 {
-		return u[i+1:]
-	}
-	return u
-}
-
-func lastSlash(s string) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '/' {
-			return i
-		}
-	}
-	return -1
+	return u[strings.LastIndex(u, "/")+1:]
 }
 
 // ResolveConfig picks the configuration, first match wins:

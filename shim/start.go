@@ -45,8 +45,6 @@ type StartEnv struct {
 	Stdout io.Writer
 	// Self is the shim executable re-run as daemon (os.Executable()).
 	Self string
-	// Getenv reads the environment (os.Getenv).
-	Getenv func(string) string
 }
 
 // Start runs the start action: it finds the daemon that serves the
@@ -77,12 +75,12 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	socketDir := cfg.SocketDir
+	socketDir, prefix := cfg.SocketDir, ""
 	if in.SocketDir != "" {
-		socketDir = in.SocketDir
+		socketDir, prefix = in.SocketDir, SharedSocketPrefix
 	}
 	group := GroupKey(cfg, f.ID, annotations)
-	sock, err := SocketPath(socketDir, f.Address, f.Namespace, group)
+	sock, err := SocketPath(socketDir, prefix, f.Address, f.Namespace, group)
 	if err != nil {
 		return err
 	}

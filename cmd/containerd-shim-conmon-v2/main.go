@@ -45,7 +45,7 @@ func main() {
 	case f.Action == shim.ActionStart:
 		var self string
 		if self, err = os.Executable(); err == nil {
-			err = shim.Start(ctx, f, shim.StartEnv{Stdin: os.Stdin, Stdout: os.Stdout, Self: self, Getenv: os.Getenv})
+			err = shim.Start(ctx, f, shim.StartEnv{Stdin: os.Stdin, Stdout: os.Stdout, Self: self})
 		}
 	case f.Action == shim.ActionDelete:
 		err = shim.Delete(ctx, f, shim.DeleteEnv{Stdout: os.Stdout, Stderr: os.Stderr})

@@ -228,7 +228,7 @@ func TestShimCLI(t *testing.T) {
 	otherDir := filepath.Join(c.dir, "s23")
 	bp, _ := proto.Marshal(&bootstrap.BootstrapParams{InstanceID: "c3", Namespace: "cli", SocketDir: proto.String(otherDir)})
 	addr3 := c.start(b3, "c3", bp)
-	if !strings.HasPrefix(addr3, "unix://"+otherDir+"/") {
+	if !strings.HasPrefix(addr3, "unix://"+otherDir+"/conmon-") {
 		t.Fatalf("start with BootstrapParams printed %q, want a socket in %s", addr3, otherDir)
 	}
 	sock3 := strings.TrimPrefix(addr3, "unix://")
