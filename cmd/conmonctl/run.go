@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -549,6 +550,10 @@ func (a *app) removeContainer(ctx context.Context, r *record, s *client.Shim, fo
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		_, _ = client.DeleteShim(cctx, a.shimOpts(), r.ID, r.Bundle)
+		// A socket nobody listens on any more is the dead shim's.
+		if sock, ok := strings.CutPrefix(r.Address, "unix://"); ok && socketRefused(sock) {
+			_ = os.Remove(sock)
+		}
 	}
 	unlock, err := a.store().lock()
 	if err != nil {
@@ -559,3 +564,14 @@ func (a *app) removeContainer(ctx context.Context, r *record, s *client.Shim, fo
 }
 
 var _ io.Reader = (*os.File)(nil)
+
+// socketRefused reports whether path is a unix socket that refuses
+// connections: its server is gone.
+func socketRefused(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, unix.ECONNREFUSED)
+}

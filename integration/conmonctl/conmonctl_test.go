@@ -139,6 +139,7 @@ type psEntry struct {
 	ExitCode *int   `json:"exit_code"`
 	ShimPid  int    `json:"shim_pid"`
 	Uptime   string `json:"uptime"`
+	Address  string `json:"address"`
 }
 
 func (h *harness) ps() []psEntry {
@@ -385,6 +386,14 @@ func TestDeadShim(t *testing.T) {
 		return nil
 	})
 	h.ok("rm", "orphan")
+	for _, p := range []string{
+		strings.TrimPrefix(e.Address, "unix://"),              // the dead shim's socket
+		filepath.Join("/run/conmon-v2/state/conmonctl", e.ID), // the shim's task record
+	} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left behind", p)
+		}
+	}
 	out, err := exec.Command("runc", "--root", "/run/conmon-v2/runc/conmonctl", "list", "-q").Output()
 	if err != nil {
 		t.Fatalf("runc list: %v", err)
