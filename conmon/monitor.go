@@ -216,6 +216,7 @@ func (m *Monitor) Run(ctx context.Context) int {
 		m.logs.ReadFrom(s, r)
 	}
 
+	TrimMemory(true)
 	var timeout <-chan time.Time
 	if cfg.Timeout > 0 {
 		t := time.NewTimer(time.Duration(cfg.Timeout) * time.Second)
@@ -419,27 +420,20 @@ func (m *Monitor) waitContainer(ctx context.Context, sub *reaper.Subscription, p
 			}
 		}
 	}()
-	// A container that is not our descendant (it cannot be reaped here) is
-	// noticed by polling for its disappearance.
-	poll := time.NewTicker(2 * time.Second)
-	defer poll.Stop()
+	// Once the container runs, the monitor is idle until it exits: give
+	// back start-up memory a second time when the caller is done with us.
+	idle := time.NewTimer(3 * time.Second)
+	defer idle.Stop()
 	for {
 		select {
+		case <-idle.C:
+			TrimMemory(false)
 		case e := <-exits:
 			return e.Status, false
 		case <-timeout:
 			m.diag.Warnf("Timed out, killing main loop")
 			killGroup(pid)
 			return -1, true
-		case <-poll.C:
-			if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
-				select {
-				case e := <-exits:
-					return e.Status, false
-				case <-time.After(500 * time.Millisecond):
-					return -1, false
-				}
-			}
 		case <-ctx.Done():
 			return -1, false
 		}
