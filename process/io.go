@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/logging"
 )
@@ -63,7 +64,8 @@ type IO struct {
 	sock *runc.Socket // console socket; nil without a terminal
 
 	mu      sync.Mutex
-	con     console.Console // pty master; set by Start
+	con     console.Console // pty master, for ioctls (Resize); set by Start
+	pty     *os.File        // pollable dup of the master for reads and writes
 	stdinW  io.WriteCloser  // where stdin goes (process pipe or pty)
 	stdin   *stdinCopier    // copies the client's stdin FIFO; nil without one
 	closed  bool
@@ -215,11 +217,24 @@ func (i *IO) Start(ctx context.Context) error {
 		if r.err != nil {
 			return fmt.Errorf("receiving the pty master: %w", r.err)
 		}
+		// Reads and writes go through a non-blocking dup owned by the
+		// runtime poller, so Close can interrupt them; the console keeps
+		// the original for its ioctls.
+		dup, err := unix.FcntlInt(r.c.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err == nil {
+			err = unix.SetNonblock(dup, true)
+		}
+		if err != nil {
+			_ = r.c.Close()
+			return fmt.Errorf("pty master: %w", err)
+		}
+		pty := os.NewFile(uintptr(dup), "pty-master")
 		i.mu.Lock()
 		i.con = r.c
-		i.stdinW = r.c
+		i.pty = pty
+		i.stdinW = pty
 		i.mu.Unlock()
-		i.copyOut(logging.Stdout, r.c, false)
+		i.copyOut(logging.Stdout, pty, false)
 	} else if i.pio != nil {
 		i.mu.Lock()
 		if i.cfg.Stdio.Stdin != "" {
@@ -235,7 +250,7 @@ func (i *IO) Start(ctx context.Context) error {
 	}
 	i.mu.Lock()
 	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed {
-		i.stdin = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.con != nil)
+		i.stdin = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil)
 		i.stdin.start()
 	}
 	i.mu.Unlock()
@@ -295,13 +310,13 @@ func (i *IO) CloseStdin() error {
 		return nil
 	}
 	i.stdinCl = true
-	sc, con, w := i.stdin, i.con, i.stdinW
+	sc, pty, w := i.stdin, i.pty, i.stdinW
 	i.mu.Unlock()
 	switch {
 	case sc != nil:
 		return sc.closeStdin()
-	case con != nil:
-		_, err := con.Write([]byte{4}) // ^D: the line discipline's EOF
+	case pty != nil:
+		_, err := pty.Write([]byte{4}) // ^D: the line discipline's EOF
 		return err
 	case w != nil:
 		return w.Close()
@@ -336,26 +351,40 @@ func (i *IO) Close() {
 
 	done := make(chan struct{})
 	go func() { i.copiers.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(outputGrace):
-		// Unblock copiers stuck on a process side still held open.
+	wait := func() bool {
+		select {
+		case <-done:
+			return true
+		case <-time.After(outputGrace):
+			return false
+		}
+	}
+	i.mu.Lock()
+	sc, pty := i.stdin, i.pty
+	i.mu.Unlock()
+	if !wait() {
+		// A process side still held open (a daemonised grandchild):
+		// stop reading it.
 		if i.pio != nil {
 			_ = i.pio.Close()
 		}
-		if i.con != nil {
-			_ = i.con.Close()
+		if pty != nil {
+			_ = pty.Close()
 		}
-		<-done
+		if !wait() {
+			// A destination that does not drain (a client that stopped
+			// reading its FIFO) cannot be interrupted: leave that copier.
+			i.cfg.Log.Error("container output copier stuck on its destination; abandoning it", "container", i.cfg.ID)
+		}
 	}
-	i.mu.Lock()
-	sc := i.stdin
-	i.mu.Unlock()
 	if sc != nil {
 		sc.stop()
 	}
 	if i.pio != nil {
 		_ = i.pio.Close()
+	}
+	if pty != nil {
+		_ = pty.Close()
 	}
 	if i.con != nil {
 		_ = i.con.Close()

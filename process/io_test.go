@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -255,4 +256,32 @@ func TestBinaryLoggerNotReady(t *testing.T) {
 	}
 	runWithIO(t, i, "echo lost")
 	i.Close()
+}
+
+// TestIOCloseWithOutputHeldOpen checks that Close does not wait forever
+// for a background process that keeps the container's stdout open.
+func TestIOCloseWithOutputHeldOpen(t *testing.T) {
+	dir := t.TempDir()
+	out, outC := fifoReader(t, dir, "out")
+	st, err := ParseStdio(Stdio{Stdout: out}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, err := NewIO(context.Background(), IOConfig{ID: "c", Stdio: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "bg.pid")
+	runWithIO(t, i, "echo before; /bin/sleep 60 & echo $! > "+pidFile)
+	defer func() {
+		if data, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	}()
+	i.Close()
+	if got := recv(t, outC); got != "before\n" {
+		t.Fatalf("stdout %q", got)
+	}
 }
