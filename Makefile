@@ -30,6 +30,12 @@ unit: ## unit tests, with the race detector
 integration: build ## integration tests against real runc, containerd, Podman, journald (root)
 	$(GO) test -count=1 -p 1 -timeout $(INTEGRATION_TIMEOUT) ./integration/...
 
+bench: build ## side-by-side benchmark vs conmon, containerd-shim-runc-v2, runc (root; long): bench/results/latest.*
+	$(GO) run ./bench/cmd/conmon-bench --out bench/results
+
+bench-quick: build ## the same benchmark in under two minutes (root): bench/results/tmp/latest.*
+	$(GO) run ./bench/cmd/conmon-bench --quick --out bench/results/tmp
+
 vendor: ## refresh go.sum and vendor/
 	GOFLAGS=-mod=mod $(GO) mod tidy
 	GOFLAGS=-mod=mod $(GO) mod vendor

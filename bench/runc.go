@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+)
+
+// runcSystem is the floor: runc alone, no monitor at all. The container's
+// init is re-parented to the harness (a subreaper), which waits for it.
+// Its stdio is /dev/null, or, for the raw-copy limit of the log figure, a
+// pipe that `cat` copies into a file.
+type runcSystem struct {
+	env *Env
+	// rawCopy: stdout goes through a pipe into `cat > LogPath`, the cheapest
+	// way to move the container's output into a file.
+	rawCopy bool
+}
+
+type runcState struct {
+	cat *exec.Cmd
+}
+
+func (s *runcSystem) Name() string {
+	if s.rawCopy {
+		return "raw pipe→file (cat)"
+	}
+	return "runc (floor)"
+}
+
+func (s *runcSystem) runc(ctx context.Context, args ...string) error {
+	_, err := run(ctx, "", nil, s.env.Runc, append([]string{"--root", s.env.RuncRoot}, args...)...)
+	return err
+}
+
+func (s *runcSystem) Launch(ctx context.Context, c *Container) error {
+	pidFile := filepath.Join(c.Bundle, "init.pid")
+	cmd := exec.CommandContext(ctx, s.env.Runc, "--root", s.env.RuncRoot, "create", "--bundle", c.Bundle, "--pid-file", pidFile, c.ID)
+	var st runcState
+	if s.rawCopy {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		out, err := os.Create(c.LogPath)
+		if err != nil {
+			r.Close()
+			w.Close()
+			return err
+		}
+		st.cat = exec.Command("cat")
+		st.cat.Stdin, st.cat.Stdout = r, out
+		err = st.cat.Start()
+		r.Close()
+		out.Close()
+		if err != nil {
+			w.Close()
+			return err
+		}
+		cmd.Stdout = w
+		defer w.Close()
+	}
+	c.priv = &st
+	// runc create hands its own stdio to the container: a pipe here would
+	// be held open by the container, so stderr goes to a file.
+	errPath := filepath.Join(c.Bundle, "runc-create.err")
+	errFile, err := os.Create(errPath)
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = errFile
+	err = cmd.Run()
+	errFile.Close()
+	if err != nil {
+		msg, _ := os.ReadFile(errPath)
+		return fmt.Errorf("runc create %s: %w: %s", c.ID, err, msg)
+	}
+	pid, err := readPidFile(ctx, pidFile)
+	if err != nil {
+		return err
+	}
+	c.Pid = pid
+	if s.rawCopy {
+		c.MonitorPID = st.cat.Process.Pid
+	}
+	return s.runc(ctx, "start", c.ID)
+}
+
+func (s *runcSystem) Wait(ctx context.Context, c *Container) (int, error) {
+	code, err := reapChild(ctx, c.Pid, nil)
+	if err != nil {
+		return code, err
+	}
+	if st, _ := c.priv.(*runcState); st != nil && st.cat != nil {
+		// The copy is done when cat has read EOF and exited; its rusage is
+		// its own (cat has no children).
+		err := st.cat.Wait()
+		if ps := st.cat.ProcessState; ps != nil {
+			c.Final = &monStat{CPU: ps.UserTime().Seconds() + ps.SystemTime().Seconds()}
+			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+				c.Final.PeakRSS = uint64(ru.Maxrss) * 1024
+			}
+		}
+		st.cat = nil
+		if err != nil {
+			return code, fmt.Errorf("cat: %w", err)
+		}
+	}
+	return code, nil
+}
+
+func (s *runcSystem) Exec(ctx context.Context, c *Container, args []string) (int, error) {
+	cmd := exec.CommandContext(ctx, s.env.Runc, append([]string{"--root", s.env.RuncRoot, "exec", c.ID}, args...)...)
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return -1, err
+	}
+	return 0, nil
+}
+
+func (s *runcSystem) Delete(ctx context.Context, c *Container) error {
+	err := s.runc(ctx, "delete", "-f", c.ID)
+	killAndReap(c.Pid) // already gone after delete -f; reaps the zombie
+	if st, _ := c.priv.(*runcState); st != nil && st.cat != nil {
+		_ = st.cat.Process.Kill()
+		_ = st.cat.Wait()
+	}
+	return err
+}
+
+func (s *runcSystem) Close(context.Context) error { return nil }
