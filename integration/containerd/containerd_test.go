@@ -509,6 +509,27 @@ func runScenario(t *testing.T, e *env) {
 		e.remove("g2")
 		e.assertClean()
 	})
+	t.Run("dense mode", func(t *testing.T) {
+		dense := filepath.Join(e.dir, "dense.toml")
+		cfg, _ := os.ReadFile(e.shimCfg)
+		writeFile(t, dense, string(cfg)+"grouping = \"namespace\"\n")
+		for _, id := range []string{"n1", "n2"} {
+			args := e.runArgs(id, []string{"-d"}, "/bin/sleep", "1000")
+			for i, a := range args {
+				if a == e.shimCfg {
+					args[i] = dense
+				}
+			}
+			e.mustCtr(args...)
+			e.waitStatus(id, "RUNNING")
+		}
+		if pids := e.shimPids(); len(pids) != 1 {
+			t.Fatalf("%d shim daemons in namespace mode: %v", len(pids), pids)
+		}
+		e.remove("n1")
+		e.remove("n2")
+		e.assertClean()
+	})
 	t.Run("shim killed", func(t *testing.T) {
 		e.mustCtr(e.runArgs("k1", []string{"-d"}, "/bin/sleep", "1000")...)
 		e.waitStatus("k1", "RUNNING")
