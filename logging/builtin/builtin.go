@@ -5,6 +5,7 @@ package builtin
 
 import (
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/binary"
 	"github.com/containers/conmon-v2/logging/fluentd"
 	"github.com/containers/conmon-v2/logging/journald"
 	"github.com/containers/conmon-v2/logging/jsonfile"
@@ -13,17 +14,33 @@ import (
 	"github.com/containers/conmon-v2/logging/syslog"
 )
 
-// Registry returns a new registry with every built-in driver.
-func Registry() *logging.Registry {
+// Options configure the out-of-process drivers (binary loggers, log
+// plugins). The zero value suits a process without a reaper.
+type Options struct {
+	// Runner starts and waits for logger programs: a process that runs a
+	// reaper passes it (*reaper.Reaper), so no exit is stolen.
+	Runner binary.Runner
+	// LoggerDirs are the only directories logger programs and plugins may
+	// be run from; default binary.DefaultAllowedDirs.
+	LoggerDirs []string
+}
+
+// Registry returns a new registry with every built-in driver; at most one
+// Options is used.
+func Registry(opts ...Options) *logging.Registry {
 	r := logging.NewRegistry()
-	RegisterBuiltins(r)
+	RegisterBuiltins(r, opts...)
 	return r
 }
 
 // RegisterBuiltins adds every built-in driver, and conmon's aliases for
 // none ("off", "null"), to r. It panics if a name is already taken: the set
 // is fixed at build time and a clash is a programming error.
-func RegisterBuiltins(r *logging.Registry) {
+func RegisterBuiltins(r *logging.Registry, opts ...Options) {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	must(r.Register(k8sfile.Name, k8sfile.Factory))
 	must(r.Register(jsonfile.Name, jsonfile.Factory))
 	must(r.Register(passthrough.Name, passthrough.Factory))
@@ -33,7 +50,7 @@ func RegisterBuiltins(r *logging.Registry) {
 	must(r.Register(journald.Name, journald.New))
 	must(r.Register(syslog.Name, syslog.New))
 	must(r.Register(fluentd.Name, fluentd.New))
-	// Out-of-process drivers (binary, plugin) register here too.
+	must(r.Register(binary.Name, binary.NewFactory(binary.Config{Runner: o.Runner, AllowedDirs: o.LoggerDirs})))
 }
 
 func must(err error) {

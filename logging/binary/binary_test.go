@@ -1,0 +1,207 @@
+package binary
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/loggingtest"
+)
+
+// logger writes a shell-script logger into dir and returns its path. The
+// script gets OUT (a directory for its files) as its first argument pair.
+func logger(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// copier is a well-behaved logger: ready byte, then both streams copied to
+// files until EOF. It records its environment and arguments.
+const copier = `out=$2
+tr '\0' '\n' < /proc/$$/environ > "$out/env"
+echo "$@" > "$out/args"
+printf R >&5
+exec 5>&-
+cat <&3 >> "$out/stdout" &
+cat <&4 >> "$out/stderr"
+wait
+`
+
+func factory(dir string) logging.Factory {
+	return NewFactory(Config{AllowedDirs: []string{dir}, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, StopTimeout: 2 * time.Second})
+}
+
+var meta = logging.Metadata{ID: "0123456789abcdef", Namespace: "k8s.io", Name: "web"}
+
+func TestCopier(t *testing.T) {
+	dir := t.TempDir()
+	out := t.TempDir()
+	bin := logger(t, dir, "copier", copier)
+	d, err := factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{
+		"path": bin, "arg.out": out, "arg.z": "", logging.OptMaxSize: "10"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []logging.Record{
+		{Stream: logging.Stdout, Line: []byte("one")},
+		{Stream: logging.Stderr, Line: []byte("err")},
+		{Stream: logging.Stdout, Line: []byte("par"), Partial: true},
+		{Stream: logging.Stdout, Line: []byte("tial")},
+	} {
+		if err := d.Write(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"stdout": "one\npartial\n",
+		"stderr": "err\n",
+		"env":    "CONTAINER_ID=0123456789abcdef\nCONTAINER_NAMESPACE=k8s.io\n",
+		"args":   "out " + out + " z\n",
+	} {
+		got, _ := os.ReadFile(filepath.Join(out, file))
+		if string(got) != want {
+			t.Errorf("%s = %q, want %q", file, got, want)
+		}
+	}
+	if err := d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("late")}); err == nil {
+		t.Error("write after close succeeded")
+	}
+}
+
+func TestAllowList(t *testing.T) {
+	allowedDir, otherDir := t.TempDir(), t.TempDir()
+	good := logger(t, allowedDir, "ok", copier)
+	outside := logger(t, otherDir, "evil", copier)
+	link := filepath.Join(allowedDir, "link")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	noexec := filepath.Join(allowedDir, "noexec")
+	os.WriteFile(noexec, []byte("#!/bin/sh\n"), 0o644)
+	for _, tc := range []struct {
+		name, path, want string
+	}{
+		{"outside", outside, "not inside an allowed directory"},
+		{"symlink out", link, "not inside an allowed directory"},
+		{"dot-dot", allowedDir + "/../" + filepath.Base(otherDir) + "/evil", "not inside"},
+		{"relative", "ok", "absolute"},
+		{"not executable", noexec, "not an executable"},
+		{"missing", filepath.Join(allowedDir, "nope"), "no such file"},
+		{"the directory", allowedDir, "not inside"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := factory(allowedDir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": tc.path}})
+			if err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.path) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want InvalidArgument naming %s (%s)", err, tc.path, tc.want)
+			}
+		})
+	}
+	if _, err := factory(allowedDir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": good, "colour": "x"}}); err == nil || !strings.Contains(err.Error(), "colour") {
+		t.Errorf("unknown option: err = %v", err)
+	}
+	if _, err := factory(allowedDir)(context.Background(), logging.Info{Meta: meta}); err == nil || !strings.Contains(err.Error(), "path") {
+		t.Errorf("no path: err = %v", err)
+	}
+}
+
+func TestNotReady(t *testing.T) {
+	dir := t.TempDir()
+	bin := logger(t, dir, "sleeper", "exec sleep 30\n")
+	f := NewFactory(Config{AllowedDirs: []string{dir}, ReadyTimeout: 200 * time.Millisecond})
+	_, err := f(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": bin}})
+	if err == nil || !strings.Contains(err.Error(), "ready") {
+		t.Fatalf("err = %v, want a ready timeout", err)
+	}
+}
+
+// TestRestart: a logger that handles one line and dies is restarted; every
+// line reaches one of its incarnations, in order.
+func TestRestart(t *testing.T) {
+	dir, out := t.TempDir(), t.TempDir()
+	// sh's read takes one line from a pipe byte by byte: nothing is
+	// consumed beyond it, so what the dead logger did not read stays in
+	// the pipe for its successor.
+	bin := logger(t, dir, "oneshot", `exec 5>&-
+IFS= read -r line <&3 && echo "$line" >> "$2/stdout"
+exit 3
+`)
+	d, err := factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": bin, "arg.out": out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	for i := 0; i < n; i++ {
+		if err := d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte{'a' + byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := os.ReadFile(filepath.Join(out, "stdout"))
+		if string(got) == "a\nb\nc\nd\ne\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stdout = %q", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r := d.(*Driver).Restarts(); r < n-1 {
+		t.Errorf("Restarts() = %d, want >= %d", r, n-1)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStubbornLogger: one that ignores EOF and SIGTERM is killed.
+func TestStubbornLogger(t *testing.T) {
+	dir := t.TempDir()
+	bin := logger(t, dir, "stubborn", `trap '' TERM
+exec 5>&-
+while :; do sleep 1; done
+`)
+	f := NewFactory(Config{AllowedDirs: []string{dir}, StopTimeout: 100 * time.Millisecond})
+	d, err := f(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": bin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = d.Close()
+	if err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("Close = %v, want a kill report", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("Close took %v", time.Since(start))
+	}
+}
+
+func TestConformance(t *testing.T) {
+	loggingtest.Run(t, func(t *testing.T) (logging.Driver, func() []logging.Record) {
+		dir, out := t.TempDir(), t.TempDir()
+		bin := logger(t, dir, "copier", copier)
+		d, err := factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": bin, "arg.out": out}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, func() []logging.Record {
+			o, _ := os.ReadFile(filepath.Join(out, "stdout"))
+			e, _ := os.ReadFile(filepath.Join(out, "stderr"))
+			return append(loggingtest.SplitStream(logging.Stdout, o), loggingtest.SplitStream(logging.Stderr, e)...)
+		}
+	})
+}
