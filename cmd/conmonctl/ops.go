@@ -495,6 +495,7 @@ type eventLine struct {
 	Container string         `json:"container,omitempty"`
 	Name      string         `json:"name,omitempty"`
 	Event     map[string]any `json:"event,omitempty"`
+	summary   string
 }
 
 func cmdEvents(ctx context.Context, a *app, args []string) error {
@@ -540,6 +541,7 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 					l := eventLine{Time: ev.Time, Topic: ev.Topic, Namespace: ev.Namespace, Type: ev.TypeURL}
 					if m, err := ev.Decode(); err == nil {
 						l.Container = containerOf(m)
+						l.summary = eventSummary(m)
 						if data, err := json.Marshal(m); err == nil {
 							_ = json.Unmarshal(data, &l.Event)
 						}
@@ -568,7 +570,7 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 					data, _ := json.Marshal(l)
 					fmt.Fprintln(a.stdout, string(data))
 				} else {
-					fmt.Fprintf(a.stdout, "%s %s %s %s\n", l.Time.Format(time.RFC3339Nano), l.Topic, orDash(l.Name), eventSummary(l.Event))
+					fmt.Fprintf(a.stdout, "%s %s %s %s\n", l.Time.Format(time.RFC3339Nano), l.Topic, orDash(l.Name), l.summary)
 				}
 			case <-tick.C:
 				break drain
@@ -601,14 +603,28 @@ func containerOf(m any) string {
 	return ""
 }
 
-func eventSummary(ev map[string]any) string {
-	var parts []string
-	for _, k := range []string{"exec_id", "pid", "exit_status"} {
-		if v, ok := ev[k]; ok {
-			parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+// eventSummary is the human part of an event line: the exec, pid and exit
+// status the event carries.
+func eventSummary(m any) string {
+	switch e := m.(type) {
+	case *apievents.TaskCreate:
+		return fmt.Sprintf("pid=%d", e.Pid)
+	case *apievents.TaskStart:
+		return fmt.Sprintf("pid=%d", e.Pid)
+	case *apievents.TaskExit:
+		s := fmt.Sprintf("pid=%d exit_status=%d", e.Pid, e.ExitStatus)
+		if e.ID != "" && e.ID != e.ContainerID {
+			s = "exec_id=" + e.ID + " " + s
 		}
+		return s
+	case *apievents.TaskDelete:
+		return fmt.Sprintf("pid=%d exit_status=%d", e.Pid, e.ExitStatus)
+	case *apievents.TaskExecAdded:
+		return "exec_id=" + e.ExecID
+	case *apievents.TaskExecStarted:
+		return fmt.Sprintf("exec_id=%s pid=%d", e.ExecID, e.Pid)
 	}
-	return strings.Join(parts, " ")
+	return ""
 }
 
 // shimEntry is one line of `shims`; its JSON names are a contract.
