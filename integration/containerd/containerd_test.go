@@ -42,6 +42,7 @@ type env struct {
 	runcRoot  string
 	loggers   string
 	version   int // containerd config version (2 for 1.6, 3 for 2.x)
+	sockets   map[string]bool // shim sockets seen in bundles' address files
 	cmd       *exec.Cmd
 	log       *os.File
 }
@@ -52,7 +53,7 @@ func newEnv(t *testing.T, ctrdDir string) *env {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	testutil.NeedCommand(t, "runc")
-	e := &env{t: t, shimBin: testutil.Bin(t, "containerd-shim-conmon-v2"), version: 2}
+	e := &env{t: t, shimBin: testutil.Bin(t, "containerd-shim-conmon-v2"), version: 2, sockets: map[string]bool{}}
 	if ctrdDir != "" {
 		e.ctrdBin, e.ctrBin, e.version = filepath.Join(ctrdDir, "containerd"), filepath.Join(ctrdDir, "ctr"), 3
 	} else {
@@ -287,6 +288,7 @@ func (e *env) waitStatus(id, want string) {
 // remove kills, deletes the task and the container id.
 func (e *env) remove(id string) string {
 	e.t.Helper()
+	e.noteSocket(id)
 	e.ctr("task", "kill", "-a", "-s", "SIGKILL", id)
 	e.waitStatus(id, "STOPPED")
 	out := e.mustCtr("task", "rm", id)
@@ -308,6 +310,11 @@ func (e *env) assertClean() {
 	}
 	if ents, _ := os.ReadDir(e.socketDir); len(ents) > 0 {
 		t.Errorf("sockets left in %s: %v", e.socketDir, ents)
+	}
+	for s := range e.sockets {
+		if _, err := os.Lstat(s); !os.IsNotExist(err) {
+			t.Errorf("socket %s left: %v", s, err)
+		}
 	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mi), "\n") {
@@ -540,6 +547,7 @@ func runScenario(t *testing.T, e *env) {
 		if _, err := os.Stat(filepath.Join(e.dir, "shimstate", "default", "k1")); err != nil {
 			t.Fatalf("no task record: %v", err)
 		}
+		e.noteSocket("k1")
 		syscall.Kill(pids[0], syscall.SIGKILL)
 		// containerd notices, runs `delete`, and forgets the task.
 		deadline := time.Now().Add(10 * time.Second)
@@ -583,7 +591,25 @@ func runScenario(t *testing.T, e *env) {
 	})
 	t.Run("nothing left", func(t *testing.T) {
 		e.assertClean()
+		if len(e.sockets) == 0 {
+			t.Error("no shim socket was seen in any bundle")
+		}
+		log, _ := os.ReadFile(filepath.Join(e.dir, "log", "containerd.log"))
+		if bytes.Contains(log, []byte("failed to load runtime info")) {
+			t.Error("containerd could not load the shim's -info")
+		}
+		for s := range e.sockets {
+			t.Logf("shim socket used: %s", s)
+		}
 	})
+}
+
+// noteSocket remembers the shim socket of task id, which assertClean
+// checks is gone. containerd 2.3 chooses the socket directory itself.
+func (e *env) noteSocket(id string) {
+	if a, err := os.ReadFile(filepath.Join(e.bundle(id), "address")); err == nil {
+		e.sockets[strings.TrimPrefix(string(a), "unix://")] = true
+	}
 }
 
 func (e *env) bundle(id string) string {
