@@ -41,7 +41,7 @@ type env struct {
 	socketDir string
 	runcRoot  string
 	loggers   string
-	version   int // containerd config version (2 for 1.6, 3 for 2.x)
+	version   int             // containerd config version (2 for 1.6, 3 for 2.x)
 	sockets   map[string]bool // shim sockets seen in bundles' address files
 	cmd       *exec.Cmd
 	log       *os.File
