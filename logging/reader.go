@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,17 +95,17 @@ func (r *logReader) emit(rec *Record) error {
 // history lists the rotated files, oldest first.
 func history(path string) []string {
 	var files []string
-	for i := 1; ; i++ {
+	for i, misses := 1, 0; misses < 2; i++ {
 		p := path + "." + strconv.Itoa(i)
 		if _, err := os.Stat(p); err == nil {
-			files = append(files, p)
+			files, misses = append(files, p), 0
 			continue
 		}
 		if _, err := os.Stat(p + ".gz"); err == nil {
-			files = append(files, p+".gz")
+			files, misses = append(files, p+".gz"), 0
 			continue
 		}
-		break
+		misses++
 	}
 	for i, j := 0, len(files)-1; i < j; i, j = i+1, j-1 {
 		files[i], files[j] = files[j], files[i]
@@ -114,27 +115,48 @@ func history(path string) []string {
 
 func (r *logReader) run(ctx context.Context) error {
 	path := r.opts.Path
+	cur := &follower{}
+	defer cur.close()
+	// The history, oldest first: gzipped files are whole and read as such;
+	// from the oldest plain file on, the reader walks the chain of files by
+	// inode (advance), so that rotations while it reads neither skip nor
+	// repeat a file.
+	found := false
 	for _, h := range history(path) {
-		if err := r.readFile(ctx, h); err != nil {
+		if strings.HasSuffix(h, ".gz") {
+			found = true
+			if err := r.readFile(ctx, h); err != nil {
+				return err
+			}
+			continue
+		}
+		f, err := openOldest(path)
+		if err != nil {
 			return err
+		}
+		cur.f, found = f, f != nil
+		break
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if cur.f != nil {
+			found = true
+			if err := r.drain(cur); err != nil {
+				return err
+			}
+		}
+		moved, err := r.advance(cur)
+		if err != nil {
+			return err
+		}
+		if !moved {
+			break
 		}
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) && (r.opts.Follow || len(history(path)) > 0) {
-			f = nil // appears later (or was just rotated)
-		} else if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("log %s: %w", path, errdefs.ErrNotFound)
-		} else {
-			return err
-		}
-	}
-	cur := &follower{f: f}
-	if f != nil {
-		defer func() { cur.close() }()
-		if err := r.drain(cur); err != nil {
-			return err
-		}
+	if !found && !r.opts.Follow {
+		return fmt.Errorf("log %s: %w", path, errdefs.ErrNotFound)
 	}
 	if r.tail != nil {
 		t := r.tail
@@ -157,15 +179,19 @@ func (r *logReader) run(ctx context.Context) error {
 			done = true
 		case <-timer.C:
 		}
-		if cur.f != nil {
-			if err := r.drain(cur); err != nil {
+		for {
+			if cur.f != nil {
+				if err := r.drain(cur); err != nil {
+					return err
+				}
+			}
+			moved, err := r.advance(cur)
+			if err != nil {
 				return err
 			}
-		}
-		// Rotated or reopened? Finish the old file, read what rotations
-		// we missed entirely, then switch to the new file.
-		if err := r.switchIfRotated(ctx, cur); err != nil {
-			return err
+			if !moved {
+				break
+			}
 		}
 		if done {
 			return nil
@@ -173,17 +199,48 @@ func (r *logReader) run(ctx context.Context) error {
 	}
 }
 
-// follower is the file being followed and its unparsed tail.
+// openOldest opens the oldest plain rotated file. Rotation renames the
+// oldest first, so the file opened as Path.k was the oldest at that moment
+// if Path.(k+1) still does not exist after the open.
+func openOldest(path string) (*os.File, error) {
+	for try := 0; try < 100; try++ {
+		k := 0
+		for i, misses := 1, 0; misses < 2; i++ {
+			// A rotation under way leaves one gap in the numbers.
+			if _, err := os.Lstat(path + "." + strconv.Itoa(i)); err != nil {
+				misses++
+				continue
+			}
+			k, misses = i, 0
+		}
+		if k == 0 {
+			return nil, nil
+		}
+		f, err := os.Open(path + "." + strconv.Itoa(k))
+		if err != nil {
+			continue
+		}
+		if _, err := os.Lstat(path + "." + strconv.Itoa(k+1)); err == nil {
+			f.Close()
+			continue
+		}
+		return f, nil
+	}
+	return nil, fmt.Errorf("log %s: rotating too fast to read: %w", path, errdefs.ErrUnavailable)
+}
+
+// follower is the file being read and its unparsed tail.
 type follower struct {
 	f    *os.File
-	ino  uint64
 	pend []byte
 }
 
 func (c *follower) close() {
 	if c.f != nil {
 		c.f.Close()
+		c.f = nil
 	}
+	c.pend = nil
 }
 
 func inode(fi fs.FileInfo) uint64 {
@@ -193,49 +250,94 @@ func inode(fi fs.FileInfo) uint64 {
 	return 0
 }
 
-func (r *logReader) switchIfRotated(ctx context.Context, cur *follower) error {
+// advance moves cur to the file written after it once cur is no longer the
+// current file (it was rotated away, or replaced by a reopen), and reports
+// whether it moved. The successor of Path.k is Path.(k-1), or Path for k=1;
+// it is trusted only if cur is still Path.k after the successor was opened
+// (rotation renames the older file first). When cur cannot be found (it was
+// deleted, or gzipped), the reader jumps to Path.
+func (r *logReader) advance(cur *follower) (bool, error) {
 	path := r.opts.Path
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil // between rename and create: look again later
+		if cur.f != nil {
+			if cfi, err := cur.f.Stat(); err == nil {
+				return r.advanceFrom(cur, inode(cfi))
+			}
+		}
+		return false, nil // between a rename and the create: look again later
 	}
-	if cur.f != nil {
-		cfi, err := cur.f.Stat()
-		if err == nil && inode(cfi) == inode(fi) {
-			if fi.Size() < cfi.Size() || func() bool { off, _ := cur.f.Seek(0, io.SeekCurrent); return fi.Size() < off }() {
-				// Truncated in place: start again from the top.
-				cur.f.Seek(0, io.SeekStart)
-				cur.pend = cur.pend[:0]
-			}
-			return nil
+	if cur.f == nil {
+		f, err := os.Open(path)
+		if err != nil {
+			return false, nil
 		}
-		old := uint64(0)
-		if err == nil {
-			old = inode(cfi)
+		cur.f = f
+		return true, nil
+	}
+	cfi, err := cur.f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if inode(cfi) == inode(fi) {
+		if off, err := cur.f.Seek(0, io.SeekCurrent); err == nil && fi.Size() < off {
+			// Truncated in place (copytruncate): start again at the top.
+			cur.f.Seek(0, io.SeekStart)
+			cur.pend = nil
 		}
-		// Files rotated after ours and before the current one, oldest
-		// first: those between ours (found by inode) and Path.
-		hist := history(path)
-		start := len(hist)
-		for i, h := range hist {
-			if hfi, err := os.Stat(h); err == nil && inode(hfi) == old {
-				start = i + 1
-			}
+		return false, nil
+	}
+	return r.advanceFrom(cur, inode(cfi))
+}
+
+func (r *logReader) advanceFrom(cur *follower, old uint64) (bool, error) {
+	path := r.opts.Path
+	// cur gets no more writes: finish it before leaving it.
+	if err := r.drain(cur); err != nil {
+		return false, err
+	}
+	misses := 0
+	for k := 1; misses < 2; k++ {
+		name := path + "." + strconv.Itoa(k)
+		st, err := os.Stat(name)
+		if err != nil {
+			// A rotation under way leaves one gap in the numbers.
+			misses++
+			continue
+		}
+		misses = 0
+		if inode(st) != old {
+			continue
+		}
+		succ := path
+		if k > 1 {
+			succ = path + "." + strconv.Itoa(k-1)
+		}
+		f, err := os.Open(succ)
+		if err != nil {
+			return false, nil // mid-rotation: look again later
+		}
+		if st, err := os.Stat(name); err != nil || inode(st) != old {
+			f.Close()
+			return false, nil // rotated meanwhile: look again later
 		}
 		cur.close()
-		cur.f, cur.pend = nil, nil
-		for _, h := range hist[start:] {
-			if err := r.readFile(ctx, h); err != nil {
-				return err
-			}
+		cur.f = f
+		return true, nil
+	}
+	if cfi, err := cur.f.Stat(); err == nil {
+		if st, ok := cfi.Sys().(*syscall.Stat_t); ok && st.Nlink > 0 {
+			return false, nil // still has a name we did not see: look again later
 		}
 	}
+	// Deleted (beyond max-files) or replaced by its gzipped copy.
 	f, err := os.Open(path)
 	if err != nil {
-		return nil
+		return false, nil
 	}
+	cur.close()
 	cur.f = f
-	return r.drain(cur)
+	return true, nil
 }
 
 // drain reads cur to its end, emitting complete lines and keeping a last

@@ -275,7 +275,15 @@ func (lf *File) rotateLocked() error {
 	}
 	os.Remove(p + "." + strconv.Itoa(n) + ext)
 	os.Remove(p + "." + strconv.Itoa(n)) // a leftover from an uncompressed run
-	for i := n - 1; i >= 1; i-- {
+	// Shift only the backups that exist: max-files may be large.
+	top := 0
+	for top < n-1 {
+		if _, err := os.Lstat(p + "." + strconv.Itoa(top+1) + ext); err != nil {
+			break
+		}
+		top++
+	}
+	for i := top; i >= 1; i-- {
 		from, to := p+"."+strconv.Itoa(i), p+"."+strconv.Itoa(i+1)
 		if err := os.Rename(from+ext, to+ext); err != nil && !os.IsNotExist(err) {
 			return lf.fail(err)

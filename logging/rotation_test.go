@@ -1,0 +1,171 @@
+package logging_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/jsonfile"
+	"github.com/containers/conmon-v2/logging/k8sfile"
+)
+
+// seqChecker checks that "seq N" lines arrive once each, in order.
+type seqChecker struct {
+	next    int
+	pending []byte
+}
+
+func (c *seqChecker) add(r *logging.Record) error {
+	c.pending = append(c.pending, r.Line...)
+	if r.Partial {
+		return nil
+	}
+	line := c.pending
+	c.pending = c.pending[:0]
+	f := bytes.Fields(line)
+	if len(f) < 2 || string(f[0]) != "seq" {
+		return fmt.Errorf("unexpected line %q", line)
+	}
+	n, _ := strconv.Atoi(string(f[1]))
+	if n != c.next {
+		return fmt.Errorf("got seq %d, want %d (lost or duplicated)", n, c.next)
+	}
+	c.next++
+	return nil
+}
+
+func TestRotationUnderLoadNoLossNoDuplicate(t *testing.T) {
+	const total = 20000
+	for _, tc := range []struct {
+		name   string
+		format string
+		open   func(path string) (logging.Driver, error)
+	}{
+		{"k8s-file", logging.FormatK8sFile, func(p string) (logging.Driver, error) {
+			return k8sfile.New(k8sfile.Options{Path: p, MaxSize: 32 << 10, MaxFiles: 10000})
+		}},
+		{"json-file", logging.FormatJSONFile, func(p string) (logging.Driver, error) {
+			return jsonfile.New(jsonfile.Options{Path: p, MaxSize: 32 << 10, MaxFiles: 10000})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ctr.log")
+			d, err := tc.open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := logging.NewPipeline(logging.Metadata{ID: "x"}, []logging.Driver{d}, logging.PipelineOptions{})
+			pr, pw := io.Pipe()
+			p.ReadFrom(logging.Stdout, pr)
+
+			// A follower reads while the log rotates under it.
+			exited := make(chan struct{})
+			followed := make(chan error, 1)
+			var fc seqChecker
+			go func() {
+				followed <- logging.ReadLogs(context.Background(), logging.ReadOptions{
+					Source: logging.Source{Path: path, Format: tc.format},
+					Tail:   logging.TailAll, Follow: true, Done: exited, Poll: 5 * time.Millisecond,
+				}, fc.add)
+			}()
+
+			// Writes of odd sizes, so lines straddle reads.
+			var buf []byte
+			for i := range total {
+				buf = fmt.Appendf(buf, "seq %d %s\n", i, bytes.Repeat([]byte{'z'}, i%97))
+				if len(buf) > 3000 {
+					pw.Write(buf[:1777])
+					buf = append(buf[:0], buf[1777:]...)
+				}
+			}
+			pw.Write(buf)
+			pw.Close()
+			if err := p.Close(); err != nil {
+				t.Fatal(err)
+			}
+			close(exited)
+			if err := <-followed; err != nil {
+				t.Fatal(err)
+			}
+			if fc.next != total {
+				t.Fatalf("follower saw %d lines, want %d", fc.next, total)
+			}
+			var rc seqChecker
+			if err := logging.ReadLogs(context.Background(), logging.ReadOptions{
+				Source: logging.Source{Path: path, Format: tc.format}, Tail: logging.TailAll,
+			}, rc.add); err != nil {
+				t.Fatal(err)
+			}
+			if rc.next != total {
+				t.Fatalf("reader saw %d lines, want %d", rc.next, total)
+			}
+			st := p.Stats()
+			if st.WriteError.Lines != 0 {
+				t.Fatalf("write errors: %+v", st)
+			}
+		})
+	}
+}
+
+func TestReadLogsTailAndSince(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ctr.log")
+	d, err := k8sfile.New(k8sfile.Options{Path: path, MaxSize: 200, MaxFiles: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 50 {
+		r := logging.Record{Time: base.Add(time.Duration(i) * time.Second), Stream: logging.Stdout, Line: fmt.Appendf(nil, "seq %d", i)}
+		if i%10 == 3 {
+			// one line in pieces
+			r.Partial = true
+			d.Write(&r)
+			r.Partial = false
+			r.Line = []byte(" end")
+		}
+		d.Write(&r)
+	}
+	d.Close()
+	read := func(o logging.ReadOptions) []string {
+		o.Source = d.LogSource()
+		var out []string
+		var cur string
+		if err := logging.ReadLogs(context.Background(), o, func(r *logging.Record) error {
+			cur += string(r.Line)
+			if !r.Partial {
+				out = append(out, cur)
+				cur = ""
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		opts logging.ReadOptions
+		want string
+	}{
+		{"tail 3", logging.ReadOptions{Tail: 3}, "[seq 47 seq 48 seq 49]"},
+		{"tail 0", logging.ReadOptions{Tail: 0}, "[]"},
+		{"tail keeps partial pieces", logging.ReadOptions{Tail: 7}, "[seq 43 end seq 44 seq 45 seq 46 seq 47 seq 48 seq 49]"},
+		{"since", logging.ReadOptions{Tail: logging.TailAll, Since: base.Add(47 * time.Second)}, "[seq 47 seq 48 seq 49]"},
+		{"since and until", logging.ReadOptions{Tail: logging.TailAll, Since: base.Add(10 * time.Second), Until: base.Add(12 * time.Second)}, "[seq 10 seq 11]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fmt.Sprint(read(tc.opts)); got != tc.want {
+				t.Fatalf("got %s want %s", got, tc.want)
+			}
+		})
+	}
+	if got := len(read(logging.ReadOptions{Tail: logging.TailAll})); got != 50 {
+		t.Fatalf("all: %d lines", got)
+	}
+}
