@@ -16,7 +16,9 @@ import (
 // plain encodes a record as its line and a newline.
 type plain struct{}
 
-func (plain) Encode(dst []byte, r *logging.Record) []byte { return append(append(dst, r.Line...), '\n') }
+func (plain) Encode(dst []byte, r *logging.Record) []byte {
+	return append(append(dst, r.Line...), '\n')
+}
 
 func appendN(t *testing.T, f *logfile.File, n int, format string) {
 	t.Helper()
