@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -787,14 +788,21 @@ func cmdAttach(ctx context.Context, a *app, args []string) error {
 	r.LogPath, r.LogDriver = src.Path, src.Format
 	fwdCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	in := a.stdin
 	if r.Terminal {
 		if con, err := consoleOf(os.Stdin); err == nil {
+			// Raw: keys (^C included) go to the container's terminal as
+			// typed; ^P^Q detaches.
+			if r.Stdin && con.SetRaw() == nil {
+				defer con.Reset()
+				in = &detachReader{r: con, detach: stop}
+			}
 			s.ForwardResize(fwdCtx, con, r.ID, "", nil)
 		}
 	}
 	if r.Stdin {
 		stdinPath := filepath.Join(a.store().dir(r.ID), "io", "init-stdin")
-		go forwardStdin(fwdCtx, stdinPath, a.stdin)
+		go forwardStdin(fwdCtx, stdinPath, in)
 	}
 	// Output: the log from now on, until the container exits.
 	waitc := make(chan client.Exit, 1)
@@ -837,4 +845,29 @@ func procMemory(pid int) (rss, pss uint64) {
 		}
 	}
 	return rss, pss
+}
+
+// detachReader passes input through until the detach keys ^P^Q, then calls
+// detach and reports EOF. (The container's input ends with the attach: the
+// shim closes its stdin when the fifo's last writer goes.)
+type detachReader struct {
+	r      io.Reader
+	detach func()
+	prevP  bool
+}
+
+func (d *detachReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	for i := 0; i < n; i++ {
+		switch {
+		case p[i] == 0x10: // ^P
+			d.prevP = true
+		case p[i] == 0x11 && d.prevP: // ^Q after ^P
+			d.detach()
+			return max(i-1, 0), io.EOF
+		default:
+			d.prevP = false
+		}
+	}
+	return n, err
 }
