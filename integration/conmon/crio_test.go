@@ -1,0 +1,554 @@
+// Package conmon drives bin/conmon-v2 the way CRI-O does (command line,
+// start and sync pipes, attach socket under --socket-dir-path, exit and
+// persist files, ExecSync with --sync and -T) and runs every scenario
+// against Debian's conmon 2.1.6 as well: both must produce the same sync
+// messages, exit files, attach frames and log lines (pids and timestamps
+// aside).
+package conmon
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/containers/conmon-v2/internal/testutil"
+)
+
+const debianConmon = "/usr/bin/conmon"
+
+// harness is one monitor binary plus the directories CRI-O would use.
+type harness struct {
+	t        *testing.T
+	bin      string
+	dir      string
+	rootfs   string
+	runc     string
+	runcRoot string
+	exits    string
+	sockets  string
+}
+
+func newHarness(t *testing.T, bin, rootfs string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	h := &harness{
+		t: t, bin: bin, dir: dir, rootfs: rootfs,
+		runc:     testutil.NeedCommand(t, "runc"),
+		runcRoot: filepath.Join(dir, "runc"),
+		exits:    filepath.Join(dir, "exits"),
+		sockets:  filepath.Join(dir, "attach"),
+	}
+	for _, d := range []string{h.runcRoot, h.exits, h.sockets} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h
+}
+
+// monitors returns the binaries to compare: conmon-v2 and, when
+// installed, Debian's conmon.
+func monitors(t *testing.T) map[string]string {
+	m := map[string]string{"conmon-v2": testutil.Bin(t, "conmon-v2")}
+	if _, err := os.Stat(debianConmon); err == nil {
+		m["conmon"] = debianConmon
+	} else {
+		t.Logf("%s not installed: no side-by-side comparison", debianConmon)
+	}
+	return m
+}
+
+func sharedRootfs(t *testing.T) string {
+	return testutil.BusyboxRootfs(t, filepath.Join(t.TempDir(), "rootfs"))
+}
+
+// processSpec is the process of a bundle's config.json.
+func (h *harness) processSpec(args []string) map[string]any {
+	return map[string]any{
+		"terminal": false,
+		"user":     map[string]any{"uid": 0, "gid": 0},
+		"args":     args,
+		"env":      []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"},
+		"cwd":      "/",
+		"capabilities": map[string]any{
+			"bounding":  []string{"CAP_KILL"},
+			"effective": []string{"CAP_KILL"},
+			"permitted": []string{"CAP_KILL"},
+		},
+		"noNewPrivileges": true,
+	}
+}
+
+// bundle writes an OCI bundle (runc's default spec, the busybox rootfs,
+// no terminal) running args.
+func (h *harness) bundle(id string, args []string) string {
+	h.t.Helper()
+	b := filepath.Join(h.dir, "bundles", id)
+	if err := os.MkdirAll(b, 0o755); err != nil {
+		h.t.Fatal(err)
+	}
+	if out, err := exec.Command(h.runc, "spec", "--bundle", b).CombinedOutput(); err != nil {
+		h.t.Fatalf("runc spec: %v: %s", err, out)
+	}
+	p := filepath.Join(b, "config.json")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(data, &spec); err != nil {
+		h.t.Fatal(err)
+	}
+	spec["process"] = h.processSpec(args)
+	spec["root"] = map[string]any{"path": h.rootfs, "readonly": true}
+	data, _ = json.Marshal(spec)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	return b
+}
+
+// pipePair returns the caller's and the monitor's ends of a socketpair
+// (CRI-O's sync and start pipes for create).
+func pipePair(t *testing.T) (parent, child *os.File) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.SetNonblock(fds[0], true)
+	return os.NewFile(uintptr(fds[0]), "parent"), os.NewFile(uintptr(fds[1]), "child")
+}
+
+// readLine reads one newline-terminated message, within 20 s.
+func readLine(t *testing.T, f *os.File) string {
+	t.Helper()
+	_ = f.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var b []byte
+	one := make([]byte, 1)
+	for {
+		n, err := f.Read(one)
+		if n == 1 {
+			b = append(b, one[0])
+			if one[0] == '\n' {
+				return string(b)
+			}
+		}
+		if err != nil {
+			return string(b)
+		}
+	}
+}
+
+// observation is what CRI-O (and a user) can see of one scenario.
+type observation struct {
+	Sync        []string
+	ExitFile    string
+	PersistExit string
+	Attach      []string
+	Log         []string
+	RC          int
+	OOMFile     bool
+}
+
+var (
+	pidRE  = regexp.MustCompile(`"(pid|data|exit_code)": [0-9]+`)
+	timeRE = regexp.MustCompile(`time=\\"[^"\\]*\\"`)
+)
+
+func normalize(msg string) string {
+	msg = pidRE.ReplaceAllStringFunc(msg, func(s string) string {
+		if strings.HasSuffix(s, " -1") {
+			return s
+		}
+		k, _, _ := strings.Cut(s, ":")
+		return k + ": N"
+	})
+	return timeRE.ReplaceAllString(msg, `time=\"T\"`)
+}
+
+// logLines returns a k8s-file's lines without their timestamps, after
+// checking each has one.
+func logLines(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if l == "" {
+			continue
+		}
+		ts, rest, ok := strings.Cut(l, " ")
+		if !ok {
+			t.Fatalf("log line %q has no timestamp", l)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, ts); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		out = append(out, rest)
+	}
+	return out
+}
+
+func waitFile(t *testing.T, path string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// dialAttach connects to a SEQPACKET attach socket the way Podman and
+// CRI-O do: through an O_PATH handle of its directory, so the path length
+// does not matter.
+func dialAttach(t *testing.T, path string) int {
+	t.Helper()
+	dfd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := &unix.SockaddrUnix{Name: fmt.Sprintf("/proc/self/fd/%d/%s", dfd, filepath.Base(path))}
+	if err := unix.Connect(fd, addr); err != nil {
+		t.Fatalf("connect %s: %v", path, err)
+	}
+	return fd
+}
+
+// readFrames reads attach messages until EOF (the monitor closes its
+// clients when the container exited).
+func readFrames(fd int, out chan<- []string) {
+	var frames []string
+	buf := make([]byte, 8193)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if n <= 0 || err != nil {
+			break
+		}
+		frames = append(frames, fmt.Sprintf("%d:%s", buf[0], buf[1:n]))
+	}
+	unix.Close(fd)
+	out <- frames
+}
+
+// create runs the monitor with CRI-O's CreateContainer arguments and
+// returns the first sync message; the container is created, not started.
+func (h *harness) create(id, bundle string, extra ...string) (syncMsg string, rc int, syncParent *os.File) {
+	h.t.Helper()
+	syncParent, syncChild := pipePair(h.t)
+	startParent, startChild := pipePair(h.t)
+	defer startParent.Close()
+	args := []string{
+		"-b", bundle, "-c", id, "--exit-dir", h.exits,
+		"-l", filepath.Join(h.dir, id+".log"), "--log-level", "debug", "-n", "k8s_" + id,
+		"-P", filepath.Join(bundle, "conmon-pidfile"), "-p", filepath.Join(bundle, "pidfile"),
+		"--persist-dir", filepath.Join(h.dir, "persist", id), "-r", h.runc,
+		"--runtime-arg", "--root=" + h.runcRoot, "--socket-dir-path", h.sockets, "--syslog", "-u", id,
+	}
+	if err := os.MkdirAll(filepath.Join(h.dir, "persist", id), 0o755); err != nil {
+		h.t.Fatal(err)
+	}
+	cmd := exec.Command(h.bin, append(args, extra...)...)
+	cmd.Dir = bundle
+	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
+	cmd.ExtraFiles = []*os.File{syncChild, startChild}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	syncChild.Close()
+	startChild.Close()
+	if _, err := startParent.Write([]byte{0}); err != nil {
+		h.t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); ok {
+		rc = ee.ExitCode()
+	} else if err != nil {
+		h.t.Fatal(err)
+	}
+	if rc != 0 {
+		h.t.Logf("%s exited %d: %s", h.bin, rc, stderr.String())
+	}
+	return readLine(h.t, syncParent), rc, syncParent
+}
+
+func (h *harness) runcCmd(args ...string) {
+	h.t.Helper()
+	out, err := exec.Command(h.runc, append([]string{"--root", h.runcRoot}, args...)...).CombinedOutput()
+	if err != nil {
+		h.t.Fatalf("runc %v: %v: %s", args, err, out)
+	}
+}
+
+// TestCreateLikeCRIO is CRI-O's CreateContainer, start, attach and exit.
+func TestCreateLikeCRIO(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("c0ffee", 10) + "abcd"
+			bundle := h.bundle(id, []string{"sh", "-c", "printf 'out\\ntwo\\n'; sleep 0.3; echo err >&2; sleep 0.3; printf partial; exit 3"})
+			msg, rc, syncParent := h.create(id, bundle)
+			defer syncParent.Close()
+			if rc != 0 {
+				t.Fatalf("create: exit %d", rc)
+			}
+			if !regexp.MustCompile(`^\{"pid": [0-9]+\}\n$`).MatchString(msg) {
+				t.Fatalf("sync message %q, want {\"pid\": N}", msg)
+			}
+			// The conmon pid file names a live monitor.
+			pidData := waitFile(t, filepath.Join(bundle, "conmon-pidfile"))
+			mpid, err := strconv.Atoi(pidData)
+			if err != nil || unix.Kill(mpid, 0) != nil {
+				t.Fatalf("conmon-pidfile %q: not a live pid", pidData)
+			}
+			// Attach as CRI-O does, through the socket-dir symlink.
+			link := filepath.Join(h.sockets, id)
+			if target, err := os.Readlink(link); err != nil || target != bundle {
+				t.Fatalf("symlink %s -> %q (%v), want the bundle", link, target, err)
+			}
+			fd := dialAttach(t, filepath.Join(link, "attach"))
+			frames := make(chan []string, 1)
+			go readFrames(fd, frames)
+			h.runcCmd("start", id)
+			obs := observation{Sync: []string{normalize(msg)}}
+			obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
+			obs.PersistExit = waitFile(t, filepath.Join(h.dir, "persist", id, "exit"))
+			select {
+			case obs.Attach = <-frames:
+			case <-time.After(20 * time.Second):
+				t.Fatal("attach client never saw EOF")
+			}
+			obs.Log = logLines(t, filepath.Join(h.dir, id+".log"))
+			h.runcCmd("delete", "-f", id)
+			if obs.ExitFile != "3" || obs.PersistExit != "3" {
+				t.Fatalf("exit files %q and %q, want 3", obs.ExitFile, obs.PersistExit)
+			}
+			want := []string{"stdout F out", "stdout F two", "stderr F err", "stdout P partial"}
+			if !reflect.DeepEqual(obs.Log, want) {
+				t.Fatalf("log lines %q, want %q", obs.Log, want)
+			}
+			wantFrames := []string{"2:out\ntwo\n", "3:err\n", "2:partial"}
+			if !reflect.DeepEqual(obs.Attach, wantFrames) {
+				t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
+			}
+			got[name] = obs
+		})
+	}
+	compare(t, got)
+}
+
+// TestCreateFailureLikeCRIO: the runtime's error reaches the sync pipe.
+func TestCreateFailureLikeCRIO(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("bad0", 16)
+			bundle := h.bundle(id, []string{"/nonexistent"})
+			msg, rc, syncParent := h.create(id, bundle)
+			syncParent.Close()
+			if rc != 0 {
+				t.Fatalf("first process exit %d, want 0 (failures go to the sync pipe)", rc)
+			}
+			if !strings.HasPrefix(msg, `{"pid": -1, "message": "`) || !strings.Contains(msg, `/nonexistent`) {
+				t.Fatalf("sync message %q, want pid -1 with runc's error", msg)
+			}
+			got[name] = observation{Sync: []string{normalize(msg)}}
+			_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
+		})
+	}
+	compare(t, got)
+}
+
+// TestExecSyncLikeCRIO is CRI-O's ExecSync: legacy exec with --sync, a
+// plain pipe, the exit code in the sync message and in conmon's status,
+// the output in a k8s-file; then the -T timeout.
+func TestExecSyncLikeCRIO(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("e1ec", 16)
+			bundle := h.bundle(id, []string{"sleep", "1000"})
+			msg, rc, syncParent := h.create(id, bundle)
+			defer syncParent.Close()
+			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+				t.Fatalf("create: exit %d, sync %q", rc, msg)
+			}
+			h.runcCmd("start", id)
+			defer func() {
+				_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
+				waitFile(t, filepath.Join(h.exits, id))
+			}()
+			obs := observation{}
+			o1 := h.execSync(id, []string{"sh", "-c", "echo eo; echo ee >&2; exit 4"}, nil)
+			if o1.RC != 4 || o1.Sync[0] != "{\"exit_code\": 4}\n" {
+				t.Fatalf("exec sync: rc %d, sync %q", o1.RC, o1.Sync)
+			}
+			if len(o1.Log) != 2 {
+				t.Fatalf("exec log %q", o1.Log)
+			}
+			o2 := h.execSync(id, []string{"sleep", "10"}, []string{"-T", "1"})
+			if o2.RC != 255 || o2.Sync[0] != "{\"exit_code\": -1, \"message\": \"command timed out\"}\n" {
+				t.Fatalf("exec sync timeout: rc %d, sync %q", o2.RC, o2.Sync)
+			}
+			obs.Sync = append(o1.Sync, o2.Sync...)
+			obs.Log = o1.Log
+			obs.RC = o1.RC*1000 + o2.RC
+			got[name] = obs
+		})
+	}
+	compare(t, got)
+}
+
+func (h *harness) execSync(id string, args, extra []string) observation {
+	h.t.Helper()
+	dir := h.t.TempDir()
+	spec, _ := json.Marshal(h.processSpec(args))
+	specPath := filepath.Join(dir, "exec-process")
+	if err := os.WriteFile(specPath, spec, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "exec.log")
+	syncR, syncW, err := os.Pipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	a := []string{
+		"-c", id, "-n", "k8s_" + id, "-r", h.runc, "-p", filepath.Join(dir, "pidfile"), "-e",
+		"-l", logPath, "--socket-dir-path", h.sockets, "--log-level", "debug", "--sync",
+		"--log-global-size-max", "16777216",
+	}
+	a = append(a, extra...)
+	a = append(a, "--exec-process-spec", specPath, "--runtime-arg", "--root="+h.runcRoot)
+	cmd := exec.Command(h.bin, a...)
+	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
+	cmd.ExtraFiles = []*os.File{syncW, startR}
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	syncW.Close()
+	startR.Close()
+	startW.Write([]byte{0})
+	startW.Close()
+	err = cmd.Wait()
+	rc := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		rc = ee.ExitCode()
+	}
+	msg := readLine(h.t, syncR)
+	syncR.Close()
+	return observation{Sync: []string{msg}, RC: rc, Log: logLines(h.t, logPath)}
+}
+
+// TestCtlReopenAndResize: several ctl lines in one write are all handled
+// (conmon 2.1.6 lost all but the first), and "2 0 0" recreates a renamed
+// log file. conmon-v2 only.
+func TestCtlReopenAndResize(t *testing.T) {
+	testutil.RequiresRoot(t)
+	h := newHarness(t, testutil.Bin(t, "conmon-v2"), sharedRootfs(t))
+	id := strings.Repeat("c71c", 16)
+	bundle := h.bundle(id, []string{"sh", "-c", "echo before; sleep 1; echo after; sleep 1000"})
+	msg, rc, syncParent := h.create(id, bundle)
+	defer syncParent.Close()
+	if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+		t.Fatalf("create: exit %d, sync %q", rc, msg)
+	}
+	h.runcCmd("start", id)
+	defer func() {
+		_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
+		waitFile(t, filepath.Join(h.exits, id))
+	}()
+	logPath := filepath.Join(h.dir, id+".log")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "before") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("first line never logged")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := os.OpenFile(filepath.Join(bundle, "ctl"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A resize without a terminal is ignored; the reopen must still happen.
+	if _, err := ctl.Write([]byte("1 40 100\n2 0 0\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctl.Close()
+	got := waitFile(t, logPath)
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(got, "after") {
+		if time.Now().After(deadline) {
+			t.Fatalf("reopened log %q never got the next line", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+		got = waitFile(t, logPath)
+	}
+	if strings.Contains(got, "before") {
+		t.Fatalf("reopened log %q holds the old line", got)
+	}
+}
+
+// compare fails t unless every monitor observed the same.
+func compare(t *testing.T, got map[string]observation) {
+	t.Helper()
+	ref, ok := got["conmon"]
+	if !ok {
+		return
+	}
+	v2, ok := got["conmon-v2"]
+	if !ok {
+		return
+	}
+	if !reflect.DeepEqual(ref, v2) {
+		t.Fatalf("conmon-v2 differs from conmon 2.1.6:\nconmon:    %+v\nconmon-v2: %+v", ref, v2)
+	}
+}
