@@ -130,3 +130,23 @@ func TestUsage(t *testing.T) {
 		t.Errorf("unknown command: %d %q", code, errb.String())
 	}
 }
+
+func TestDetachReader(t *testing.T) {
+	tests := []struct {
+		in, want string
+		detached bool
+	}{
+		{"hello", "hello", false},
+		{"ab\x10\x11cd", "ab", true},
+		{"\x10x\x11", "\x10x\x11", false},
+		{"\x10\x11", "", true},
+	}
+	for _, tc := range tests {
+		detached := false
+		d := &detachReader{r: strings.NewReader(tc.in), detach: func() { detached = true }}
+		got, _ := io.ReadAll(d)
+		if string(got) != tc.want || detached != tc.detached {
+			t.Errorf("%q: read %q detached=%v, want %q %v", tc.in, got, detached, tc.want, tc.detached)
+		}
+	}
+}
