@@ -180,8 +180,12 @@ func needArgs(args []string, min, max int, what string) error {
 	return nil
 }
 
-// callTimeout bounds one short RPC.
-const callTimeout = 10 * time.Second
+// callTimeout bounds one short RPC; slowCallTimeout a shim start or a
+// create.
+const (
+	callTimeout     = 10 * time.Second
+	slowCallTimeout = 60 * time.Second
+)
 
 func withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, callTimeout)

@@ -151,7 +151,9 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 	if err := client.WriteSpec(bundle, spec); err != nil {
 		return err
 	}
-	addr, err := client.StartShim(ctx, a.shimOpts(), id, bundle)
+	sctx, scancel := context.WithTimeout(ctx, slowCallTimeout)
+	addr, err := client.StartShim(sctx, a.shimOpts(), id, bundle)
+	scancel()
 	if err != nil {
 		return err
 	}
@@ -170,7 +172,9 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 		return err
 	}
 	defer proc.closeIO()
-	cctx, cancel := withTimeout(ctx)
+	// runc create mounts and sets up the namespaces: it may take a while
+	// on a loaded machine.
+	cctx, cancel := context.WithTimeout(ctx, slowCallTimeout)
 	_, err = shim.Create(cctx, client.CreateOpts{ID: id, Bundle: bundle, Stdio: proc.fifos.Stdio})
 	cancel()
 	if err != nil {
