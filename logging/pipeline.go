@@ -172,7 +172,8 @@ type Pipeline struct {
 	closeErr  error
 	closed    atomic.Bool
 
-	bufPool sync.Pool // *[]byte of opts.ReadSize
+	bufPool   sync.Pool // *[]byte of opts.ReadSize
+	statePool sync.Pool // *readState for WriteChunk
 
 	read, written, filtered, limited, full counter
 	redacted, markers, readErrors          atomic.Uint64
@@ -205,6 +206,7 @@ func NewPipeline(meta Metadata, drivers []Driver, opts PipelineOptions) *Pipelin
 	}
 	size := opts.ReadSize
 	p.bufPool.New = func() any { b := make([]byte, size); return &b }
+	p.statePool.New = func() any { return &readState{} }
 	if opts.Mode == NonBlocking {
 		p.queue = newQueue(opts.MaxBufferSize)
 		p.writerWG.Add(1)
@@ -277,7 +279,12 @@ func isClosedPTY(err error) bool { return errors.Is(err, syscall.EIO) }
 // stamped with one time and written as ReadFrom would. It is for front ends
 // that read a stream themselves. It may be called concurrently with itself
 // and with the readers, but not after Close. p does not keep chunk.
-func (p *Pipeline) WriteChunk(s Stream, chunk []byte) { p.writeChunk(s, chunk, &readState{}) }
+func (p *Pipeline) WriteChunk(s Stream, chunk []byte) {
+	st := p.statePool.Get().(*readState)
+	p.writeChunk(s, chunk, st)
+	st.rec = Record{}
+	p.statePool.Put(st)
+}
 
 func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 	if p.opts.Tap != nil {

@@ -107,11 +107,14 @@ func (d *Driver) LogSource() logging.Source {
 // second: per line only the nine digits of nanoseconds are formatted.
 // Not safe for concurrent use.
 type TimeCache struct {
-	Loc    *time.Location // default time.Local
-	sec    int64
-	valid  bool
-	prefix []byte // "2006-01-02T15:04:05."
-	suffix []byte // "+07:00"
+	Loc     *time.Location // default time.Local
+	sec     int64
+	valid   bool
+	prefix  []byte // "2006-01-02T15:04:05."
+	suffix  []byte // "+07:00"
+	full    []byte // the whole text of the last time formatted
+	ns      int
+	fullSec int64
 }
 
 // Append appends t as conmon prints it: local time, nine fraction digits,
@@ -128,13 +131,21 @@ func (c *TimeCache) Append(dst []byte, t time.Time) []byte {
 		c.suffix = lt.AppendFormat(c.suffix[:0], "-07:00")
 		c.sec, c.valid = sec, true
 	}
-	dst = append(dst, c.prefix...)
 	ns := t.Nanosecond()
+	if c.full != nil && ns == c.ns && sec == c.fullSec {
+		// The records of one read share their time: reuse the whole text.
+		return append(dst, c.full...)
+	}
+	start := len(dst)
+	dst = append(dst, c.prefix...)
 	var digits [9]byte
-	for i := 8; i >= 0; i-- {
-		digits[i] = byte('0' + ns%10)
-		ns /= 10
+	for i, v := 8, ns; i >= 0; i-- {
+		digits[i] = byte('0' + v%10)
+		v /= 10
 	}
 	dst = append(dst, digits[:]...)
-	return append(dst, c.suffix...)
+	dst = append(dst, c.suffix...)
+	c.full = append(c.full[:0], dst[start:]...)
+	c.ns, c.fullSec = ns, sec
+	return dst
 }
