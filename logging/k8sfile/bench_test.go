@@ -1,0 +1,119 @@
+package k8sfile_test
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/k8sfile"
+)
+
+// chunks returns the same read of up to 8192 bytes of an endless stream of
+// lines of lineLen bytes (newline included), n times.
+type chunks struct {
+	data []byte
+	off  int
+	left int
+}
+
+func newChunks(lineLen, n int) *chunks {
+	line := strings.Repeat("x", lineLen-1) + "\n"
+	var stream bytes.Buffer
+	for stream.Len() < 2*logging.DefaultReadSize+lineLen {
+		stream.WriteString(line)
+	}
+	return &chunks{data: stream.Bytes(), left: n}
+}
+
+func (c *chunks) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		return 0, io.EOF
+	}
+	c.left--
+	p = p[:min(len(p), logging.DefaultReadSize)]
+	if c.off+len(p) > len(c.data) {
+		c.off = 0
+	}
+	n := copy(p, c.data[c.off:])
+	c.off = (c.off + n) % (len(c.data) - logging.DefaultReadSize)
+	return n, nil
+}
+
+// benchPipeline pushes b.N reads of 8192 bytes through a Pipeline into a
+// k8s-file on the test's temporary directory: the monitor's hot path.
+func benchPipeline(b *testing.B, lineLen int, opts k8sfile.Options) {
+	opts.Path = filepath.Join(b.TempDir(), "ctr.log")
+	if opts.Fsync == "" {
+		opts.Fsync = logging.FsyncNone
+	}
+	d, err := k8sfile.New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := logging.NewPipeline(logging.Metadata{ID: "bench"}, []logging.Driver{d}, logging.PipelineOptions{})
+	b.SetBytes(logging.DefaultReadSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	p.ReadFrom(logging.Stdout, newChunks(lineLen, b.N))
+	if err := p.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	st := p.Stats()
+	b.ReportMetric(float64(st.Read.Lines)/float64(b.N), "records/op")
+	if st.WriteError.Lines != 0 {
+		b.Fatalf("write errors: %+v", st)
+	}
+}
+
+func BenchmarkK8sFile80B(b *testing.B)   { benchPipeline(b, 80, k8sfile.Options{}) }
+func BenchmarkK8sFile16KiB(b *testing.B) { benchPipeline(b, 16<<10, k8sfile.Options{}) }
+
+// BenchmarkK8sFile80BRotating rotates every 10 MiB, keeping 3 files.
+func BenchmarkK8sFile80BRotating(b *testing.B) {
+	benchPipeline(b, 80, k8sfile.Options{MaxSize: 10 << 20, MaxFiles: 3})
+}
+
+// BenchmarkRawCopy is the limit: the same reads copied to a file as they
+// come, with no format at all.
+func BenchmarkRawCopy(b *testing.B) {
+	f, err := os.Create(filepath.Join(b.TempDir(), "raw"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	b.SetBytes(logging.DefaultReadSize)
+	b.ReportAllocs()
+	buf := make([]byte, logging.DefaultReadSize)
+	c := newChunks(80, b.N)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			break
+		}
+		f.Write(buf[:n])
+	}
+}
+
+// TestNoAllocationPerLine pins the hot path: a read of 102 lines through
+// the pipeline into k8s-file allocates nothing once warm.
+func TestNoAllocationPerLine(t *testing.T) {
+	d, err := k8sfile.New(k8sfile.Options{Path: filepath.Join(t.TempDir(), "ctr.log"), Fsync: logging.FsyncNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := logging.NewPipeline(logging.Metadata{ID: "x"}, []logging.Driver{d}, logging.PipelineOptions{
+		Now: func() time.Time { return time.Unix(1700000000, 123) },
+	})
+	defer p.Close()
+	chunk := bytes.Repeat([]byte(strings.Repeat("y", 79)+"\n"), 102)
+	p.WriteChunk(logging.Stdout, chunk)
+	if n := testing.AllocsPerRun(100, func() { p.WriteChunk(logging.Stdout, chunk) }); n != 0 {
+		t.Fatalf("%v allocations per read of 102 lines", n)
+	}
+}
