@@ -464,12 +464,16 @@ func TestTerminal(t *testing.T) {
 	}{
 		{"run -t", "run --rm -t --rootfs " + h.rootfs + " -- sh -c 'stty size; tty; exit 5'", "30 100", 5},
 		{"run -it", "run --rm -it --rootfs " + h.rootfs + " -- sh -c 'read x; echo got $x'", "got hello", 0},
+		// The terminal is resized while the container runs: SIGWINCH
+		// reaches conmonctl, which forwards the size (ResizePty).
+		{"resize", "run --rm -t --rootfs " + h.rootfs + " -- sh -c 'sleep 2; stty size'", "40 120", 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			c := exec.CommandContext(ctx, script, "-qec", "stty rows 30 cols 100; "+base+" "+tc.cmd, "/dev/null")
+			resize := "(sleep 0.8; stty rows 40 cols 120 </dev/tty) & "
+			c := exec.CommandContext(ctx, script, "-qec", "stty rows 30 cols 100; "+resize+base+" "+tc.cmd, "/dev/null")
 			c.Stdin = strings.NewReader("hello\n")
 			out, err := c.CombinedOutput()
 			code := 0
