@@ -13,6 +13,12 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
+export PATH=$PATH:/usr/local/go/bin
+if ! command -v go >/dev/null; then
+	echo "demo: Go (1.26 or later) is needed to build: install it from https://go.dev/dl/ into /usr/local/go" >&2
+	exit 1
+fi
+
 missing=()
 command -v runc >/dev/null || missing+=(runc)
 command -v busybox >/dev/null || missing+=(busybox-static)
