@@ -553,7 +553,9 @@ func (a *app) removeContainer(ctx context.Context, r *record, s *client.Shim, fo
 		// The shim died: let its delete action kill and unmount what is left.
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		_, _ = client.DeleteShim(cctx, a.shimOpts(), r.ID, r.Bundle)
+		opts := a.shimOpts()
+		opts.Namespace = r.Namespace // the one it was started in
+		_, _ = client.DeleteShim(cctx, opts, r.ID, r.Bundle)
 		// A socket nobody listens on any more is the dead shim's.
 		if sock, ok := strings.CutPrefix(r.Address, "unix://"); ok && socketRefused(sock) {
 			_ = os.Remove(sock)
