@@ -73,5 +73,21 @@ integration-containerd2: build containerd2 ## the ctr scenario against container
 demo: ## on a fresh Debian machine (root): install runc/busybox, build, run a container with conmonctl
 	@scripts/demo.sh
 
+PROTO_DIRS = $(sort $(dir $(wildcard api/*/v*/*.proto)))
+PROTOC_BIN = $(CURDIR)/bin/.protoc
+
+protos: ## regenerate the *.pb.go of api/ from the .proto files (protoc and vendored plugins)
+	@mkdir -p $(PROTOC_BIN)
+	$(GO) build -o $(PROTOC_BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o $(PROTOC_BIN)/protoc-gen-go-ttrpc github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
+	@for d in $(PROTO_DIRS); do \
+		echo "protoc $$d"; \
+		(cd $$d && PATH=$(PROTOC_BIN):$$PATH protoc -I. \
+			--go_out=paths=source_relative:. --go-ttrpc_out=paths=source_relative:. *.proto) || exit 1; \
+	done
+
+check-protos: protos ## fail if the generated code differs from what the .proto files give
+	@git diff --exit-code --stat -- 'api/*.pb.go' || { echo "generated code is stale: run make protos"; exit 1; }
+
 clean: ## remove build output
 	rm -rf bin

@@ -11,6 +11,7 @@ import (
 	"github.com/containers/conmon-v2/logging/jsonfile"
 	"github.com/containers/conmon-v2/logging/k8sfile"
 	"github.com/containers/conmon-v2/logging/passthrough"
+	"github.com/containers/conmon-v2/logging/plugin"
 	"github.com/containers/conmon-v2/logging/syslog"
 )
 
@@ -23,6 +24,9 @@ type Options struct {
 	// LoggerDirs are the only directories logger programs and plugins may
 	// be run from; default binary.DefaultAllowedDirs.
 	LoggerDirs []string
+	// PluginSocketDirs are the only directories where log plugins' sockets
+	// may be dialled; default plugin.DefaultSocketDirs.
+	PluginSocketDirs []string
 }
 
 // Registry returns a new registry with every built-in driver; at most one
@@ -51,6 +55,7 @@ func RegisterBuiltins(r *logging.Registry, opts ...Options) {
 	must(r.Register(syslog.Name, syslog.New))
 	must(r.Register(fluentd.Name, fluentd.New))
 	must(r.Register(binary.Name, binary.NewFactory(binary.Config{Runner: o.Runner, AllowedDirs: o.LoggerDirs})))
+	must(r.Register(plugin.Name, plugin.NewFactory(plugin.Config{Runner: o.Runner, AllowedDirs: o.LoggerDirs, SocketDirs: o.PluginSocketDirs})))
 }
 
 func must(err error) {
