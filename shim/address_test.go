@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net"
@@ -8,8 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 )
 
 func TestGroupKey(t *testing.T) {
@@ -84,7 +87,7 @@ func TestSocketFromAddress(t *testing.T) {
 func TestListenGroup(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "s")
 	sock := filepath.Join(dir, "g")
-	l, err := listenGroup(sock)
+	l, err := listenGroup(sock, "c1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,16 +98,30 @@ func TestListenGroup(t *testing.T) {
 	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %v %v, want 0600", st.Mode(), err)
 	}
-	// A live listener: the group is served.
-	if _, err := listenGroup(sock); !errdefs.IsAlreadyExists(err) {
+	// A daemon serves the group: the second member joins it.
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := newMembership(time.Minute)
+	registerGroupService(srv, members)
+	go srv.Serve(context.Background(), l)
+	if _, err := listenGroup(sock, "c2"); !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("second listen: %v, want AlreadyExists", err)
 	}
-	// The daemon died without removing its socket: replaced.
-	l.Close()
-	if _, err := os.Stat(sock); err != nil {
-		t.Fatalf("closing the start-side listener removed the socket: %v", err)
+	if !members.waiting() {
+		t.Fatal("the daemon does not expect the member that joined")
 	}
-	l2, err := listenGroup(sock)
+	members.created("c2")
+	if members.waiting() {
+		t.Fatal("member still pending after its Create")
+	}
+	// The daemon died without removing its socket: replaced.
+	srv.Close()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("closing the listener removed the socket: %v", err)
+	}
+	l2, err := listenGroup(sock, "c3")
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -114,6 +131,18 @@ func TestListenGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+}
+
+func TestMembershipExpires(t *testing.T) {
+	m := newMembership(10 * time.Millisecond)
+	m.join("c1")
+	if !m.waiting() {
+		t.Fatal("no pending member right after join")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if m.waiting() {
+		t.Fatal("pending member did not expire")
+	}
 }
 
 func TestWriteFileAtomic(t *testing.T) {

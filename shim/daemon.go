@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"sync"
+	"path/filepath"
 	"time"
 
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
@@ -53,27 +53,34 @@ type Daemon struct {
 }
 
 // Serve runs the daemon until its last task is gone (Shutdown on an empty
-// service, or the service reporting empty), or ctx is done (a signal).
-// It returns the reason it stopped, or the error that kept it from serving.
+// service, the service reporting empty, or an idle timeout), or ctx is done
+// (a signal). It returns the reason it stopped, or the error that kept it
+// from serving.
+//
+// Exit and join are serialised by a lock on the socket directory: the
+// daemon decides to exit and removes its socket under the lock, and
+// `start` finds the socket and announces the new member (Join) under the
+// same lock. So a member that joins is never left with a daemon that is
+// leaving: either its start sees no socket and spawns a new daemon, or the
+// daemon sees the pending member and stays.
 func (d Daemon) Serve(ctx context.Context) (string, error) {
 	log := d.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	stop := make(chan string, 1)
-	var once sync.Once
-	exit := func(reason string) {
-		once.Do(func() { stop <- reason })
-	}
+	shutdownReq := make(chan bool, 1) // carries ShutdownRequest.now
 	emptied := make(chan struct{}, 1)
-	onEmpty := func() {
-		select {
-		case emptied <- struct{}{}:
-		default:
+	notify := func(c chan struct{}) func() {
+		return func() {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
 		}
 	}
+	members := newMembership(joinTTL)
 
-	svc, err := d.NewService(ctx, onEmpty)
+	svc, err := d.NewService(ctx, notify(emptied))
 	if err != nil {
 		d.ready(err)
 		d.removeSocket()
@@ -90,7 +97,14 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		d.removeSocket()
 		return "", err
 	}
-	RegisterTaskService(srv, shutdownHook{TaskService: svc, exit: exit})
+	shutdown := func(now bool) {
+		select {
+		case shutdownReq <- now:
+		default:
+		}
+	}
+	RegisterTaskService(srv, groupHooks{TaskService: svc, members: members, shutdown: shutdown})
+	registerGroupService(srv, members)
 	if d.Register != nil {
 		d.Register(srv, svc)
 	}
@@ -110,31 +124,36 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 	}
 	idleTicker := time.NewTicker(idle)
 	defer idleTicker.Stop()
-	wasEmpty := false // at the previous tick
+	wasEmpty := false // at the previous idle tick
 	var reason string
 	var graceTimer <-chan time.Time
 loop:
 	for {
 		select {
-		case reason = <-stop:
-			break loop
-		case <-emptied:
-			if !svc.Empty() {
-				continue
+		case now := <-shutdownReq:
+			if now {
+				members.clear() // "now": do not wait for announced members
 			}
-			// No new group member may find this daemon from now on; the
-			// ones already connected finish during the grace.
-			d.removeSocket()
+			if d.tryExit(svc, members) {
+				reason = "shutdown requested"
+				break loop
+			}
+		case <-emptied:
+			// containerd normally follows Delete with Shutdown; wait a
+			// little for it, then go by ourselves.
 			graceTimer = time.After(grace)
 		case <-graceTimer:
-			if svc.Empty() {
+			graceTimer = nil
+			if d.tryExit(svc, members) {
 				reason = "last task deleted"
 				break loop
 			}
-			graceTimer = nil
+			if svc.Empty() {
+				graceTimer = time.After(grace) // a member joined: wait for its Create
+			}
 		case <-idleTicker.C:
 			empty := svc.Empty()
-			if empty && wasEmpty {
+			if empty && wasEmpty && d.tryExit(svc, members) {
 				reason = "idle: no task for " + idle.String()
 				break loop
 			}
@@ -161,6 +180,27 @@ loop:
 	return reason, nil
 }
 
+// tryExit decides, under the socket directory's lock, whether the daemon
+// may exit: no task and no member announced by start. If so the socket is
+// removed before the lock is released.
+func (d Daemon) tryExit(svc TaskService, members *membership) bool {
+	if d.SocketPath != "" {
+		unlock, err := lockDir(filepath.Dir(d.SocketPath))
+		if err != nil {
+			if d.Log != nil {
+				d.Log.Warn("socket directory lock", "error", err)
+			}
+		} else {
+			defer unlock()
+		}
+	}
+	if !svc.Empty() || members.waiting() {
+		return false
+	}
+	d.removeSocket()
+	return true
+}
+
 func (d Daemon) ready(err error) {
 	if d.Ready == nil {
 		return
@@ -181,21 +221,26 @@ func (d Daemon) removeSocket() {
 	}
 }
 
-// shutdownHook stops the daemon after a Shutdown request that finds the
-// service empty. With tasks left (other members of the group) the request
-// is answered and otherwise ignored, as containerd expects.
-type shutdownHook struct {
+// groupHooks watches the task requests that matter to the group: Create
+// ends a member's pending join, Shutdown asks the daemon to exit (it does
+// only when nothing is left; with tasks left the request is answered and
+// otherwise ignored, as containerd expects).
+type groupHooks struct {
 	TaskService
-	exit func(reason string)
+	members  *membership
+	shutdown func(now bool)
 }
 
-func (h shutdownHook) Shutdown(ctx context.Context, req *taskv2.ShutdownRequest) (*emptypb.Empty, error) {
+func (h groupHooks) Create(ctx context.Context, req *taskv2.CreateTaskRequest) (*taskv2.CreateTaskResponse, error) {
+	defer h.members.created(req.GetID())
+	return h.TaskService.Create(ctx, req)
+}
+
+func (h groupHooks) Shutdown(ctx context.Context, req *taskv2.ShutdownRequest) (*emptypb.Empty, error) {
 	resp, err := h.TaskService.Shutdown(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	if h.Empty() {
-		h.exit("shutdown requested")
-	}
+	h.shutdown(req.GetNow())
 	return resp, nil
 }

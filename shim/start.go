@@ -89,7 +89,7 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 		return fmt.Errorf("start: save shim config in bundle: %w", err)
 	}
 
-	l, err := listenGroup(sock)
+	l, err := listenGroup(sock, f.ID)
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		// A live daemon serves the group: hand out its address.
 		if err := WriteFileAtomic(filepath.Join(bundle, AddressFile), []byte(addr), 0o600); err != nil {
@@ -127,16 +127,22 @@ func bundleDir(f Flags) (string, error) {
 	return wd, nil
 }
 
-// listenGroup binds the group's socket. It returns an AlreadyExists error
-// when a daemon already listens there, and replaces a stale socket file
-// (left by a daemon that died).
-func listenGroup(path string) (*net.UnixListener, error) {
+// listenGroup binds the group's socket. When a daemon already serves the
+// group, it announces id to it (see Daemon.Serve) and returns an
+// AlreadyExists error. A stale socket file (left by a daemon that died) is
+// replaced. All of it happens under the socket directory's lock.
+func listenGroup(path, id string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
 	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
+	unlock, err := lockDir(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	for attempt := 0; ; attempt++ {
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err == nil {
@@ -152,7 +158,7 @@ func listenGroup(path string) (*net.UnixListener, error) {
 		if !errors.Is(err, unix.EADDRINUSE) || attempt > 0 {
 			return nil, fmt.Errorf("listen on %s: %w", path, err)
 		}
-		if canConnect(path) {
+		if join(path, id) {
 			return nil, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
 		}
 		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {

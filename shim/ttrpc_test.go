@@ -296,3 +296,39 @@ func TestDaemonStopsWhenIdle(t *testing.T) {
 		t.Fatalf("Serve: %q %v, want an idle stop", reason, err)
 	}
 }
+
+func TestDaemonWaitsForAJoinedMember(t *testing.T) {
+	svc := &fakeService{}
+	sock, client, done := runDaemon(t, svc)
+	ctx := context.Background()
+	if _, err := client.Create(ctx, &taskv2.CreateTaskRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	// start of c2 announces it, then c1 goes away before c2's Create.
+	if !join(sock, "c2") {
+		t.Fatal("join failed")
+	}
+	if _, err := client.Delete(ctx, &taskv2.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	client.Shutdown(ctx, &taskv2.ShutdownRequest{ID: "c1"})
+	select {
+	case r := <-done:
+		t.Fatalf("daemon stopped (%s) while a member was joining", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("socket removed while a member was joining: %v", err)
+	}
+	if _, err := client.Create(ctx, &taskv2.CreateTaskRequest{ID: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Delete(ctx, &taskv2.DeleteRequest{ID: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("daemon did not stop after its last member left")
+	}
+}
