@@ -74,6 +74,7 @@ type File struct {
 	buf    []byte // batch; buf[off:] is not written yet
 	off    int
 	capped bool
+	torn   bool // the file ends inside an entry whose rest starts buf[off:]
 	dirty  atomic.Bool // written since the last fsync
 	closed bool
 
@@ -128,8 +129,25 @@ func (lf *File) openLocked() error {
 		f.Close()
 		return err
 	}
+	lf.dropTornLocked()
 	lf.f, lf.size = f, st.Size()
 	return nil
+}
+
+// dropTornLocked gives up the rest of an entry whose start went to the
+// previous file, so that the new file does not begin with a fragment.
+func (lf *File) dropTornLocked() {
+	if !lf.torn {
+		return
+	}
+	lf.torn = false
+	held := lf.buf[lf.off:]
+	i := bytes.IndexByte(held, '\n') + 1
+	lf.lost(1, i)
+	lf.off += i
+	if lf.off == len(lf.buf) {
+		lf.buf, lf.off = lf.buf[:0], 0
+	}
 }
 
 // Path returns the current file's path.
@@ -185,6 +203,7 @@ func (lf *File) writeLocked(end int) error {
 		lf.total += int64(n)
 		if n > 0 {
 			lf.dirty.Store(true)
+			lf.torn = lf.buf[lf.off-1] != '\n'
 		}
 		if err != nil {
 			return lf.fail(err)
@@ -214,7 +233,7 @@ func (lf *File) shedLocked() {
 		return
 	}
 	keep := 0
-	if lf.off > 0 && lf.buf[lf.off-1] != '\n' {
+	if lf.torn {
 		keep = bytes.IndexByte(held, '\n') + 1
 	}
 	dropped := held[keep:]
@@ -261,6 +280,7 @@ func (lf *File) rotateLocked() error {
 		if lf.f != nil {
 			lf.f.Close()
 		}
+		lf.dropTornLocked()
 		lf.f, lf.size = f, 0
 		return nil
 	}
