@@ -40,8 +40,12 @@ func TestFileFullDisk(t *testing.T) {
 		open  func(path string) (logging.Driver, error)
 		parse func([]byte, *logging.Record) bool
 	}{
-		{"k8s-file", func(p string) (logging.Driver, error) { return k8sfile.New(k8sfile.Options{Path: p, MaxPending: 8 << 10}) }, logging.ParseK8sLine},
-		{"json-file", func(p string) (logging.Driver, error) { return jsonfile.New(jsonfile.Options{Path: p, MaxPending: 8 << 10}) }, logging.ParseJSONLine},
+		{"k8s-file", func(p string) (logging.Driver, error) {
+			return k8sfile.New(k8sfile.Options{Path: p, MaxPending: 8 << 10})
+		}, logging.ParseK8sLine},
+		{"json-file", func(p string) (logging.Driver, error) {
+			return jsonfile.New(jsonfile.Options{Path: p, MaxPending: 8 << 10})
+		}, logging.ParseJSONLine},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mnt := smallTmpfs(t)

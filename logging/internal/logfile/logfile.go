@@ -74,7 +74,7 @@ type File struct {
 	buf    []byte // batch; buf[off:] is not written yet
 	off    int
 	capped bool
-	torn   bool // the file ends inside an entry whose rest starts buf[off:]
+	torn   bool        // the file ends inside an entry whose rest starts buf[off:]
 	dirty  atomic.Bool // written since the last fsync
 	closed bool
 
