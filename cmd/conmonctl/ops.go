@@ -503,14 +503,17 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 	if err := needArgs(args, 0, 0, ""); err != nil {
 		return err
 	}
-	type sub struct{ cancel context.CancelFunc }
-	subs := map[string]sub{}
+	// One subscription per live shim address. A stream that ends (its shim
+	// exited) is forgotten, so that a new shim of the same group, which
+	// listens on the same address, is subscribed to again.
+	subs := map[string]context.CancelFunc{}
 	defer func() {
-		for _, s := range subs {
-			s.cancel()
+		for _, cancel := range subs {
+			cancel()
 		}
 	}()
 	lines := make(chan eventLine, 64)
+	ended := make(chan string, 16)
 	// New shims appear as containers are run: look for them every second.
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -524,20 +527,25 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 			}
 			s, err := a.connect(ctx, r)
 			if err != nil {
-				subs[r.Address] = sub{cancel: func() {}}
-				continue
+				continue // not up yet, or gone: look again at the next tick
 			}
 			sctx, cancel := context.WithCancel(ctx)
 			evc, _, err := s.Subscribe(sctx)
 			if err != nil {
 				cancel()
 				s.Close()
-				subs[r.Address] = sub{cancel: func() {}}
 				continue
 			}
-			subs[r.Address] = sub{cancel: cancel}
+			subs[r.Address] = cancel
+			addr := r.Address
 			go func() {
 				defer s.Close()
+				defer func() {
+					select {
+					case ended <- addr:
+					case <-sctx.Done():
+					}
+				}()
 				for ev := range evc {
 					l := eventLine{Time: ev.Time, Topic: ev.Topic, Namespace: ev.Namespace, Type: ev.TypeURL}
 					if m, err := ev.Decode(); err == nil {
@@ -572,6 +580,11 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 					fmt.Fprintln(a.stdout, string(data))
 				} else {
 					fmt.Fprintf(a.stdout, "%s %s %s %s\n", l.Time.Format(time.RFC3339Nano), l.Topic, orDash(l.Name), l.summary)
+				}
+			case addr := <-ended:
+				if cancel, ok := subs[addr]; ok {
+					cancel()
+					delete(subs, addr)
 				}
 			case <-tick.C:
 				break drain
