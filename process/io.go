@@ -249,12 +249,14 @@ func (i *IO) Start(ctx context.Context) error {
 		}
 	}
 	i.mu.Lock()
+	var err error
 	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed {
-		i.stdin = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil)
-		i.stdin.start()
+		if i.stdin, err = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil); err == nil {
+			i.stdin.start()
+		}
 	}
 	i.mu.Unlock()
-	return nil
+	return err
 }
 
 // copyOut copies one process stream to its destinations until EOF (or EIO

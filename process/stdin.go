@@ -20,10 +20,16 @@ const stdinDrainBound = 5 * time.Second
 // delivered, then the process sees EOF. The FIFO is opened (blocking until
 // the client opens its end) in the background, then switched to
 // non-blocking so the runtime poller owns it and a read can be interrupted.
+//
+// The FIFO is reached through an O_PATH handle taken up front: clients
+// remove their FIFO directory when they are done, and a pending open must
+// still be unblockable then.
 type stdinCopier struct {
-	path string
-	dst  io.WriteCloser // the process's stdin (pipe or pty)
-	pty  bool           // EOF is ^D, the pty stays open
+	path   string         // for messages
+	handle int            // O_PATH descriptor of the FIFO
+	via    string         // /proc/self/fd/<handle>
+	dst    io.WriteCloser // the process's stdin (pipe or pty)
+	pty    bool           // EOF is ^D, the pty stays open
 
 	mu      sync.Mutex
 	f       *os.File // nil until opened
@@ -33,14 +39,22 @@ type stdinCopier struct {
 	done    chan struct{}
 }
 
-func newStdinCopier(path string, dst io.WriteCloser, pty bool) *stdinCopier {
-	return &stdinCopier{path: path, dst: dst, pty: pty, opened: make(chan struct{}), done: make(chan struct{})}
+func newStdinCopier(path string, dst io.WriteCloser, pty bool) (*stdinCopier, error) {
+	h, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stdin FIFO %q: %w", path, err)
+	}
+	return &stdinCopier{
+		path: path, handle: h, via: fmt.Sprintf("/proc/self/fd/%d", h),
+		dst: dst, pty: pty, opened: make(chan struct{}), done: make(chan struct{}),
+	}, nil
 }
 
 func (c *stdinCopier) start() {
+	go c.release()
 	go func() {
 		defer close(c.done)
-		fd, err := unix.Open(c.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(c.via, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err == nil {
 			err = unix.SetNonblock(fd, true)
 			if err != nil {
@@ -51,14 +65,16 @@ func (c *stdinCopier) start() {
 		if err == nil {
 			c.f = os.NewFile(uintptr(fd), c.path)
 		}
-		abort := c.stopped || c.closing
+		stopped, closing := c.stopped, c.closing
 		close(c.opened)
 		c.mu.Unlock()
-		if err != nil || abort {
-			c.finish()
-			return
+		switch {
+		case err != nil || stopped:
+		case closing: // CloseIO came first: deliver what is there already
+			c.drain(make([]byte, 32<<10))
+		default:
+			c.copy()
 		}
-		c.copy()
 		c.finish()
 	}()
 }
@@ -124,6 +140,12 @@ func (c *stdinCopier) finish() {
 	c.mu.Unlock()
 }
 
+// release closes the O_PATH handle once the copier is done with it.
+func (c *stdinCopier) release() {
+	<-c.done
+	_ = unix.Close(c.handle)
+}
+
 // unblockOpen lets a pending open of the FIFO return by opening the
 // writing end ourselves for a moment. That open only succeeds while our
 // reader waits in open(2), so it is retried until the copier saw it (or
@@ -131,7 +153,7 @@ func (c *stdinCopier) finish() {
 func (c *stdinCopier) unblockOpen() {
 	deadline := time.Now().Add(stdinDrainBound)
 	for time.Now().Before(deadline) {
-		if fd, err := unix.Open(c.path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+		if fd, err := unix.Open(c.via, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
 			_ = unix.Close(fd)
 		}
 		select {

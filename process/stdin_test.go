@@ -27,7 +27,10 @@ func TestStdinCloseDelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pr.Close()
-	c := newStdinCopier(path, pw, false)
+	c, err := newStdinCopier(path, pw, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.start()
 	w, err := os.OpenFile(path, os.O_WRONLY, 0) // the client
 	if err != nil {
@@ -51,7 +54,10 @@ func TestStdinClientEOF(t *testing.T) {
 	path := newTestFifo(t)
 	pr, pw, _ := os.Pipe()
 	defer pr.Close()
-	c := newStdinCopier(path, pw, false)
+	c, err := newStdinCopier(path, pw, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.start()
 	w, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -72,7 +78,10 @@ func TestStdinNeverOpened(t *testing.T) {
 	for _, closeIO := range []bool{true, false} {
 		path := newTestFifo(t)
 		pr, pw, _ := os.Pipe()
-		c := newStdinCopier(path, pw, false)
+		c, err := newStdinCopier(path, pw, false)
+		if err != nil {
+			t.Fatal(err)
+		}
 		c.start()
 		if closeIO {
 			if err := c.closeStdin(); err != nil {
@@ -92,4 +101,27 @@ func TestStdinNeverOpened(t *testing.T) {
 		pr.Close()
 		pw.Close()
 	}
+}
+
+// TestStdinFifoRemoved checks that a client that removed its FIFO (as ctr
+// does when it is done) without ever opening it does not hang Close.
+func TestStdinFifoRemoved(t *testing.T) {
+	path := newTestFifo(t)
+	pr, pw, _ := os.Pipe()
+	defer pr.Close()
+	c, err := newStdinCopier(path, pw, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.start()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	c.stop()
+	select {
+	case <-c.done:
+	default:
+		t.Fatal("copier still blocked in open after stop")
+	}
+	pw.Close()
 }
