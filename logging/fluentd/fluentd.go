@@ -398,6 +398,11 @@ func (d *Driver) Close() error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	left := d.inflight.Load()
+	if left == 0 {
+		// Nothing queued: a graceful stop returns at once, and spares the
+		// client's "Discarding queued events" message on stderr.
+		d.client.Config.ForceStopAsyncSend = false
+	}
 	err := d.client.Close()
 	// Events discarded by the forced stop never reach the callback.
 	if n := d.inflight.Swap(0); n > 0 {

@@ -18,6 +18,12 @@
 //   - CONTAINER_PARTIAL_MESSAGE=true is written only when the partial-message
 //     option asks for it, on entries that do not end a line.
 //
+// Write blocks while journald's receive queue is full (journald slow or
+// stopped): in the pipeline's blocking mode the container then waits, in
+// non-blocking mode the pipeline drops and counts. A journald that is gone
+// (no socket) makes writes fail at once; a restarted one is found again,
+// since every datagram is addressed to the socket path.
+//
 // Options:
 //
 //	socket          the journal socket (default /run/systemd/journal/socket)

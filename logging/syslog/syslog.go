@@ -27,7 +27,9 @@
 // octet counting ("LEN SP MSG", RFC 6587 3.4.1) so messages may hold any
 // byte, and RFC 3164 ends each message with a newline.
 //
-// Stream connections are re-dialled after an error, with a backoff between
+// A write blocks while the receiver does not read (at most 10 s on stream
+// transports, then it fails and is counted). Stream connections are
+// re-dialled after an error, with a backoff between
 // attempts (100 ms doubling to 5 s); a write that finds no connection fails
 // and is counted by the pipeline.
 package syslog
