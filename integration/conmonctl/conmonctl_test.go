@@ -585,7 +585,26 @@ func TestEvents(t *testing.T) {
 		}
 		return nil
 	})
+	// The group's shim goes with its last container; a new one for the
+	// same group (same socket) is followed too.
+	pid := h.psOf("ev").ShimPid
 	h.ok("rm", "-f", "ev")
+	eventually(t, 15*time.Second, func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("shim %d still running", pid)
+		}
+		return nil
+	})
+	h.ok("run", "-d", "--name", "ev3", "--group", "evg", "--rootfs", h.rootfs, "--", "sleep", "1000")
+	time.Sleep(1500 * time.Millisecond)
+	h.ok("exec", "ev3", "--", "true")
+	eventually(t, 10*time.Second, func() error {
+		if s := out.String(); !strings.Contains(s, `"topic":"/tasks/exec-started","namespace":"conmonctl","type":"containerd.events.TaskExecStarted","container":"`+h.psOf("ev3").ID) {
+			return fmt.Errorf("no exec event of ev3 after the shim was replaced:\n%s", s)
+		}
+		return nil
+	})
+	h.ok("rm", "-f", "ev3")
 }
 
 func TestBadInput(t *testing.T) {
