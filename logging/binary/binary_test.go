@@ -205,3 +205,19 @@ func TestConformance(t *testing.T) {
 		}
 	})
 }
+
+// TestWriteAllocs: a line reaches the pipe without allocating.
+func TestWriteAllocs(t *testing.T) {
+	dir, out := t.TempDir(), t.TempDir()
+	bin := logger(t, dir, "copier", copier)
+	d, err := factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": bin, "arg.out": out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rec := &logging.Record{Stream: logging.Stdout, Line: []byte("a line of container output")}
+	d.Write(rec)
+	if allocs := testing.AllocsPerRun(20, func() { d.Write(rec) }); allocs > 0 {
+		t.Errorf("Write allocates %.1f times per line", allocs)
+	}
+}

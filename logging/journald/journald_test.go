@@ -426,3 +426,25 @@ func TestCommonOptionsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWriteAllocs: the hot path allocates nothing per line.
+func TestWriteAllocs(t *testing.T) {
+	j := newFakeJournal(t)
+	d := open(t, j, logging.Metadata{ID: cid, Name: "n"}, nil)
+	defer d.Close()
+	rec := &logging.Record{Time: time.Now(), Stream: logging.Stdout, Line: []byte("a line of container output")}
+	drain := func() {
+		for {
+			if _, ok := j.tryRecv(t, 0); !ok {
+				return
+			}
+		}
+	}
+	d.Write(rec) // warm the buffer
+	drain()
+	allocs := testing.AllocsPerRun(5, func() { d.Write(rec) })
+	drain()
+	if allocs > 0 {
+		t.Errorf("Write allocates %.1f times per line", allocs)
+	}
+}

@@ -429,3 +429,58 @@ func TestCommonOptionsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWriteAllocs: formatting and sending a line allocates nothing.
+func TestWriteAllocs(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	servePacket(t, pc, make(chan string, 1000))
+	d, err := New(context.Background(), logging.Info{Meta: logging.Metadata{ID: "abc"}, Options: map[string]string{"address": "udp://" + pc.LocalAddr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rec := &logging.Record{Time: time.Now(), Stream: logging.Stderr, Line: []byte("a line of container output")}
+	d.Write(rec)
+	if allocs := testing.AllocsPerRun(20, func() { d.Write(rec) }); allocs > 0 {
+		t.Errorf("Write allocates %.1f times per line", allocs)
+	}
+}
+
+// TestReassembly: partial records become one message; a line over
+// max-line-size is sent in pieces of that size.
+func TestReassembly(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan string, 100)
+	servePacket(t, pc, msgs)
+	d, err := New(context.Background(), logging.Info{Meta: logging.Metadata{ID: "abc"}, Options: map[string]string{"address": "udp://" + pc.LocalAddr().String(), "max-line-size": "8"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []logging.Record{
+		{Stream: logging.Stdout, Line: []byte("abc"), Partial: true},
+		{Stream: logging.Stderr, Line: []byte("err"), Partial: false},
+		{Stream: logging.Stdout, Line: []byte("def"), Partial: false},
+		{Stream: logging.Stdout, Line: []byte("12345"), Partial: true},
+		{Stream: logging.Stdout, Line: []byte("67890"), Partial: true},
+		{Stream: logging.Stdout, Line: []byte("end"), Partial: false},
+		{Stream: logging.Stdout, Line: []byte("tail"), Partial: true},
+	} {
+		if err := d.Write(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Close()
+	r := &receiver{msgs: msgs}
+	for _, want := range []string{"err", "abcdef", "1234567890", "end", "tail"} {
+		m := r.next(t)
+		if !strings.HasSuffix(m, " "+want) {
+			t.Errorf("got %q, want it to end with %q", m, want)
+		}
+	}
+}
