@@ -8,7 +8,8 @@ import "sync"
 type queue struct {
 	mu     sync.Mutex
 	cond   sync.Cond
-	items  []qitem // FIFO; head is items[0]
+	items  []qitem // FIFO: items[head:] are queued
+	head   int
 	spare  []qitem // the writer's previous batch, reused
 	bytes  int
 	max    int
@@ -45,23 +46,22 @@ func (p *Pipeline) enqueue(rec *Record) {
 	it.rec.Line = *bp
 	n := len(rec.Line)
 	q.mu.Lock()
-	dropped := 0
-	for len(q.items) > 0 && q.bytes+n > q.max {
-		old := q.items[dropped]
+	for q.head < len(q.items) && q.bytes+n > q.max {
+		old := &q.items[q.head]
 		q.bytes -= len(old.rec.Line)
 		p.full.add(len(old.rec.Line))
-		// The writer counted it as written when it was delivered; it was not.
+		// It was counted written when delivered to the queue; it was not.
 		p.written.lines.Add(^uint64(0))
 		p.written.bytes.Add(^uint64(len(old.rec.Line) - 1))
 		q.pool.Put(old.buf)
-		q.items[dropped] = qitem{}
-		dropped++
-		if dropped == len(q.items) {
-			break
-		}
+		*old = qitem{}
+		q.head++
 	}
-	if dropped > 0 {
-		q.items = append(q.items[:0], q.items[dropped:]...)
+	if q.head > 0 && q.head >= len(q.items)/2 {
+		// Compact now and then, not on every drop.
+		k := copy(q.items, q.items[q.head:])
+		clear(q.items[k:])
+		q.items, q.head = q.items[:k], 0
 	}
 	q.items = append(q.items, it)
 	q.bytes += n
@@ -76,15 +76,15 @@ func (p *Pipeline) drain() {
 	q := p.queue
 	for {
 		q.mu.Lock()
-		for len(q.items) == 0 && !q.closed {
+		for len(q.items) == q.head && !q.closed {
 			q.cond.Wait()
 		}
-		if len(q.items) == 0 && q.closed {
+		if len(q.items) == q.head && q.closed {
 			q.mu.Unlock()
 			return
 		}
-		batch := q.items
-		q.items = q.spare[:0]
+		batch := q.items[q.head:]
+		q.items, q.head = q.spare[:0], 0
 		q.bytes = 0
 		q.mu.Unlock()
 
@@ -94,8 +94,8 @@ func (p *Pipeline) drain() {
 			batch[i] = qitem{}
 		}
 		q.mu.Lock()
-		q.spare = batch[:0]
-		empty := len(q.items) == 0
+		q.spare = batch[:0:cap(batch)]
+		empty := len(q.items) == q.head
 		q.mu.Unlock()
 		if empty {
 			p.flushDrivers()

@@ -1,0 +1,108 @@
+package logging_test
+
+import (
+	"bytes"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containers/conmon-v2/logging"
+)
+
+// TestModeStuckDriver shows the two modes with a driver that does not
+// return: blocking stops reading (the container would block in write(2));
+// non-blocking keeps reading, drops the oldest and counts.
+func TestModeStuckDriver(t *testing.T) {
+	chunk := bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"), 64) // 4 KiB
+	t.Run("blocking blocks", func(t *testing.T) {
+		stuck := &memDriver{block: make(chan struct{})}
+		p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{stuck}, logging.PipelineOptions{})
+		pr, pw := io.Pipe() // unbuffered: a write returns once the reader took it
+		p.ReadFrom(logging.Stdout, pr)
+		wrote := make(chan struct{})
+		go func() {
+			defer close(wrote)
+			pw.Write(chunk) // taken by the reader, which then blocks in the driver
+			pw.Write(chunk) // cannot be taken
+		}()
+		select {
+		case <-wrote:
+			t.Fatal("the writer was not blocked by a stuck driver in blocking mode")
+		case <-time.After(200 * time.Millisecond):
+		}
+		close(stuck.block)
+		<-wrote
+		pw.Close()
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(stuck.lines()); n != 128 {
+			t.Fatalf("driver got %d lines, want 128", n)
+		}
+	})
+	t.Run("non-blocking never blocks", func(t *testing.T) {
+		stuck := &memDriver{block: make(chan struct{})}
+		p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{stuck}, logging.PipelineOptions{
+			Mode: logging.NonBlocking, MaxBufferSize: 64 << 10,
+		})
+		pr, pw := io.Pipe()
+		p.ReadFrom(logging.Stdout, pr)
+		for range 1000 { // 4 MiB into a 64 KiB buffer, the driver stuck all along
+			pw.Write(chunk)
+		}
+		pw.Close()
+		close(stuck.block)
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st := p.Stats()
+		got := uint64(len(stuck.lines()))
+		if st.BufferFull.Lines == 0 || got+st.BufferFull.Lines != 64000 || st.Written.Lines != got {
+			t.Fatalf("driver got %d, stats %+v", got, st)
+		}
+		if st.BufferFull.Bytes != st.BufferFull.Lines*63 {
+			t.Fatalf("dropped bytes %d for %d lines", st.BufferFull.Bytes, st.BufferFull.Lines)
+		}
+	})
+}
+
+// TestConcurrentStreamsAndReopen runs two streams, WriteChunk callers and
+// Reopen at once (run with -race).
+func TestConcurrentStreamsAndReopen(t *testing.T) {
+	for _, mode := range []logging.Mode{logging.Blocking, logging.NonBlocking} {
+		t.Run(mode.String(), func(t *testing.T) {
+			m := &memDriver{}
+			p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{m}, logging.PipelineOptions{Mode: mode, MaxBufferSize: 64 << 20})
+			var wg sync.WaitGroup
+			for _, s := range []logging.Stream{logging.Stdout, logging.Stderr} {
+				pr, pw := io.Pipe()
+				p.ReadFrom(s, pr)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range 500 {
+						pw.Write([]byte("line\n"))
+					}
+					pw.Close()
+				}()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 100 {
+					p.Reopen()
+					p.WriteChunk(logging.Stderr, []byte("direct\n"))
+					_ = p.Stats()
+				}
+			}()
+			wg.Wait()
+			if err := p.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(m.lines()); n != 1100 {
+				t.Fatalf("got %d lines, want 1100", n)
+			}
+		})
+	}
+}
