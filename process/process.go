@@ -132,8 +132,12 @@ type CreateConfig struct {
 	LoggerDirs []string // allow-list for binary:// loggers
 	// TapFor, if set, returns the logging tap for a container's spec, or
 	// nil when the spec asks for none.
-	TapFor  func(spec *specs.Spec) (Tap, error)
-	NoPivot bool
+	TapFor       func(spec *specs.Spec) (Tap, error)
+	NoPivot      bool
+	NoNewKeyring bool
+	// IOOwner, if set, owns the stdio pipes instead of the process user
+	// (containerd.runc.v1.Options io_uid/io_gid).
+	IOOwner *[2]int
 	Log     *slog.Logger // nil: slog.Default()
 }
 
@@ -200,6 +204,9 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 		}
 	}
 	uid, gid := processOwner(spec, spec.Process)
+	if cfg.IOOwner != nil {
+		uid, gid = cfg.IOOwner[0], cfg.IOOwner[1]
+	}
 	pio, err := NewIO(ctx, IOConfig{ID: cfg.ID, Namespace: cfg.Namespace, Stdio: st, Starter: cfg.Starter, Tap: tap, UID: uid, GID: gid, Log: cfg.Log})
 	if err != nil {
 		if tap != nil {
@@ -215,6 +222,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 		PidFile:       pidFile,
 		ConsoleSocket: pio.ConsoleSocket(),
 		NoPivot:       cfg.NoPivot,
+		NoNewKeyring:  cfg.NoNewKeyring,
 	})
 	if err != nil {
 		_ = cfg.Runtime.Delete(context.WithoutCancel(ctx), cfg.ID, &runc.DeleteOpts{Force: true})

@@ -16,6 +16,7 @@ import (
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
@@ -72,13 +73,14 @@ func (f *fakeExits) exit(t *testing.T, pid, status int) {
 // fakeRuntime hands out pids from a range no real process has here (they
 // are never signalled: the service's killPid is replaced too).
 type fakeRuntime struct {
-	mu      sync.Mutex
-	next    int
-	pids    map[string]int // container id -> init pid
-	onStart func(id string, pid int)
-	onExec  func(id string, pid int)
-	panicOn string
-	killed  []string
+	mu         sync.Mutex
+	next       int
+	pids       map[string]int // container id -> init pid
+	onStart    func(id string, pid int)
+	onExec     func(id string, pid int)
+	panicOn    string
+	killed     []string
+	lastCreate runc.CreateOpts
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -97,6 +99,7 @@ func (f *fakeRuntime) Create(ctx context.Context, id, bundle string, opts *runc.
 	pid, err := f.newPid(opts.PidFile)
 	f.mu.Lock()
 	f.pids[id] = pid
+	f.lastCreate = *opts
 	f.mu.Unlock()
 	return err
 }
@@ -612,4 +615,23 @@ func TestListAndEmpty(t *testing.T) {
 	if len(l) != 1 || l[0].ID != "c1" || l[0].Status != "created" || len(l[0].ExecIDs) != 1 {
 		t.Fatalf("list = %+v", l)
 	}
+}
+
+func TestCreateRuncOptions(t *testing.T) {
+	h := newHarness(t)
+	o, _ := proto.Marshal(&options.Options{NoPivotRoot: true, NoNewKeyring: true})
+	_, err := h.s.Create(context.Background(), &taskv2.CreateTaskRequest{ID: "c1", Bundle: h.bundle(t, "c1"),
+		Options: &anypb.Any{TypeUrl: "containerd.runc.v1.Options", Value: o}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.rt.mu.Lock()
+	got := h.rt.lastCreate
+	h.rt.mu.Unlock()
+	if !got.NoPivot || !got.NoNewKeyring {
+		t.Fatalf("runtime create options %+v, want no-pivot and no-new-keyring", got)
+	}
+	_, err = h.s.Create(context.Background(), &taskv2.CreateTaskRequest{ID: "c2", Bundle: h.bundle(t, "c2"),
+		Options: &anypb.Any{TypeUrl: "containerd.runc.v1.Options", Value: []byte{0xff, 0xff}}})
+	wantErr(t, err, errdefs.ErrInvalidArgument)
 }

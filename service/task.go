@@ -55,13 +55,14 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, fmt.Errorf("task %q: restore from a checkpoint: %w", r.ID, errdefs.ErrNotImplemented)
 	}
-	noPivot := false
-	if r.Options != nil && r.Options.TypeUrl == "containerd.runc.v1.Options" {
-		var o options.Options
-		if err := proto.Unmarshal(r.Options.Value, &o); err != nil {
+	// containerd.runc.v1.Options (ctr and CRI send them for runc-like
+	// runtimes): the per-container ones are honoured; binary_name, root and
+	// systemd_cgroup are the shim's configuration here.
+	var runcOpts options.Options
+	if r.Options != nil && strings.HasSuffix(r.Options.TypeUrl, "containerd.runc.v1.Options") {
+		if err := proto.Unmarshal(r.Options.Value, &runcOpts); err != nil {
 			return nil, fmt.Errorf("task %q: runtime options: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
 		}
-		noPivot = o.NoPivotRoot
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -77,16 +78,20 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	s.mu.Unlock()
 
 	cfg := process.CreateConfig{
-		ID:         r.ID,
-		Namespace:  s.cfg.Namespace,
-		Bundle:     r.Bundle,
-		Rootfs:     r.Rootfs,
-		Stdio:      process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
-		Runtime:    s.rt,
-		Starter:    s.starter,
-		LoggerDirs: s.cfg.LoggerDirs,
-		NoPivot:    noPivot,
-		Log:        s.cfg.Log,
+		ID:           r.ID,
+		Namespace:    s.cfg.Namespace,
+		Bundle:       r.Bundle,
+		Rootfs:       r.Rootfs,
+		Stdio:        process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Runtime:      s.rt,
+		Starter:      s.starter,
+		LoggerDirs:   s.cfg.LoggerDirs,
+		NoPivot:      runcOpts.NoPivotRoot,
+		NoNewKeyring: runcOpts.NoNewKeyring,
+		Log:          s.cfg.Log,
+	}
+	if runcOpts.IoUid != 0 || runcOpts.IoGid != 0 {
+		cfg.IOOwner = &[2]int{int(runcOpts.IoUid), int(runcOpts.IoGid)}
 	}
 	if s.cfg.Logging != nil {
 		cfg.TapFor = func(spec *specs.Spec) (process.Tap, error) {
