@@ -569,6 +569,11 @@ func (c *Config) Open(ctx context.Context, reg *Registry, meta Metadata, dir str
 			return nil, fmt.Errorf("log option driver: unknown log driver %q (known: %v): %w", name, reg.Names(), errdefs.ErrInvalidArgument)
 		}
 		opts := maps.Clone(common)
+		if canon != FormatK8sFile && canon != FormatJSONFile {
+			// The common path names a log file; other drivers (binary's
+			// logger program) take theirs from opt.<driver>.path.
+			delete(opts, OptPath)
+		}
 		maps.Copy(opts, c.DriverOptions[name])
 		if name != canon {
 			maps.Copy(opts, c.DriverOptions[canon])
