@@ -221,3 +221,25 @@ func TestWriteAllocs(t *testing.T) {
 		t.Errorf("Write allocates %.1f times per line", allocs)
 	}
 }
+
+// BenchmarkWrite: 80-byte lines into a logger that discards them.
+func BenchmarkWrite(b *testing.B) {
+	dir := b.TempDir()
+	p := filepath.Join(dir, "null")
+	os.WriteFile(p, []byte("#!/bin/sh\nexec 5>&-\ncat <&4 >/dev/null &\nexec cat <&3 >/dev/null\n"), 0o755)
+	d, err := factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": p}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &logging.Record{Stream: logging.Stdout, Line: []byte(strings.Repeat("x", 79))}
+	b.SetBytes(80)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		b.Fatal(err)
+	}
+}

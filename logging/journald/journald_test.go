@@ -448,3 +448,38 @@ func TestWriteAllocs(t *testing.T) {
 		t.Errorf("Write allocates %.1f times per line", allocs)
 	}
 }
+
+// BenchmarkWrite: 80-byte lines to a socket drained by a reader.
+func BenchmarkWrite(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "socket")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 1<<16)
+		for {
+			if _, _, err := unix.Recvfrom(fd, buf, 0); err != nil && !errors.Is(err, unix.EINTR) {
+				return
+			}
+		}
+	}()
+	d, err := New(context.Background(), logging.Info{Meta: logging.Metadata{ID: cid, Name: "bench"}, Options: map[string]string{"socket": path}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &logging.Record{Stream: logging.Stdout, Line: []byte(strings.Repeat("x", 79))}
+	b.SetBytes(80)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d.Close()
+	unix.Shutdown(fd, unix.SHUT_RDWR)
+	unix.Close(fd)
+}

@@ -242,3 +242,52 @@ func TestCrashRestart(t *testing.T) {
 		t.Errorf("Lost() = %d lines", lines)
 	}
 }
+
+type nullService struct{ fileService }
+
+func (*nullService) Open(context.Context, *loggingv1.OpenRequest) (*loggingv1.OpenResponse, error) {
+	return &loggingv1.OpenResponse{Handle: "1"}, nil
+}
+
+func (*nullService) Write(context.Context, *loggingv1.WriteRequest) (*loggingv1.WriteResponse, error) {
+	return &loggingv1.WriteResponse{}, nil
+}
+
+func (*nullService) Close(context.Context, *loggingv1.CloseRequest) (*loggingv1.CloseResponse, error) {
+	return &loggingv1.CloseResponse{}, nil
+}
+
+// BenchmarkWrite: 80-byte lines to a plugin on a socket that discards them,
+// flushed every 64 lines (about one 8 KiB read of the pipeline).
+func BenchmarkWrite(b *testing.B) {
+	dir := b.TempDir()
+	sock := filepath.Join(dir, "p.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ServeSocket(ctx, sock, &nullService{})
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d, err := NewFactory(Config{SocketDirs: []string{dir}})(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"socket": sock}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &logging.Record{Stream: logging.Stdout, Line: []byte(strings.Repeat("x", 79))}
+	b.SetBytes(80)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := d.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+		if i++; i%64 == 0 {
+			d.(*Driver).Flush()
+		}
+	}
+	if err := d.Close(); err != nil {
+		b.Fatal(err)
+	}
+}

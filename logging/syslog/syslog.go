@@ -47,6 +47,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -101,6 +102,7 @@ type Driver struct {
 
 	mu      sync.Mutex // guards below
 	conn    net.Conn   // nil when disconnected
+	probe   probe      // for conn
 	closed  bool
 	backoff time.Duration
 	nextTry time.Time
@@ -121,7 +123,7 @@ func New(ctx context.Context, info logging.Info) (logging.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.conn = conn
+	d.setConnLocked(conn)
 	return d, nil
 }
 
@@ -352,7 +354,7 @@ func (d *Driver) Write(r *logging.Record) error {
 
 func (d *Driver) sendRecordLocked(r *logging.Record) error {
 	d.buf = d.format1(d.buf[:0], r)
-	if d.conn != nil && d.stream && peerGone(d.conn) {
+	if d.conn != nil && d.stream && d.probe.gone() {
 		// Writing into a connection the receiver already closed would
 		// "succeed" and lose the message with the reset that follows.
 		d.conn.Close()
@@ -410,7 +412,7 @@ func (d *Driver) redialLocked() error {
 		return err
 	}
 	d.backoff = 0
-	d.conn = conn
+	d.setConnLocked(conn)
 	return nil
 }
 
@@ -520,27 +522,51 @@ func (f Format) String() string {
 	return "rfc5424"
 }
 
-// peerGone reports whether a stream's receiver closed it. Syslog receivers
-// never send, so a readable socket means EOF or a reset; it is checked with
-// a non-blocking MSG_PEEK before each write.
-func peerGone(c net.Conn) bool {
+// setConnLocked installs a new connection and its probe.
+func (d *Driver) setConnLocked(c net.Conn) {
+	d.conn = c
+	d.probe = probe{}
+	if !d.stream {
+		return
+	}
+	nc := c
 	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+		nc = tc.NetConn()
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			d.probe.rc = rc
+			d.probe.fn = d.probe.peek
+		}
+	}
+}
+
+// probe tells whether a stream's receiver closed it. Syslog receivers never
+// send, so a readable socket means EOF or a reset; it is checked with a
+// non-blocking MSG_PEEK before each write. (Over TLS, bytes the server sent,
+// such as session tickets, hide a later EOF; the write error path catches
+// that case.) Its function value is bound once, so a check allocates
+// nothing.
+type probe struct {
+	rc     syscall.RawConn
+	fn     func(fd uintptr) bool
+	isGone bool
+	buf    [1]byte
+}
+
+func (p *probe) peek(fd uintptr) bool {
+	// The raw system call: unix.Recvfrom allocates for the source address.
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.buf[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	p.isGone = errno == 0 && n == 0 || errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR
+	return true // never wait for readiness
+}
+
+func (p *probe) gone() bool {
+	if p.rc == nil {
 		return false
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	gone := false
-	_ = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		gone = n == 0 && err == nil || err != nil && !errors.Is(err, unix.EAGAIN)
-		return true // never wait
-	})
-	return gone
+	p.isGone = false
+	_ = p.rc.Read(p.fn)
+	return p.isGone
 }

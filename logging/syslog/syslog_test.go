@@ -484,3 +484,32 @@ func TestReassembly(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkWrite: 80-byte lines over TCP, RFC 5424, to a reader that
+// discards them.
+func BenchmarkWrite(b *testing.B) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			io.Copy(io.Discard, c)
+		}
+	}()
+	d, err := New(context.Background(), logging.Info{Meta: logging.Metadata{ID: "abc"}, Options: map[string]string{"address": "tcp://" + l.Addr().String()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &logging.Record{Time: time.Now(), Stream: logging.Stdout, Line: []byte(strings.Repeat("x", 79))}
+	b.SetBytes(80)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d.Close()
+}
