@@ -2,7 +2,9 @@ package logging_test
 
 import (
 	"bytes"
+	"context"
 	"io"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -104,5 +106,31 @@ func TestConcurrentStreamsAndReopen(t *testing.T) {
 				t.Fatalf("got %d lines, want 1100", n)
 			}
 		})
+	}
+}
+
+// TestCloseContextWithPipeHeldOpen: a daemon left behind by the container
+// keeps the pipe's write end open; CloseContext still returns once its
+// context is done, with what was in the pipe logged.
+func TestCloseContextWithPipeHeldOpen(t *testing.T) {
+	m := &memDriver{}
+	p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{m}, logging.PipelineOptions{})
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	p.ReadFrom(logging.Stdout, r)
+	w.Write([]byte("last words\n"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.CloseContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.lines(); len(got) != 1 || got[0] != "last words" {
+		t.Fatalf("got %q", got)
+	}
+	if st := p.Stats(); st.ReadErrors != 0 {
+		t.Fatalf("a deadline counted as a read error: %+v", st)
 	}
 }

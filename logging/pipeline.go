@@ -2,9 +2,11 @@ package logging
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"strconv"
 	"sync"
@@ -167,6 +169,8 @@ type Pipeline struct {
 	queue   *queue // NonBlocking only
 
 	readers   sync.WaitGroup
+	srcMu     sync.Mutex
+	sources   map[io.Reader]struct{} // readers not at EOF yet, for CloseContext
 	writerWG  sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -240,8 +244,19 @@ func (p *Pipeline) ReadFrom(s Stream, r io.Reader) {
 		return
 	}
 	p.readers.Add(1)
+	p.srcMu.Lock()
+	if p.sources == nil {
+		p.sources = map[io.Reader]struct{}{}
+	}
+	p.sources[r] = struct{}{}
+	p.srcMu.Unlock()
 	go func() {
 		defer p.readers.Done()
+		defer func() {
+			p.srcMu.Lock()
+			delete(p.sources, r)
+			p.srcMu.Unlock()
+		}()
 		p.readLoop(s, r)
 	}()
 }
@@ -263,7 +278,7 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 			p.writeChunk(s, buf[:n], st)
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !isClosedPTY(err) {
+			if !errors.Is(err, io.EOF) && !isClosedPTY(err) && !errors.Is(err, os.ErrDeadlineExceeded) {
 				p.readErrors.Add(1)
 			}
 			return
@@ -418,10 +433,37 @@ func (p *Pipeline) Reopen() error {
 // what is buffered and the last rate-limit marker, then flushes, syncs
 // (Syncer) and closes every driver. Errors are joined. Close is idempotent;
 // later calls return the first result.
-func (p *Pipeline) Close() error {
+func (p *Pipeline) Close() error { return p.CloseContext(context.Background()) }
+
+// CloseContext is Close with a bound on the wait for EOF: a process that
+// outlives the container (a daemon it started) may hold the pipe's write
+// end open. When ctx is done, readers that support read deadlines (pipes
+// from os.Pipe, fifos opened non-blocking) are stopped after the data
+// already in the pipe has been read, as conmon drains its pipes at exit;
+// readers that do not are still waited for.
+func (p *Pipeline) CloseContext(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
-		p.readers.Wait()
+		done := make(chan struct{})
+		go func() {
+			p.readers.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			p.srcMu.Lock()
+			for r := range p.sources {
+				if d, ok := r.(interface{ SetReadDeadline(time.Time) error }); ok {
+					// A deadline in the near past would cut a read that
+					// still has data; reads return at once with what the
+					// pipe holds, then hit the deadline.
+					d.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+				}
+			}
+			p.srcMu.Unlock()
+			<-done
+		}
 		if p.limit != nil {
 			if s, lines, nbytes := p.limit.pending(); lines > 0 {
 				p.marker(p.now(), s, lines, nbytes)
