@@ -64,8 +64,26 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-// daemon serves the task API until the last task is gone.
-func daemon(f shim.Flags) error {
+// daemon serves the task API until the last task is gone. Until it
+// serves, a failure is also written to the ready pipe, so `start` reports
+// it to containerd.
+func daemon(f shim.Flags) (err error) {
+	var ready *os.File
+	if s := os.Getenv(shim.ReadyFDEnv); s != "" {
+		if fd, err := strconv.Atoi(s); err == nil && fd > 2 {
+			unix.CloseOnExec(fd) // inherited without; runc must not get it
+			ready = os.NewFile(uintptr(fd), "ready")
+		}
+		os.Unsetenv(shim.ReadyFDEnv)
+	}
+	serving := false
+	defer func() {
+		if err != nil && ready != nil && !serving {
+			fmt.Fprint(ready, err.Error())
+			ready.Close()
+		}
+	}()
+
 	tune()
 	cfg, err := daemonConfig(f)
 	if err != nil {
@@ -82,27 +100,16 @@ func daemon(f shim.Flags) error {
 	// Ignore: an ignored SIGPIPE would be inherited by the containers.
 	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
 
-	var ready *os.File
-	if s := os.Getenv(shim.ReadyFDEnv); s != "" {
-		if fd, err := strconv.Atoi(s); err == nil && fd > 2 {
-			unix.CloseOnExec(fd) // inherited without; runc must not get it
-			ready = os.NewFile(uintptr(fd), "ready")
-		}
-		os.Unsetenv(shim.ReadyFDEnv)
-	}
 	group := os.Getenv(shim.GroupEnv)
 	os.Unsetenv(shim.ConfigEnv)
 	os.Unsetenv(shim.GroupEnv)
 	l, sockPath, err := daemonListener(f)
 	if err != nil {
-		if ready != nil {
-			fmt.Fprint(ready, err.Error())
-			ready.Close()
-		}
 		return err
 	}
-
 	if err := reaper.SetSubreaper(); err != nil {
+		l.Close()
+		os.Remove(sockPath)
 		return fmt.Errorf("subreaper: %w", err)
 	}
 	r := reaper.New()
@@ -158,7 +165,8 @@ func daemon(f shim.Flags) error {
 		},
 	}
 	if ready != nil {
-		d.Ready = ready
+		d.Ready = ready // Serve reports on it from here on
+		serving = true
 	}
 	reason, err := d.Serve(sigCtx)
 	// Serve closed the service: its last events are queued. Give them a
