@@ -635,3 +635,121 @@ func TestCreateRuncOptions(t *testing.T) {
 		Options: &anypb.Any{TypeUrl: "containerd.runc.v1.Options", Value: []byte{0xff, 0xff}}})
 	wantErr(t, err, errdefs.ErrInvalidArgument)
 }
+
+func TestInitExitWaitsForEveryExec(t *testing.T) {
+	h := newHarness(t)
+	var killedMu sync.Mutex
+	var killed []int
+	h.s.killPid = func(pid int, sig uint32) error {
+		killedMu.Lock()
+		defer killedMu.Unlock()
+		killed = append(killed, pid)
+		return nil
+	}
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exec(t, "c1", "a")
+	h.exec(t, "c1", "b")
+	h.exec(t, "c1", "idle") // registered, never started: not waited for
+	apid := h.start(t, "c1", "a")
+	bpid := h.start(t, "c1", "b")
+	h.exits.exit(t, int(pid), 137)
+	killedMu.Lock()
+	if len(killed) != 2 {
+		t.Errorf("execs killed when init died: %v, want a's and b's pids", killed)
+	}
+	killedMu.Unlock()
+	_, err := h.s.Start(context.Background(), &taskv2.StartRequest{ID: "c1", ExecID: "idle"})
+	wantErr(t, err, errdefs.ErrFailedPrecondition)
+	_, err = h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"})
+	wantErr(t, err, errdefs.ErrFailedPrecondition) // its exit is not out yet
+	h.exits.exit(t, int(bpid), 137)
+	h.exits.exit(t, int(apid), 137)
+	got := h.pub.wait(t, 10)
+	wantEvents(t, got[7:], "/tasks/exit b 137", "/tasks/exit a 137", "/tasks/exit c1 137")
+	if _, err := h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInitExitsWhileExecStarts(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	h.exec(t, "c1", "e1")
+	var killed []int
+	h.s.killPid = func(p int, sig uint32) error { killed = append(killed, p); return nil }
+	// init dies while runc exec runs: the exec is killed as soon as its pid
+	// is known, and init's exit waits for the exec's.
+	h.rt.onExec = func(id string, _ int) { h.exits.exit(t, int(pid), 137) }
+	epid := h.start(t, "c1", "e1")
+	if len(killed) != 1 || killed[0] != int(epid) {
+		t.Fatalf("killed %v, want the exec %d", killed, epid)
+	}
+	h.exits.exit(t, int(epid), 137)
+	wantEvents(t, h.pub.wait(t, 6), "/tasks/create", "/tasks/start", "/tasks/exec-added e1",
+		"/tasks/exec-started e1", "/tasks/exit e1 137", "/tasks/exit c1 137")
+}
+
+// TestConcurrentTasks drives many tasks at once through their whole life
+// (under -race) and checks each task's events are in order.
+func TestConcurrentTasks(t *testing.T) {
+	h := newHarness(t)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("t%d", i)
+		b := h.bundle(t, id)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			cr, err := h.s.Create(ctx, &taskv2.CreateTaskRequest{ID: id, Bundle: b})
+			if err != nil {
+				errs <- err
+				return
+			}
+			waited := make(chan error, 1)
+			go func() {
+				_, err := h.s.Wait(ctx, &taskv2.WaitRequest{ID: id})
+				waited <- err
+			}()
+			if _, err := h.s.Start(ctx, &taskv2.StartRequest{ID: id}); err != nil {
+				errs <- err
+				return
+			}
+			for k := 0; k < 5; k++ {
+				if _, err := h.s.State(ctx, &taskv2.StateRequest{ID: id}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			select {
+			case h.exits.ch <- reaper.Exit{Pid: int(cr.Pid), Status: 0, Timestamp: time.Now()}:
+			case <-time.After(testBound):
+				errs <- fmt.Errorf("%s: exit not taken", id)
+				return
+			}
+			if err := <-waited; err != nil {
+				errs <- err
+				return
+			}
+			if _, err := h.s.Delete(ctx, &taskv2.DeleteRequest{ID: id}); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	events := h.pub.wait(t, 4*n)
+	if len(events) != 4*n {
+		t.Fatalf("%d events, want %d", len(events), 4*n)
+	}
+	if !h.s.Empty() {
+		t.Fatal("tasks left")
+	}
+}
