@@ -270,3 +270,51 @@ func TestConfigOpen(t *testing.T) {
 		}
 	})
 }
+
+// TestAnnotationsEndToEnd configures a container by annotations only and
+// checks the k8s-file it gets: redacted, filtered, rate-limited with a
+// marker, and counted.
+func TestAnnotationsEndToEnd(t *testing.T) {
+	c := logging.DefaultConfig()
+	err := c.ApplyAnnotations(map[string]string{
+		logging.AnnotationPrefix + "drop":       "^healthz",
+		logging.AnnotationPrefix + "redact":     `password=\S+`,
+		logging.AnnotationPrefix + "rate-lines": "3",
+		logging.AnnotationPrefix + "rate-burst": "1s",
+		logging.AnnotationPrefix + "max-size":   "1m",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p, err := c.Open(context.Background(), builtin.Registry(), logging.Metadata{ID: "e2e"}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WriteChunk(logging.Stdout, []byte("healthz ok\nlogin password=hunter2 done\none\ntwo\nthree\nfour\n"))
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "ctr.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		_, rest, _ := strings.Cut(l, " ")
+		got = append(got, rest)
+	}
+	want := []string{
+		"stdout F login [REDACTED] done",
+		"stdout F one",
+		"stdout F two",
+		"stdout F conmon-v2: rate limit: dropped 2 lines (9 bytes)",
+	}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	st := p.Stats()
+	if st.Filtered.Lines != 1 || st.Redacted != 1 || st.RateLimited.Lines != 2 || st.Markers != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
