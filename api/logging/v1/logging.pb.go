@@ -334,8 +334,10 @@ type WriteRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Handle  string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
 	Records []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
-	// seq numbers the batches of a handle from 1, so a plugin can tell a
-	// batch sent again after a reconnect from a new one.
+	// seq numbers the container's batches from 1 and continues across
+	// reconnects: a batch sent again on a new connection (and handle) keeps
+	// its seq, so a plugin that remembers, per container ID, the last seq
+	// it stored can drop the repeat.
 	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
