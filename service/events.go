@@ -89,6 +89,11 @@ func (q *eventQueue) start(ctx context.Context) {
 }
 
 func (q *eventQueue) publish(ctx context.Context, ev event) {
+	defer func() {
+		if r := recover(); r != nil {
+			q.log.Error("panic publishing an event", "topic", ev.topic, "panic", r)
+		}
+	}()
 	if q.pub == nil {
 		q.log.Warn("no publisher: dropping event", "topic", ev.topic)
 		return

@@ -198,10 +198,21 @@ func (s *Service) exitLoop() {
 		if err != nil {
 			return
 		}
-		s.mu.Lock()
-		s.onExitLocked(e)
-		s.mu.Unlock()
+		s.handleExit(e)
 	}
+}
+
+// handleExit handles one exit; a bug in it is logged, never fatal to the
+// shim (the other tasks keep their supervisor).
+func (s *Service) handleExit(e reaper.Exit) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.Log.Error("panic handling an exit", "pid", e.Pid, "status", e.Status, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	s.onExitLocked(e)
 }
 
 func (s *Service) onExitLocked(e reaper.Exit) {
