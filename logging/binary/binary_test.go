@@ -180,13 +180,9 @@ while :; do sleep 1; done
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	err = d.Close()
 	if err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("Close = %v, want a kill report", err)
-	}
-	if time.Since(start) > 5*time.Second {
-		t.Errorf("Close took %v", time.Since(start))
 	}
 }
 
