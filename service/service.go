@@ -3,8 +3,26 @@
 // reaper's exits to their processes, publishes task events in order and
 // keeps each task's record on disk.
 //
+// Exits. One reaper subscription, consumed by one goroutine, in reap
+// order. An exit is matched to a process by pid under the service lock.
+// Two races are closed there:
+//   - a process may exit before its start returns (runc start of a short
+//     command, runc exec --detach): while any create or exec start is in
+//     flight, exits of pids nobody owns yet are kept, and the start looks
+//     its new pid up in them; an init being started holds its exit in
+//     Process.PendingExit. Either way the start event is queued first.
+//   - init may die while execs run: its exit is held back
+//     (Container.InitExitDeferred), the execs are killed, and init's exit
+//     is recorded and published after the last exec's.
+//
+// Events. Every event is queued under the service lock, in the order the
+// lock decided, and published by one goroutine (a slow containerd never
+// holds the lock). An OOM kill is polled before init's exit is recorded,
+// so /tasks/oom precedes the /tasks/exit it caused.
+//
 // Errors are classified with errdefs and returned as such; the ttrpc edge
-// converts them to status codes once.
+// converts them to status codes once. A panic in a handler becomes an
+// Internal error.
 package service
 
 import (
