@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -751,5 +752,24 @@ func TestConcurrentTasks(t *testing.T) {
 	}
 	if !h.s.Empty() {
 		t.Fatal("tasks left")
+	}
+}
+
+func TestCreateRefusesBadLogAnnotation(t *testing.T) {
+	h := newHarness(t)
+	b := h.bundle(t, "c1")
+	spec := specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"/bin/sh"}},
+		Annotations: map[string]string{"io.containers.conmon-v2.log.driver": "no-such-driver"}}
+	data, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.s.Create(context.Background(), &taskv2.CreateTaskRequest{ID: "c1", Bundle: b})
+	wantErr(t, err, errdefs.ErrInvalidArgument)
+	if !strings.Contains(err.Error(), "no-such-driver") {
+		t.Fatalf("error %q does not name the driver", err)
+	}
+	if !h.s.Empty() {
+		t.Fatal("a refused create left a task")
 	}
 }
