@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -39,7 +40,9 @@ type Config struct {
 	BinDir      string  // conmon-v2 binaries (bin/ of the repository)
 	RepoRoot    string  // module root, to build the log generator
 	Only        []string
-	Keep        bool // keep the scratch directory (logs of the shims) for debugging
+	Keep        bool          // keep the scratch directory (logs of the shims) for debugging
+	Figures     []string      // figures to run (FigMemory...); empty = all
+	Hold        time.Duration // debugging: pause after each memory reading, monitors alive
 	Logf        func(format string, args ...any)
 }
 
@@ -130,12 +133,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}()
 	b.checkAvailability(ctx)
-	b.memory(ctx)
-	b.latency(ctx)
-	b.exec(ctx)
-	b.logs(ctx)
-	if cfg.Dense > 0 {
-		b.dense(ctx)
+	for _, f := range []struct {
+		name string
+		run  func(context.Context)
+	}{{FigMemory, b.memory}, {FigLatency, b.latency}, {FigExec, b.exec}, {FigLogs, b.logs}, {FigDense, b.dense}} {
+		if ctx.Err() != nil {
+			break
+		}
+		if f.name == FigDense && cfg.Dense <= 0 {
+			continue
+		}
+		if len(cfg.Figures) == 0 || slices.Contains(cfg.Figures, f.name) {
+			f.run(ctx)
+		}
 	}
 	b.rep.finish()
 	return b.rep, ctx.Err()
@@ -392,6 +402,16 @@ func (b *bencher) deleteMany(s *sysEntry, cs []*Container) (time.Duration, error
 	return time.Since(t0), errors.Join(errs...)
 }
 
+func monitorPIDs(cs []*Container) []int {
+	var pids []int
+	for _, c := range cs {
+		if c.MonitorPID > 0 && !slices.Contains(pids, c.MonitorPID) {
+			pids = append(pids, c.MonitorPID)
+		}
+	}
+	return pids
+}
+
 // monitorMemory sums PSS and private dirty memory over the distinct
 // monitor processes of cs.
 func monitorMemory(cs []*Container) (memUsage, int, error) {
@@ -447,6 +467,10 @@ func (b *bencher) memory(ctx context.Context) {
 			}
 			b.rep.Memory = append(b.rep.Memory, r)
 			b.logf("memory  %-36s N=%-4d procs=%-4d PSS/ctr=%8.0f KiB  privdirty/ctr=%8.0f KiB", s.sys.Name(), n, procs, r.PSSPerContainerKB, r.PrivDirtyPerCtrKB)
+			if b.cfg.Hold > 0 {
+				b.logf("holding %s; monitor pids %v", b.cfg.Hold, monitorPIDs(live))
+				sleepCtx(ctx, b.cfg.Hold)
+			}
 			if ctx.Err() != nil {
 				break
 			}

@@ -31,6 +31,8 @@ func main() {
 	conc := flag.Int("concurrency", 0, "parallel launches when filling N (0 = default 4)")
 	bin := flag.String("bin", "", "directory of conmon-v2's binaries (default <repo>/bin)")
 	only := flag.String("only", "", "comma-separated substrings: measure only the systems whose names match (runc always)")
+	figures := flag.String("figures", "", "comma-separated figures to run: memory,latency,exec,logs,dense (default all)")
+	hold := flag.Duration("hold", 0, "debugging: pause this long after each memory reading, with the monitors running")
 	keep := flag.Bool("keep", false, "keep the scratch directory (bundles, shim logs) for debugging")
 	flag.Parse()
 
@@ -62,6 +64,10 @@ func main() {
 	}
 	cfg.BinDir = *bin
 	cfg.Keep = *keep
+	cfg.Hold = *hold
+	if *figures != "" {
+		cfg.Figures = strings.Split(*figures, ",")
+	}
 	if *only != "" {
 		cfg.Only = strings.Split(*only, ",")
 	}
