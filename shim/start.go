@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 // ConfigFile is the copy of the resolved configuration that `start` leaves
@@ -90,27 +92,39 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	}
 
 	l, err := listenGroup(sock, f.ID)
-	if errors.Is(err, errdefs.ErrAlreadyExists) {
+	switch {
+	case errors.Is(err, errdefs.ErrAlreadyExists):
 		// A live daemon serves the group: hand out its address.
-		if err := WriteFileAtomic(filepath.Join(bundle, AddressFile), []byte(addr), 0o600); err != nil {
-			return fmt.Errorf("start: write address file: %w", err)
+	case err != nil:
+		return err
+	default:
+		defer l.Close()
+		if err := spawnDaemon(ctx, f, cfg, in, group, bundle, l, env); err != nil {
+			os.Remove(sock)
+			return err
 		}
-		_, err = io.WriteString(env.Stdout, addr)
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	if err := spawnDaemon(ctx, f, cfg, in, group, bundle, l, env); err != nil {
-		os.Remove(sock)
-		return err
 	}
 	if err := WriteFileAtomic(filepath.Join(bundle, AddressFile), []byte(addr), 0o600); err != nil {
 		return fmt.Errorf("start: write address file: %w", err)
 	}
-	_, err = io.WriteString(env.Stdout, addr)
+	answer, err := startAnswer(in, addr)
+	if err != nil {
+		return err
+	}
+	_, err = env.Stdout.Write(answer)
 	return err
+}
+
+// startAnswer is what start prints. containerd up to 2.2 (and CRI-O) read
+// a plain address and then speak containerd.task.v2.Task. containerd 2.3,
+// recognised by the BootstrapParams it sent, gets its own answer, a
+// BootstrapResult, declaring version 3: it then speaks
+// containerd.task.v3.Task, which the daemon serves as well.
+func startAnswer(in StartInput, addr string) ([]byte, error) {
+	if !in.Bootstrap {
+		return []byte(addr), nil
+	}
+	return proto.Marshal(&bootstrap.BootstrapResult{Version: 3, Address: addr, Protocol: "ttrpc"})
 }
 
 func bundleDir(f Flags) (string, error) {

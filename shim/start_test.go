@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
 )
 
 // fakeSelf writes a stand-in for the shim binary that, run as the daemon,
@@ -106,5 +108,20 @@ func TestStartReportsDaemonFailure(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, AddressFile)); !os.IsNotExist(err) {
 		t.Fatalf("address file written after a failed start: %v", err)
+	}
+}
+
+func TestStartAnswer(t *testing.T) {
+	plain, err := startAnswer(StartInput{}, "unix:///s/x")
+	if err != nil || string(plain) != "unix:///s/x" {
+		t.Fatalf("plain answer %q %v", plain, err)
+	}
+	b, err := startAnswer(StartInput{Bootstrap: true}, "unix:///s/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bootstrap.BootstrapResult
+	if err := proto.Unmarshal(b, &res); err != nil || res.Version != 3 || res.Address != "unix:///s/x" || res.Protocol != "ttrpc" {
+		t.Fatalf("BootstrapResult %v %v", &res, err)
 	}
 }

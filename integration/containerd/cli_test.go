@@ -228,9 +228,16 @@ func TestShimCLI(t *testing.T) {
 	b3 := c.bundle("c3", nil, false)
 	otherDir := filepath.Join(c.dir, "s23")
 	bp, _ := proto.Marshal(&bootstrap.BootstrapParams{InstanceID: "c3", Namespace: "cli", SocketDir: proto.String(otherDir)})
-	addr3 := c.start(b3, "c3", bp)
+	var res bootstrap.BootstrapResult
+	if err := proto.Unmarshal([]byte(c.start(b3, "c3", bp)), &res); err != nil || res.Version != 3 || res.Protocol != "ttrpc" {
+		t.Fatalf("start with BootstrapParams answered %v (%v), want a BootstrapResult for ttrpc version 3", &res, err)
+	}
+	addr3 := res.Address
 	if !strings.HasPrefix(addr3, "unix://"+otherDir+"/conmon-") {
-		t.Fatalf("start with BootstrapParams printed %q, want a socket in %s", addr3, otherDir)
+		t.Fatalf("start with BootstrapParams gave address %q, want a socket in %s", addr3, otherDir)
+	}
+	if a, _ := os.ReadFile(filepath.Join(b3, "address")); string(a) != addr3 {
+		t.Fatalf("address file %q, want %q", a, addr3)
 	}
 	sock3 := strings.TrimPrefix(addr3, "unix://")
 	pid3 := daemonPid(t, sock3)
@@ -247,9 +254,9 @@ func TestShimCLI(t *testing.T) {
 	if _, err := os.Stat(sock3); !os.IsNotExist(err) {
 		t.Fatalf("stale socket left after delete: %v", err)
 	}
-	// A start then replaces nothing stale and spawns a fresh daemon.
-	if a := c.start(b3, "c3", bp); a != addr3 {
-		t.Fatalf("restart printed %q", a)
+	// A start then finds nothing stale and spawns a fresh daemon.
+	if err := proto.Unmarshal([]byte(c.start(b3, "c3", bp)), &res); err != nil || res.Address != addr3 {
+		t.Fatalf("restart answered %v (%v)", &res, err)
 	}
 	pid4 := daemonPid(t, sock3)
 	t.Cleanup(func() { syscall.Kill(pid4, syscall.SIGKILL) })

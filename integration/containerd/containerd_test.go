@@ -601,6 +601,20 @@ func runScenario(t *testing.T, e *env) {
 		for s := range e.sockets {
 			t.Logf("shim socket used: %s", s)
 		}
+		// containerd 2.x logs which task API version it speaks.
+		seen := map[string]bool{}
+		for _, line := range strings.Split(string(log), "\n") {
+			if i := strings.Index(line, "connecting to shim"); i >= 0 {
+				for _, f := range strings.Fields(line[i:]) {
+					if strings.HasPrefix(f, "version=") || strings.HasPrefix(f, "protocol=") {
+						seen[f] = true
+					}
+				}
+			}
+		}
+		for f := range seen {
+			t.Logf("containerd connected with %s", f)
+		}
 	})
 }
 
