@@ -41,8 +41,8 @@ const NamespaceKey = "containerd-namespace-ttrpc"
 // it and as local subscribers get it.
 type Envelope = apitypes.Envelope
 
-// Tunables of the forwarder. They are variables of an Exchange (not of the
-// package) so tests can shorten them.
+// Defaults of the forwarder's timing; an Exchange copies them into its own
+// fields, which tests shorten.
 const (
 	defaultCallTimeout = 5 * time.Second
 	defaultMaxBackoff  = 2 * time.Second
