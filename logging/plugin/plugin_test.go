@@ -49,6 +49,7 @@ type fileService struct {
 	mu      sync.Mutex
 	files   map[string]*os.File
 	crash   int
+	hang    int
 	written int
 }
 
@@ -65,6 +66,8 @@ func (s *fileService) Open(_ context.Context, req *loggingv1.OpenRequest) (*logg
 			path = v
 		case "crash-after":
 			s.crash, _ = strconv.Atoi(v)
+		case "hang-after":
+			s.hang, _ = strconv.Atoi(v)
 		default:
 			return nil, errgrpc.ToGRPC(fmt.Errorf("unknown option %q: %w", k, errdefs.ErrInvalidArgument))
 		}
@@ -88,6 +91,9 @@ func (s *fileService) Write(_ context.Context, req *loggingv1.WriteRequest) (*lo
 		s.written++
 		if s.crash > 0 && s.written >= s.crash {
 			os.Exit(1)
+		}
+		if s.hang > 0 && s.written >= s.hang {
+			select {} // a stuck plugin
 		}
 	}
 	return &loggingv1.WriteResponse{}, nil
@@ -289,5 +295,42 @@ func BenchmarkWrite(b *testing.B) {
 	}
 	if err := d.Close(); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// TestHungPlugin: a Write that outlives call-timeout counts as a broken
+// connection: the plugin is stopped (SIGTERM, SIGKILL) and restarted, and
+// the batch sent again.
+func TestHungPlugin(t *testing.T) {
+	exe, dir := self(t)
+	f := NewFactory(Config{AllowedDirs: []string{dir}, MinBackoff: 10 * time.Millisecond, StopTimeout: 100 * time.Millisecond})
+	out := filepath.Join(t.TempDir(), "out.jsonl")
+	d, err := f(context.Background(), logging.Info{Meta: meta, Options: map[string]string{
+		"path": exe, "file": out, "hang-after": "15", "batch-size": "10", "call-timeout": "500ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if err := d.Write(&logging.Record{Time: time.Now(), Stream: logging.Stdout, Line: []byte(fmt.Sprintf("r%03d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The hung plugin holds its lock: Close's own call may time out too,
+	// but nothing may be lost.
+	d.Close()
+	next := 0
+	for _, r := range readRecords(t, out) {
+		if string(r.Line) == fmt.Sprintf("r%03d", next) {
+			next++
+		}
+	}
+	if next != 20 {
+		t.Errorf("records delivered in order up to %d, want 20", next)
+	}
+	if lines, _ := d.(*Driver).Lost(); lines != 0 {
+		t.Errorf("Lost() = %d lines", lines)
+	}
+	if r := d.(*Driver).Restarts(); r != 1 {
+		t.Errorf("Restarts() = %d, want 1", r)
 	}
 }
