@@ -222,3 +222,110 @@ func TestJournaldLongLines(t *testing.T) {
 		}
 	}
 }
+
+// journaldNamespace runs a private systemd-journald for the journal
+// namespace ns (socket /run/systemd/journal.<ns>/socket), which the test may
+// stop and start at will, and removes its sockets and files at cleanup.
+type journaldNamespace struct {
+	ns  string
+	cmd *exec.Cmd
+}
+
+func (j *journaldNamespace) socket() string {
+	return "/run/systemd/journal." + j.ns + "/socket"
+}
+
+func (j *journaldNamespace) start(t *testing.T) {
+	t.Helper()
+	j.cmd = exec.Command("/lib/systemd/systemd-journald", j.ns)
+	j.cmd.Stdout, j.cmd.Stderr = os.Stderr, os.Stderr
+	if err := j.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.Sendmsg(fd, nil, nil, &unix.SockaddrUnix{Name: j.socket()}, 0)
+		unix.Close(fd)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journald for namespace %s did not answer within 10s: %v", j.ns, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (j *journaldNamespace) stop() {
+	if j.cmd != nil {
+		_ = j.cmd.Process.Signal(unix.SIGTERM)
+		_ = j.cmd.Wait()
+		j.cmd = nil
+	}
+}
+
+func startJournaldNamespace(t *testing.T) *journaldNamespace {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.NeedCommand(t, "journalctl")
+	j := &journaldNamespace{ns: "conmonv2test" + randomID(t)[:8]}
+	t.Cleanup(func() {
+		j.stop()
+		os.RemoveAll("/run/systemd/journal." + j.ns)
+		if id, err := os.ReadFile("/etc/machine-id"); err == nil {
+			m := strings.TrimSpace(string(id))
+			os.RemoveAll("/var/log/journal/" + m + "." + j.ns)
+			os.RemoveAll("/run/log/journal/" + m + "." + j.ns)
+		}
+	})
+	j.start(t)
+	return j
+}
+
+// TestJournaldRestart: entries written after journald restarts reach the
+// new journald without reopening the driver.
+func TestJournaldRestart(t *testing.T) {
+	j := startJournaldNamespace(t)
+	id := randomID(t)
+	meta := logging.Metadata{ID: id}
+	d, err := journald.New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"socket": j.socket()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	write := func(s string) error {
+		return d.Write(&logging.Record{Time: time.Now(), Stream: logging.Stdout, Line: []byte(s), Meta: &meta})
+	}
+	if err := write("before restart"); err != nil {
+		t.Fatal(err)
+	}
+	j.stop()
+	// The socket file is gone or refuses while journald is away: the
+	// write fails (the pipeline counts it) instead of hanging.
+	if err := write("while away"); err == nil {
+		t.Log("write while journald is away succeeded (socket still queued it)")
+	}
+	j.start(t)
+	if err := write("after restart"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := exec.Command("journalctl", "--namespace="+j.ns, "--no-pager", "-o", "cat", "CONTAINER_ID_FULL="+id).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := string(out)
+		if strings.Contains(got, "before restart\n") && strings.Contains(got, "after restart\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journal holds %q, want the entries from before and after the restart", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
