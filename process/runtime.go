@@ -77,8 +77,14 @@ func NewRuncRuntime(root string) *Runc {
 	return &Runc{Runc: NewRunc(root)}
 }
 
-// Create runs runc create.
+// Create runs runc create. runc's root (which holds its log) is created
+// first: runc fails without a word when it cannot open its log.
 func (r *Runc) Create(ctx context.Context, id, bundle string, opts *runc.CreateOpts) error {
+	if r.Root != "" {
+		if err := os.MkdirAll(r.Root, 0o711); err != nil {
+			return fmt.Errorf("runc root %q: %w", r.Root, err)
+		}
+	}
 	return withRuncLog(r.Runc.Create(ctx, id, bundle, opts), r.Log)
 }
 
