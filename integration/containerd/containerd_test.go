@@ -388,6 +388,7 @@ func runScenario(t *testing.T, e *env) {
 		e.assertClean()
 	})
 	t.Run("detached exec ps metrics pause kill", func(t *testing.T) {
+		events := e.watchEvents(t)
 		e.mustCtr(e.runArgs("det", []string{"-d"}, "/bin/sh", "-c", "while true; do sleep 1; done")...)
 		e.waitStatus("det", "RUNNING")
 		out := e.mustCtr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e1", "det", "/bin/echo", "hello-exec")
@@ -426,6 +427,11 @@ func runScenario(t *testing.T, e *env) {
 			t.Errorf("task rm after SIGKILL reports %q, want exit code 137", out)
 		}
 		e.mustCtr("c", "rm", "det")
+		// Every event reached containerd, decodable (ctr prints only the
+		// events whose type URL it resolves) and in order.
+		events.expect(t, "det", "/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started",
+			"/tasks/exit", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/paused",
+			"/tasks/resumed", "/tasks/exit", "/tasks/delete")
 	})
 	t.Run("tty", func(t *testing.T) {
 		testutil.NeedCommand(t, "script")
@@ -616,6 +622,61 @@ func runScenario(t *testing.T, e *env) {
 			t.Logf("containerd connected with %s", f)
 		}
 	})
+}
+
+// eventWatch is a running `ctr events` writing to a file.
+type eventWatch struct {
+	cmd  *exec.Cmd
+	file string
+}
+
+func (e *env) watchEvents(t *testing.T) *eventWatch {
+	t.Helper()
+	file := filepath.Join(e.dir, "log", "events-"+strconv.FormatInt(time.Now().UnixNano(), 10))
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(e.ctrBin, "--address", e.address, "events")
+	cmd.Stdout = f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	time.Sleep(200 * time.Millisecond) // let the subscription reach containerd
+	return &eventWatch{cmd: cmd, file: file}
+}
+
+// expect checks that the /tasks/ events of container id are exactly
+// topics, in that order.
+func (w *eventWatch) expect(t *testing.T, id string, topics ...string) {
+	t.Helper()
+	want := strings.Join(topics, " ")
+	deadline := time.Now().Add(5 * time.Second)
+	var got []string
+	var text []byte
+	for {
+		text, _ = os.ReadFile(w.file)
+		got = got[:0]
+		for _, line := range strings.Split(string(text), "\n") {
+			f := strings.Fields(line)
+			for i, x := range f {
+				if strings.HasPrefix(x, "/tasks/") && strings.Contains(strings.Join(f[i+1:], " "), `"`+id+`"`) {
+					got = append(got, x)
+				}
+			}
+		}
+		if strings.Join(got, " ") == want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if strings.Join(got, " ") != want {
+		t.Errorf("events of %s:\n got  %v\n want %v\n%s", id, got, topics, text)
+	} else {
+		t.Logf("events of %s in order: %v", id, got)
+	}
 }
 
 // noteSocket remembers the shim socket of task id, which assertClean
