@@ -20,58 +20,14 @@ import (
 	"github.com/containers/conmon-v2/logging/journald"
 )
 
-// journaldEnsure makes sure a systemd-journald answers on the native socket,
-// starting /lib/systemd/systemd-journald standalone when none does (PID 1
-// is not systemd on CI machines). A journald the test starts is stopped at
-// cleanup.
-func journaldEnsure(t *testing.T) {
-	t.Helper()
-	testutil.RequiresRoot(t)
-	journaldBin := "/lib/systemd/systemd-journald"
-	if journaldAlive() {
-		return
-	}
-	if _, err := os.Stat(journaldBin); err != nil {
-		t.Fatalf("%s missing (install systemd): %v", journaldBin, err)
-	}
-	testutil.NeedCommand(t, "journalctl")
-	cmd := exec.Command(journaldBin)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(unix.SIGTERM)
-		_ = cmd.Wait()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !journaldAlive() {
-		if time.Now().After(deadline) {
-			t.Fatal("systemd-journald did not open its socket within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// journaldAlive reports whether a datagram reaches the journal socket (a
-// stale socket file left by a dead journald refuses it).
-func journaldAlive() bool {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	// An empty datagram is ignored by journald.
-	return unix.Sendmsg(fd, nil, nil, &unix.SockaddrUnix{Name: journald.DefaultSocket}, 0) == nil
-}
-
-// journaldRead returns the entries of container id, waiting until n arrived.
-func journaldRead(t *testing.T, id string, n int) []map[string]any {
+// journaldRead returns the entries of container id in the journal
+// namespace ns, waiting until n arrived.
+func journaldRead(t *testing.T, ns, id string, n int) []map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		// --all: journalctl elides fields over 4 KiB without it.
-		out, err := exec.Command("journalctl", "--no-pager", "--all", "-o", "json", "CONTAINER_ID_FULL="+id).Output()
+		out, err := exec.Command("journalctl", "--namespace="+ns, "--no-pager", "--all", "-o", "json", "CONTAINER_ID_FULL="+id).Output()
 		if err != nil {
 			var ee *exec.ExitError
 			if errors.As(err, &ee) {
@@ -130,10 +86,10 @@ func randomID(t *testing.T) string {
 }
 
 func TestJournaldFieldsAndPriorities(t *testing.T) {
-	journaldEnsure(t)
+	j := startJournaldNamespace(t)
 	id := randomID(t)
 	meta := logging.Metadata{ID: id, Name: "jd-test", Tag: "jdtag", Labels: map[string]string{"io.example/team": "core"}}
-	d, err := journald.New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"partial-message": "true"}})
+	d, err := journald.New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"partial-message": "true", "socket": j.socket()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +112,7 @@ func TestJournaldFieldsAndPriorities(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	got := journaldRead(t, id, 6)
+	got := journaldRead(t, j.ns, id, 6)
 	want := []struct {
 		msg, prio string
 		partial   bool
@@ -193,10 +149,10 @@ func TestJournaldFieldsAndPriorities(t *testing.T) {
 // TestJournaldLongLines checks that long lines stay one entry (conmon#335):
 // one that fits a datagram and one large enough to need a memfd.
 func TestJournaldLongLines(t *testing.T) {
-	journaldEnsure(t)
+	j := startJournaldNamespace(t)
 	id := randomID(t)
 	meta := logging.Metadata{ID: id}
-	d, err := journald.New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"max-line-size": "67108864"}})
+	d, err := journald.New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"max-line-size": "67108864", "socket": j.socket()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +170,7 @@ func TestJournaldLongLines(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	got := journaldRead(t, id, len(sizes))
+	got := journaldRead(t, j.ns, id, len(sizes))
 	for i, size := range sizes {
 		m := journaldMessage(t, got[i]["MESSAGE"])
 		if len(m) != size+1 || !strings.HasPrefix(m, "0123456789abcdef") || m[size] != '\n' {
@@ -223,9 +179,11 @@ func TestJournaldLongLines(t *testing.T) {
 	}
 }
 
-// journaldNamespace runs a private systemd-journald for the journal
-// namespace ns (socket /run/systemd/journal.<ns>/socket), which the test may
-// stop and start at will, and removes its sockets and files at cleanup.
+// journaldNamespace runs a private systemd-journald (journal namespaces,
+// systemd 245+), so the tests neither depend on nor disturb the machine's
+// journald: PID 1 is not systemd on CI machines, and a test may restart its
+// own journald at will. It serves the journal namespace ns (socket
+// /run/systemd/journal.<ns>/socket); cleanup removes its sockets and files.
 type journaldNamespace struct {
 	ns  string
 	cmd *exec.Cmd
