@@ -119,7 +119,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := testutil.MakeBusyboxRootfs(env.Rootfs); err != nil {
 		return nil, err
 	}
-	if err := buildGenerator(ctx, cfg.RepoRoot, filepath.Join(env.Rootfs, "bin", "gen")); err != nil {
+	if err := buildTool(ctx, cfg.RepoRoot, "gen", filepath.Join(env.Rootfs, "bin", "gen")); err != nil {
+		return nil, err
+	}
+	if err := buildTool(ctx, cfg.RepoRoot, "idle", filepath.Join(dir, "idle")); err != nil {
 		return nil, err
 	}
 
@@ -234,6 +237,7 @@ func (b *bencher) candidates() []*sysEntry {
 	}
 
 	list = append(list, &sysEntry{sys: &runcSystem{env: env, rawCopy: true}, prefix: "rw", kind: "raw", logs: true})
+	list = append(list, &sysEntry{sys: &runcSystem{env: env, idleBin: filepath.Join(env.Dir, "idle")}, prefix: "gi", kind: "reference", mem: true})
 
 	if len(b.cfg.Only) > 0 {
 		var keep []*sysEntry
@@ -802,13 +806,15 @@ func isZombieOrOurs(pid int, env *Env) bool {
 	return len(f) > 1 && f[1] == fmt.Sprint(os.Getpid())
 }
 
-// buildGenerator builds the static log generator into the rootfs.
-func buildGenerator(ctx context.Context, repo, dst string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-mod=vendor", "-trimpath", "-o", dst, "./bench/internal/gen")
+// buildTool builds one of bench/internal's programs, static and stripped
+// as `make build` builds conmon-v2: the log generator (copied into the
+// rootfs) and the idle Go process (the memory reference).
+func buildTool(ctx context.Context, repo, name, dst string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-mod=vendor", "-trimpath", "-ldflags", "-s -w", "-o", dst, "./bench/internal/"+name)
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the log generator: %w: %s", err, out)
+		return fmt.Errorf("building bench/internal/%s: %w: %s", name, err, out)
 	}
 	return nil
 }

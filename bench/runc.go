@@ -19,15 +19,22 @@ type runcSystem struct {
 	// rawCopy: stdout goes through a pipe into `cat > LogPath`, the cheapest
 	// way to move the container's output into a file.
 	rawCopy bool
+	// idleBin, if set, is started beside each container as its "monitor":
+	// the smallest Go process, the memory reference of a Go monitor.
+	idleBin string
 }
 
 type runcState struct {
-	cat *exec.Cmd
+	cat  *exec.Cmd
+	idle *exec.Cmd
 }
 
 func (s *runcSystem) Name() string {
-	if s.rawCopy {
+	switch {
+	case s.rawCopy:
 		return "raw pipe→file (cat)"
+	case s.idleBin != "":
+		return "minimal Go process (reference)"
 	}
 	return "runc (floor)"
 }
@@ -87,6 +94,14 @@ func (s *runcSystem) Launch(ctx context.Context, c *Container) error {
 	if s.rawCopy {
 		c.MonitorPID = st.cat.Process.Pid
 	}
+	if s.idleBin != "" {
+		st.idle = exec.Command(s.idleBin)
+		if err := st.idle.Start(); err != nil {
+			st.idle = nil
+			return err
+		}
+		c.MonitorPID = st.idle.Process.Pid
+	}
 	return s.runc(ctx, "start", c.ID)
 }
 
@@ -129,9 +144,14 @@ func (s *runcSystem) Exec(ctx context.Context, c *Container, args []string) (int
 func (s *runcSystem) Delete(ctx context.Context, c *Container) error {
 	err := s.runc(ctx, "delete", "-f", c.ID)
 	killAndReap(c.Pid) // already gone after delete -f; reaps the zombie
-	if st, _ := c.priv.(*runcState); st != nil && st.cat != nil {
-		_ = st.cat.Process.Kill()
-		_ = st.cat.Wait()
+	if st, _ := c.priv.(*runcState); st != nil {
+		for _, cmd := range []*exec.Cmd{st.cat, st.idle} {
+			if cmd != nil {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			}
+		}
+		st.cat, st.idle = nil, nil
 	}
 	return err
 }
