@@ -3,6 +3,8 @@ package fluentd
 import (
 	"context"
 	"errors"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -168,4 +170,28 @@ func TestCommonOptionsIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
+}
+
+// TestUnixSocket: the forward protocol over a unix socket, with acks.
+func TestUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "fluent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := fluentdtest.Serve(t, l)
+	d, err := New(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"address": "unix://" + sock, "request-ack": "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Write(&logging.Record{Stream: logging.Stderr, Line: []byte("over unix")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e := rcv.Collect(t, 1)[0]
+	if e.Record["log"] != "over unix" || e.Record["source"] != "stderr" || e.Tag != "t1" {
+		t.Errorf("event %+v", e)
+	}
 }

@@ -49,6 +49,12 @@ func Start(t testing.TB, addr string) *Receiver {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return Serve(t, l)
+}
+
+// Serve serves on l (a unix socket listener, say) until Stop or the end of
+// the test.
+func Serve(t testing.TB, l net.Listener) *Receiver {
 	r := &Receiver{l: l, Events: make(chan Event, 10000), conns: map[net.Conn]struct{}{}}
 	r.wg.Add(1)
 	go r.accept(t)
