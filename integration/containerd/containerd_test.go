@@ -433,6 +433,15 @@ func runScenario(t *testing.T, e *env) {
 			"/tasks/exit", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/paused",
 			"/tasks/resumed", "/tasks/exit", "/tasks/delete")
 	})
+	t.Run("oom", func(t *testing.T) {
+		events := e.watchEvents(t)
+		out, err := e.ctr(e.runArgs("oom1", []string{"--rm", "--memory-limit", "16777216"},
+			"/bin/sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived")...)
+		if exitCode(err) != 137 {
+			t.Fatalf("ctr exited %v, want 137 (OOM kill)\n%s", err, out)
+		}
+		events.expect(t, "oom1", "/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit", "/tasks/delete")
+	})
 	t.Run("tty", func(t *testing.T) {
 		testutil.NeedCommand(t, "script")
 		// The size arrives by ResizePty right after Start: poll for it.
