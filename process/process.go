@@ -47,8 +47,11 @@ type Process struct {
 	Starting    bool
 	PendingExit *Exit
 
-	IO   *IO
-	done chan struct{}
+	IO *IO
+	// StdinClosed records a CloseIO that came before the process had
+	// stdio (an exec not started yet).
+	StdinClosed bool
+	done        chan struct{}
 }
 
 // Exit is a process's end as the reaper saw it.

@@ -500,3 +500,32 @@ func cgroupsUnified() bool {
 	var st unix.Statfs_t
 	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }
+
+// TestRuncCloseIOBeforeExecStart: a client whose stdin ended before it
+// started the exec sends CloseIO first; the exec must still see EOF.
+func TestRuncCloseIOBeforeExecStart(t *testing.T) {
+	e := newRuncEnv(t)
+	ctx := context.Background()
+	b := e.bundle(t, "c10", false, nil, "/bin/sleep", "1000")
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "c10", Bundle: b}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c10"}))
+	in := filepath.Join(e.dir, "fifo", "c10-e1-stdin")
+	if err := os.MkdirAll(filepath.Dir(in), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, outC := e.fifo(t, "c10-e1-stdout")
+	spec, _ := json.Marshal(specs.Process{Args: []string{"/bin/cat"}, Cwd: "/"})
+	must(e.s.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c10", ExecID: "e1", Stdin: in, Stdout: out,
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec}}))
+	must(e.s.CloseIO(ctx, &taskv2.CloseIORequest{ID: "c10", ExecID: "e1", Stdin: true}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "c10", ExecID: "e1"}))
+	if code := e.wait(t, "c10", "e1"); code != 0 {
+		t.Fatalf("cat exit %d", code)
+	}
+	if got := recvString(t, outC); got != "" {
+		t.Fatalf("cat output %q", got)
+	}
+}

@@ -197,6 +197,13 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.
 	p.Starting = false
 	if pio != nil {
 		p.IO = pio
+		if p.StdinClosed {
+			go func() {
+				if err := pio.CloseStdin(); err != nil {
+					s.cfg.Log.Warn("closing stdin of a new exec", "task", c.ID, "exec", p.ID, "error", err)
+				}
+			}()
+		}
 	}
 	var early process.Exit
 	exited := false
@@ -579,6 +586,11 @@ func (s *Service) CloseIO(ctx context.Context, r *taskv2.CloseIORequest) (_ *emp
 		return nil, err
 	}
 	pio := p.IO
+	if r.Stdin && pio == nil {
+		// An exec not started yet (a client whose stdin ended early):
+		// its stdin is closed as soon as it has one.
+		p.StdinClosed = true
+	}
 	s.mu.Unlock()
 	if r.Stdin && pio != nil {
 		if err := pio.CloseStdin(); err != nil {
