@@ -239,3 +239,40 @@ func BenchmarkWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+func fdCount(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestNoFDLeak: a driver's life, restart included, leaves no descriptor.
+func TestNoFDLeak(t *testing.T) {
+	dir, out := t.TempDir(), t.TempDir()
+	bin := logger(t, dir, "oneshot", `exec 5>&-
+IFS= read -r line <&3 && echo "$line" >> "$2/stdout"
+exit 3
+`)
+	// The runtime's poller opens its descriptors on first use: use it first.
+	if r, w, err := os.Pipe(); err == nil {
+		r.Close()
+		w.Close()
+	}
+	before := fdCount(t)
+	d, err := factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": bin, "arg.out": out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("x")})
+	}
+	for deadline := time.Now().Add(10 * time.Second); d.(*Driver).Restarts() < 2 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.Close()
+	if after := fdCount(t); after != before {
+		t.Errorf("%d descriptors before, %d after", before, after)
+	}
+}

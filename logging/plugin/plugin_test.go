@@ -334,3 +334,35 @@ func TestHungPlugin(t *testing.T) {
 		t.Errorf("Restarts() = %d, want 1", r)
 	}
 }
+
+// TestNoFDLeak: a driver's life, a crash and restart included, leaves no
+// descriptor behind.
+func TestNoFDLeak(t *testing.T) {
+	exe, dir := self(t)
+	f := NewFactory(Config{AllowedDirs: []string{dir}, MinBackoff: 10 * time.Millisecond})
+	out := filepath.Join(t.TempDir(), "out.jsonl")
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	// The runtime's poller opens its descriptors on first use: use it first.
+	if r, w, err := os.Pipe(); err == nil {
+		r.Close()
+		w.Close()
+	}
+	before := count()
+	d, err := f(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": exe, "file": out, "crash-after": "5", "batch-size": "4"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 12; i++ {
+		d.Write(&logging.Record{Stream: logging.Stdout, Line: []byte("x")})
+	}
+	d.Close()
+	if after := count(); after != before {
+		t.Errorf("%d descriptors before, %d after", before, after)
+	}
+}
