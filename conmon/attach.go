@@ -203,7 +203,8 @@ func (s *attachServer) Broadcast(stream byte, data []byte) {
 				c.dropped.Store(true)
 				delete(s.clients, c)
 				close(c.q)
-				_ = c.conn.CloseRead()
+				// Closing unblocks a writer stuck in a full socket.
+				_ = c.conn.Close()
 			}
 		}
 	}
