@@ -461,26 +461,18 @@ func runScenario(t *testing.T, e *env) {
 		// The size arrives by ResizePty right after Start: poll for it.
 		inner := "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do s=$(stty size 2>/dev/null); " +
 			"[ -n \"$s\" ] && [ \"$s\" != \"0 0\" ] && break; sleep 0.1; done; echo size=$s; tty"
-		args := append([]string{e.ctrBin, "--address", e.address}, e.runArgs("tty1", []string{"--rm", "-t"}, "/bin/sh", "-c", inner)...)
-		quoted := make([]string, len(args))
-		for i, a := range args {
-			quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "script", "-qec", "stty cols 100 rows 30; "+strings.Join(quoted, " "), "/dev/null")
-		// script reads its stdin; keep it open (and empty) while ctr runs.
-		pr, pw, _ := os.Pipe()
-		defer pw.Close()
-		cmd.Stdin = pr
-		out, err := cmd.CombinedOutput()
-		pr.Close()
-		if err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		if !bytes.Contains(out, []byte("size=30 100")) || !bytes.Contains(out, []byte("/dev/pts/")) {
+		out := e.inPty(t, "100", "30", e.runArgs("tty1", []string{"--rm", "-t"}, "/bin/sh", "-c", inner)...)
+		if !strings.Contains(out, "size=30 100") || !strings.Contains(out, "/dev/pts/") {
 			t.Fatalf("tty output %q, want size=30 100 and a /dev/pts tty", out)
 		}
+		// An exec with its own pty, sized by its own ResizePty.
+		e.mustCtr(e.runArgs("tty2", []string{"-d"}, "/bin/sleep", "1000")...)
+		e.waitStatus("tty2", "RUNNING")
+		out = e.inPty(t, "90", "25", "task", "exec", "-t", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "x1", "tty2", "/bin/sh", "-c", inner)
+		if !strings.Contains(out, "size=25 90") || !strings.Contains(out, "/dev/pts/") {
+			t.Fatalf("exec tty output %q, want size=25 90 and a /dev/pts tty", out)
+		}
+		e.remove("tty2")
 	})
 	t.Run("log uris", func(t *testing.T) {
 		logDir := filepath.Join(e.dir, "log")
@@ -645,6 +637,33 @@ func runScenario(t *testing.T, e *env) {
 			t.Logf("containerd connected with %s", f)
 		}
 	})
+}
+
+// inPty runs ctr with args inside `script`, on a pty of cols x rows, and
+// returns what it printed.
+func (e *env) inPty(t *testing.T, cols, rows string, args ...string) string {
+	t.Helper()
+	args = append([]string{e.ctrBin, "--address", e.address}, args...)
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "script", "-qec", "stty cols "+cols+" rows "+rows+"; "+strings.Join(quoted, " "), "/dev/null")
+	// script reads its stdin; keep it open (and empty) while ctr runs.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pw.Close()
+	cmd.Stdin = pr
+	out, err := cmd.CombinedOutput()
+	pr.Close()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 // eventWatch is a running `ctr events` writing to a file.
