@@ -565,6 +565,10 @@ func TestExecRefusals(t *testing.T) {
 		{"bad json", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e2", Spec: &anypb.Any{TypeUrl: procURL, Value: []byte("{")}}, errdefs.ErrInvalidArgument},
 		{"unknown task", &taskv2.ExecProcessRequest{ID: "c9", ExecID: "e2", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrNotFound},
 		{"duplicate", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e1", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrAlreadyExists},
+		{"relative stdin", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e3", Stdin: "in", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrInvalidArgument},
+		{"binary logger refused", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e3", Stdout: "binary:///bin/sh", Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrInvalidArgument},
+		{"no args", &taskv2.ExecProcessRequest{ID: "c1", ExecID: "e3", Spec: &anypb.Any{TypeUrl: procURL, Value: []byte(`{"cwd":"/"}`)}}, errdefs.ErrInvalidArgument},
+		{"long exec id", &taskv2.ExecProcessRequest{ID: "c1", ExecID: strings.Repeat("x", 77), Spec: &anypb.Any{TypeUrl: procURL, Value: proc}}, errdefs.ErrInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h.s.Exec(context.Background(), tc.req)
