@@ -777,3 +777,42 @@ func TestCreateRefusesBadLogAnnotation(t *testing.T) {
 		t.Fatal("a refused create left a task")
 	}
 }
+
+// TestEmptyRequests sends every RPC an empty request, for an unknown task
+// and for a real one: each answers (an error or not) without panicking.
+func TestEmptyRequests(t *testing.T) {
+	h := newHarness(t)
+	h.create(t, "c1")
+	ctx := context.Background()
+	for _, id := range []string{"", "nope", "c1"} {
+		calls := map[string]func() error{
+			"State":      func() error { _, err := h.s.State(ctx, &taskv2.StateRequest{ID: id}); return err },
+			"Start":      func() error { _, err := h.s.Start(ctx, &taskv2.StartRequest{ID: id, ExecID: "x"}); return err },
+			"Pids":       func() error { _, err := h.s.Pids(ctx, &taskv2.PidsRequest{ID: id}); return err },
+			"Pause":      func() error { _, err := h.s.Pause(ctx, &taskv2.PauseRequest{ID: id}); return err },
+			"Resume":     func() error { _, err := h.s.Resume(ctx, &taskv2.ResumeRequest{ID: id}); return err },
+			"Checkpoint": func() error { _, err := h.s.Checkpoint(ctx, &taskv2.CheckpointTaskRequest{ID: id}); return err },
+			"Kill":       func() error { _, err := h.s.Kill(ctx, &taskv2.KillRequest{ID: id, ExecID: "x"}); return err },
+			"Exec":       func() error { _, err := h.s.Exec(ctx, &taskv2.ExecProcessRequest{ID: id}); return err },
+			"ResizePty":  func() error { _, err := h.s.ResizePty(ctx, &taskv2.ResizePtyRequest{ID: id}); return err },
+			"CloseIO":    func() error { _, err := h.s.CloseIO(ctx, &taskv2.CloseIORequest{ID: id, Stdin: true}); return err },
+			"Update":     func() error { _, err := h.s.Update(ctx, &taskv2.UpdateTaskRequest{ID: id}); return err },
+			"Stats":      func() error { _, err := h.s.Stats(ctx, &taskv2.StatsRequest{ID: id}); return err },
+			"Connect":    func() error { _, err := h.s.Connect(ctx, &taskv2.ConnectRequest{ID: id}); return err },
+			"Create":     func() error { _, err := h.s.Create(ctx, &taskv2.CreateTaskRequest{ID: id}); return err },
+			"Delete":     func() error { _, err := h.s.Delete(ctx, &taskv2.DeleteRequest{ID: id, ExecID: "x"}); return err },
+			"Shutdown":   func() error { _, err := h.s.Shutdown(ctx, &taskv2.ShutdownRequest{ID: id}); return err },
+		}
+		for name, call := range calls {
+			err := call()
+			if errors.Is(err, errdefs.ErrInternal) {
+				t.Errorf("%s(%q): %v", name, id, err)
+			}
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+	defer cancel()
+	if _, err := h.s.Wait(wctx, &taskv2.WaitRequest{}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Wait of no task: %v", err)
+	}
+}
