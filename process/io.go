@@ -96,20 +96,24 @@ func NewIO(ctx context.Context, cfg IOConfig) (_ *IO, retErr error) {
 		i.cfg.Stdio = st
 	}
 	var err error
+	// A logging tap reads the output even when the client takes none.
+	tap := cfg.Tap != nil
+	both := st.Scheme == SchemeFile || st.Scheme == SchemeBinary
+	openOut := st.Stdout != "" || tap
+	openErr := st.Stderr != "" || both || tap
 	if st.Terminal {
 		if i.sock, err = runc.NewTempConsoleSocket(); err != nil {
 			return nil, fmt.Errorf("console socket: %w", err)
 		}
-	} else if st.IsNull() {
+	} else if st.Stdin == "" && !openOut && !openErr {
 		if i.pio, err = runc.NewNullIO(); err != nil {
 			return nil, err
 		}
 	} else {
-		both := st.Scheme == SchemeFile || st.Scheme == SchemeBinary
 		i.pio, err = runc.NewPipeIO(cfg.UID, cfg.GID, func(o *runc.IOOption) {
 			o.OpenStdin = st.Stdin != ""
-			o.OpenStdout = st.Stdout != ""
-			o.OpenStderr = st.Stderr != "" || both
+			o.OpenStdout = openOut
+			o.OpenStderr = openErr
 		})
 		if err != nil {
 			return nil, fmt.Errorf("stdio pipes: %w", err)
@@ -123,7 +127,7 @@ func NewIO(ctx context.Context, cfg IOConfig) (_ *IO, retErr error) {
 	if err := i.openDests(); err != nil {
 		return nil, err
 	}
-	if cfg.Tap != nil && st.Stdout != "" {
+	if tap {
 		i.dests[logging.Stdout] = append(i.dests[logging.Stdout], cfg.Tap.Writer(logging.Stdout))
 		if !st.Terminal {
 			i.dests[logging.Stderr] = append(i.dests[logging.Stderr], cfg.Tap.Writer(logging.Stderr))
@@ -241,10 +245,10 @@ func (i *IO) Start(ctx context.Context) error {
 			i.stdinW = i.pio.Stdin()
 		}
 		i.mu.Unlock()
-		if r := i.pio.Stdout(); r != nil && i.cfg.Stdio.Stdout != "" {
+		if r := i.pio.Stdout(); r != nil && len(i.dests[logging.Stdout]) > 0 {
 			i.copyOut(logging.Stdout, r, true)
 		}
-		if r := i.pio.Stderr(); r != nil && (i.cfg.Stdio.Stderr != "" || len(i.dests[logging.Stderr]) > 0) {
+		if r := i.pio.Stderr(); r != nil && len(i.dests[logging.Stderr]) > 0 {
 			i.copyOut(logging.Stderr, r, true)
 		}
 	}

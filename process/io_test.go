@@ -285,3 +285,24 @@ func TestIOCloseWithOutputHeldOpen(t *testing.T) {
 		t.Fatalf("stdout %q", got)
 	}
 }
+
+// TestIOTapWithoutClientStdio checks that a logging tap gets the output of
+// a process whose client asked for no stdio at all.
+func TestIOTapWithoutClientStdio(t *testing.T) {
+	tap := &tapRecorder{}
+	st, err := ParseStdio(Stdio{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, err := NewIO(context.Background(), IOConfig{ID: "c", Stdio: st, Tap: tap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runWithIO(t, i, "echo o; echo e >&2")
+	i.Close()
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	if tap.got[logging.Stdout].String() != "o\n" || tap.got[logging.Stderr].String() != "e\n" {
+		t.Fatalf("tap got %q / %q", tap.got[logging.Stdout], tap.got[logging.Stderr])
+	}
+}
