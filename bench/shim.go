@@ -220,11 +220,9 @@ func (s *shimSystem) Launch(ctx context.Context, c *Container) error {
 	}
 	switch {
 	case c.LogAnnotations:
-		// conmon-v2's shim writes the k8s-file from a copy of the output
-		// (the annotations say where); the stdio URI still gets the
-		// output, as containerd's FIFOs would. /dev/null is the cheapest
-		// such reader.
-		req.Stdout, req.Stderr = "file:///dev/null", "file:///dev/null"
+		// conmon-v2's shim writes the k8s-file itself (the annotations say
+		// where) and needs no stdio URI: like conmon, it is the only
+		// reader of the container's output.
 	case c.LogPath != "":
 		// containerd's file:// URI: a raw copy of both streams into one
 		// file (the runc shim needs stdout and stderr both set).
