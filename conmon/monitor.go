@@ -216,14 +216,14 @@ func (m *Monitor) Run(ctx context.Context) int {
 		m.logs.ReadFrom(s, r)
 	}
 
-	TrimMemory(true)
+	trim := TrimMemory(true)
 	var timeout <-chan time.Time
 	if cfg.Timeout > 0 {
 		t := time.NewTimer(time.Duration(cfg.Timeout) * time.Second)
 		defer t.Stop()
 		timeout = t.C
 	}
-	exit, timedOut := m.waitContainer(ctx, sub, pid, timeout)
+	exit, timedOut := m.waitContainer(ctx, sub, pid, timeout, trim)
 	return m.finish(exit, timedOut)
 }
 
@@ -404,7 +404,7 @@ func (m *Monitor) setOOMScore(v string) {
 // waitContainer waits for the exit of pid (already queued or to come),
 // for the timeout, or for ctx. An exec session without a terminal also
 // waits for its output pipes to reach EOF, as conmon does.
-func (m *Monitor) waitContainer(ctx context.Context, sub *reaper.Subscription, pid int, timeout <-chan time.Time) (int, bool) {
+func (m *Monitor) waitContainer(ctx context.Context, sub *reaper.Subscription, pid int, timeout <-chan time.Time, trim func()) (int, bool) {
 	exits := make(chan reaper.Exit, 1)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -427,7 +427,7 @@ func (m *Monitor) waitContainer(ctx context.Context, sub *reaper.Subscription, p
 	for {
 		select {
 		case <-idle.C:
-			TrimMemory(false)
+			trim()
 		case e := <-exits:
 			return e.Status, false
 		case <-timeout:

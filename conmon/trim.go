@@ -23,20 +23,36 @@ import (
 // withGC also runs a garbage collection first and returns free heap pages
 // to the kernel; the GC's own code then runs (and faults back in) for a
 // while, so a later call without GC trims what that touched.
-func TrimMemory(withGC bool) {
+//
+// It returns a function that repeats the trim of the mappings alone, with
+// nothing but the madvise calls, so that the trim itself runs as little
+// code as possible (every page it runs is mapped again).
+func TrimMemory(withGC bool) (again func()) {
 	if withGC {
 		debug.FreeOSMemory()
 	}
+	spans := readOnlyExeSpans()
+	again = func() {
+		for _, sp := range spans {
+			_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(sp.start), uintptr(sp.end-sp.start), unix.MADV_DONTNEED)
+		}
+	}
+	again()
+	return again
+}
+
+type span struct{ start, end uint64 }
+
+func readOnlyExeSpans() []span {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
-		return
+		return nil
 	}
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
-		return
+		return nil
 	}
 	defer f.Close()
-	type span struct{ start, end uint64 }
 	var spans []span
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -59,7 +75,5 @@ func TrimMemory(withGC bool) {
 		}
 		spans = append(spans, span{s, e})
 	}
-	for _, sp := range spans {
-		_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(sp.start), uintptr(sp.end-sp.start), unix.MADV_DONTNEED)
-	}
+	return spans
 }
