@@ -5,11 +5,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -83,16 +81,6 @@ func SocketFromAddress(addr string) (string, error) {
 		return "", fmt.Errorf("shim address %q: want unix:///absolute/path: %w", addr, errdefs.ErrInvalidArgument)
 	}
 	return p, nil
-}
-
-// canConnect reports whether a daemon answers on the socket.
-func canConnect(path string) bool {
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
 }
 
 // WriteFileAtomic writes data to path through a temporary file and a

@@ -87,7 +87,7 @@ func TestSocketFromAddress(t *testing.T) {
 func TestListenGroup(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "s")
 	sock := filepath.Join(dir, "g")
-	l, err := listenGroup(sock, "c1")
+	l, _, err := listenGroup(sock, "c1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,10 +104,14 @@ func TestListenGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	members := newMembership(time.Minute)
-	registerGroupService(srv, members)
+	registerGroupService(srv, members, []byte("grouping = \"namespace\"\n"))
 	go srv.Serve(context.Background(), l)
-	if _, err := listenGroup(sock, "c2"); !errdefs.IsAlreadyExists(err) {
+	_, daemonCfg, err := listenGroup(sock, "c2")
+	if !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("second listen: %v, want AlreadyExists", err)
+	}
+	if string(daemonCfg) != "grouping = \"namespace\"\n" {
+		t.Fatalf("daemon config %q", daemonCfg)
 	}
 	if !members.waiting() {
 		t.Fatal("the daemon does not expect the member that joined")
@@ -121,7 +125,7 @@ func TestListenGroup(t *testing.T) {
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("closing the listener removed the socket: %v", err)
 	}
-	l2, err := listenGroup(sock, "c3")
+	l2, _, err := listenGroup(sock, "c3")
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}

@@ -46,6 +46,9 @@ type Daemon struct {
 	// Shutdown request containerd sends after Delete before it exits by
 	// itself (containerd 2.x sends none for pod containers).
 	EmptyGrace time.Duration
+	// Config is the daemon's configuration (TOML), handed to members that
+	// join the group.
+	Config []byte
 	// IdleTimeout stops a daemon that holds no task for this long, for
 	// example because containerd died between start and Create (default
 	// 2 minutes).
@@ -104,7 +107,7 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		}
 	}
 	RegisterTaskService(srv, groupHooks{TaskService: svc, members: members, shutdown: shutdown})
-	registerGroupService(srv, members)
+	registerGroupService(srv, members, d.Config)
 	if d.Register != nil {
 		d.Register(srv, svc)
 	}

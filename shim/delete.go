@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +14,9 @@ import (
 
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -153,14 +156,34 @@ func bundleSocket(bundle string) (string, bool) {
 }
 
 // daemonAlive reports whether the daemon named by the bundle's address
-// file answers.
+// file answers a request. A bare connect is not enough: while a killed
+// daemon's threads are torn down its listener may still accept.
 func daemonAlive(bundle string) bool {
 	sock, ok := bundleSocket(bundle)
-	return ok && canConnect(sock)
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return false
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	_, err = taskv2.NewTTRPCTaskClient(client).Connect(ctx, &taskv2.ConnectRequest{})
+	if err == nil {
+		return true
+	}
+	// A status is the daemon's answer, even if an error; a closed
+	// connection or a timeout is not.
+	_, answered := status.FromError(err)
+	return answered && ctx.Err() == nil
 }
 
-// removeStaleSocket removes the socket named by the bundle's address file
-// when no daemon answers on it any more.
+// removeStaleSocket removes the socket named by the bundle's address
+// file; the caller found that no daemon answers on it.
 func removeStaleSocket(bundle string) {
 	sock, ok := bundleSocket(bundle)
 	if !ok {
@@ -169,7 +192,5 @@ func removeStaleSocket(bundle string) {
 	if st, err := os.Lstat(sock); err != nil || st.Mode()&os.ModeSocket == 0 {
 		return
 	}
-	if !canConnect(sock) {
-		os.Remove(sock)
-	}
+	os.Remove(sock)
 }

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // GroupService is the shim's own ttrpc service through which `start`
@@ -68,35 +68,42 @@ func (m *membership) waiting() bool {
 	return len(m.pending) > 0
 }
 
-// registerGroupService serves Join(ConnectRequest{id}) on srv. The
-// messages are the task API's; no new proto is needed.
-func registerGroupService(srv *ttrpc.Server, m *membership) {
+// registerGroupService serves Join(ConnectRequest{id}) on srv. The answer
+// carries the daemon's configuration as runtime options (config_body), so
+// the new member's bundle records the settings that really apply to it.
+// The messages are containerd API types; no new proto is needed.
+func registerGroupService(srv *ttrpc.Server, m *membership, config []byte) {
 	srv.RegisterService(GroupService, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
-		"Join": method(func(ctx context.Context, req *taskv2.ConnectRequest) (*emptypb.Empty, error) {
+		"Join": method(func(ctx context.Context, req *taskv2.ConnectRequest) (*runtimeoptions.Options, error) {
 			if err := ValidateIdentifier("id", req.GetID()); err != nil {
 				return nil, err
 			}
 			m.join(req.GetID())
-			return &emptypb.Empty{}, nil
+			return &runtimeoptions.Options{ConfigBody: config}, nil
 		}),
 	}})
 }
 
-// join announces id to the daemon listening on sock. It reports false
-// when no daemon answers (the socket is stale). A daemon of an older
-// build, without the Group service, counts as joined.
-func join(sock, id string) bool {
+// join announces id to the daemon listening on sock and returns the
+// daemon's configuration (TOML; nil if it sent none). ok is false when no
+// daemon answers (the socket is stale). A daemon of an older build,
+// without the Group service, counts as joined.
+func join(sock, id string) (config []byte, ok bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", sock)
 	if err != nil {
-		return false
+		return nil, false
 	}
 	client := ttrpc.NewClient(conn)
 	defer client.Close()
-	err = client.Call(ctx, GroupService, "Join", &taskv2.ConnectRequest{ID: id}, &emptypb.Empty{})
-	return err == nil || status.Code(err) == codes.Unimplemented
+	var resp runtimeoptions.Options
+	err = client.Call(ctx, GroupService, "Join", &taskv2.ConnectRequest{ID: id}, &resp)
+	if err != nil {
+		return nil, status.Code(err) == codes.Unimplemented
+	}
+	return resp.GetConfigBody(), true
 }
 
 // lockDir takes an exclusive flock on dir and returns its release.

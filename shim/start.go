@@ -87,17 +87,28 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 		return err
 	}
 	addr := Address(sock)
-	if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), cfg.Encode(), 0o600); err != nil {
-		return fmt.Errorf("start: save shim config in bundle: %w", err)
-	}
 
-	l, err := listenGroup(sock, f.ID)
+	l, daemonCfg, err := listenGroup(sock, f.ID)
 	switch {
 	case errors.Is(err, errdefs.ErrAlreadyExists):
-		// A live daemon serves the group: hand out its address.
+		// A live daemon serves the group: hand out its address. Its
+		// settings, not the ones this start resolved, apply to the
+		// container; a later delete must use them.
+		saved := cfg.Encode()
+		if len(daemonCfg) > 0 {
+			saved = daemonCfg
+		}
+		if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), saved, 0o600); err != nil {
+			return fmt.Errorf("start: save shim config in bundle: %w", err)
+		}
 	case err != nil:
 		return err
 	default:
+		if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), cfg.Encode(), 0o600); err != nil {
+			l.Close()
+			os.Remove(sock)
+			return fmt.Errorf("start: save shim config in bundle: %w", err)
+		}
 		defer l.Close()
 		if err := spawnDaemon(ctx, f, cfg, in, group, bundle, l, env); err != nil {
 			os.Remove(sock)
@@ -142,19 +153,20 @@ func bundleDir(f Flags) (string, error) {
 }
 
 // listenGroup binds the group's socket. When a daemon already serves the
-// group, it announces id to it (see Daemon.Serve) and returns an
-// AlreadyExists error. A stale socket file (left by a daemon that died) is
-// replaced. All of it happens under the socket directory's lock.
-func listenGroup(path, id string) (*net.UnixListener, error) {
+// group, it announces id to it (see Daemon.Serve) and returns the daemon's
+// configuration with an AlreadyExists error. A stale socket file (left by
+// a daemon that died) is replaced. All of it happens under the socket
+// directory's lock.
+func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("socket directory: %w", err)
+		return nil, nil, fmt.Errorf("socket directory: %w", err)
 	}
 	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("socket directory: %w", err)
+		return nil, nil, fmt.Errorf("socket directory: %w", err)
 	}
 	unlock, err := lockDir(filepath.Dir(path))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer unlock()
 	for attempt := 0; ; attempt++ {
@@ -165,18 +177,18 @@ func listenGroup(path, id string) (*net.UnixListener, error) {
 			if err := os.Chmod(path, 0o600); err != nil {
 				l.Close()
 				os.Remove(path)
-				return nil, fmt.Errorf("socket %s: %w", path, err)
+				return nil, nil, fmt.Errorf("socket %s: %w", path, err)
 			}
-			return l, nil
+			return l, nil, nil
 		}
 		if !errors.Is(err, unix.EADDRINUSE) || attempt > 0 {
-			return nil, fmt.Errorf("listen on %s: %w", path, err)
+			return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 		}
-		if join(path, id) {
-			return nil, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
+		if cfg, ok := join(path, id); ok {
+			return nil, cfg, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
 		}
 		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+			return nil, nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
 	}
 }

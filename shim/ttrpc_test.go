@@ -305,7 +305,7 @@ func TestDaemonWaitsForAJoinedMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	// start of c2 announces it, then c1 goes away before c2's Create.
-	if !join(sock, "c2") {
+	if _, ok := join(sock, "c2"); !ok {
 		t.Fatal("join failed")
 	}
 	if _, err := client.Delete(ctx, &taskv2.DeleteRequest{ID: "c1"}); err != nil {

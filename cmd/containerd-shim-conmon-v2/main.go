@@ -130,6 +130,7 @@ func daemon(f shim.Flags) (err error) {
 		Log:        log,
 		Listener:   l,
 		SocketPath: sockPath,
+		Config:     cfg.Encode(),
 		NewService: func(ctx context.Context, onEmpty func()) (shim.TaskService, error) {
 			root := filepath.Join(cfg.RuntimeRoot, f.Namespace)
 			if err := os.MkdirAll(root, 0o711); err != nil {

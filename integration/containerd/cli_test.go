@@ -197,8 +197,17 @@ func TestShimCLI(t *testing.T) {
 
 	// A second member of the group gets the same daemon; the unknown flag
 	// a newer containerd might send is ignored.
-	if a2 := c.start(b2, "c2", nil, "-some-new-flag", "x"); a2 != addr {
+	// It asks for another runtime root, but the daemon's settings apply,
+	// and its bundle records those for a later delete.
+	cfg2 := filepath.Join(c.dir, "shim2.toml")
+	writeFile(t, cfg2, fmt.Sprintf("socket_dir = %q\nruntime_root = \"/run/elsewhere\"\n", c.socketDir))
+	if a2 := c.start(b2, "c2", nil, "-some-new-flag", "x", "-config", cfg2); a2 != addr {
 		t.Fatalf("second start printed %q, want %q", a2, addr)
+	}
+	saved1, _ := os.ReadFile(filepath.Join(b1, "conmon-v2-shim.toml"))
+	saved2, _ := os.ReadFile(filepath.Join(b2, "conmon-v2-shim.toml"))
+	if len(saved1) == 0 || string(saved1) != string(saved2) || strings.Contains(string(saved2), "elsewhere") {
+		t.Fatalf("member's saved config %q, want the daemon's %q", saved2, saved1)
 	}
 	if daemonPid(t, sock) != pid {
 		t.Fatal("second start spawned a new daemon")
