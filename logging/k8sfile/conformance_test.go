@@ -28,7 +28,7 @@ func TestConformance(t *testing.T) {
 					t.Fatal(err)
 				}
 				return d, func() []logging.Record { return loggingtest.ReadBack(t, d.LogSource()) }
-			})
+			}, loggingtest.Options{ExactTime: true})
 		})
 	}
 }
