@@ -188,15 +188,16 @@ func TestRunAttached(t *testing.T) {
 func TestRunTerminal(t *testing.T) {
 	e := newEnv(t)
 	testutil.NeedCommand(t, "script")
-	cmdline := fmt.Sprintf("podman %s run -t %s sh -c 'tty; stty size; echo x'",
+	// The caller's terminal size reaches the container through ctl.
+	cmdline := fmt.Sprintf("stty rows 40 cols 100; podman %s run -t %s sh -c 'tty; stty size; echo x'",
 		strings.Join(e.globalArgs(), " "), strings.Join(e.runArgs(nil), " "))
 	out, err := exec.Command("script", "-qec", cmdline, "/dev/null").CombinedOutput()
 	if err != nil {
 		t.Fatalf("script podman run -t: %v\n%s", err, out)
 	}
 	s := string(out)
-	if !strings.Contains(s, "/dev/pts/0\r\n") || !strings.Contains(s, "x\r\n") {
-		t.Fatalf("podman run -t output %q: want the tty name and CRLF line ends", s)
+	if !strings.Contains(s, "/dev/pts/0\r\n") || !strings.Contains(s, "40 100\r\n") || !strings.Contains(s, "x\r\n") {
+		t.Fatalf("podman run -t output %q: want the tty name, its size 40x100 and CRLF line ends", s)
 	}
 }
 
@@ -399,6 +400,24 @@ func TestLogDrivers(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	})
+}
+
+func TestTimeoutHealth(t *testing.T) {
+	e := newEnv(t)
+	// --timeout: conmon's -T kills the container, exit -1 (255).
+	r := e.run(nil, []string{"--timeout", "1"}, "sleep", "30")
+	if r.code != 255 {
+		t.Fatalf("run --timeout 1: exit %d (stderr %q), want 255", r.code, r.stderr)
+	}
+	// healthcheck run is an exec session through the monitor.
+	id := e.detached([]string{"--health-cmd", "test -e /etc/passwd"}, "sleep", "1000")
+	if r := e.podman(nil, "healthcheck", "run", id); r.code != 0 {
+		t.Fatalf("healthcheck run: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if got := e.inspect(id, "{{.State.Health.Status}}"); got != "healthy" {
+		t.Fatalf("health %q", got)
+	}
+	e.ok("rm", "-f", "-t", "0", id)
 }
 
 func TestOOMKilled(t *testing.T) {
