@@ -143,7 +143,13 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		cfg.Log = slog.Default()
 	}
 	if cfg.Logging == nil {
-		cfg.Logging = AnnotationLogging(builtin.Registry(), logging.DefaultConfig(), cfg.StateDir)
+		// Logger programs and plugins are forked through the reaper, the
+		// process's only wait loop, so their exits are not stolen from it.
+		opts := builtin.Options{LoggerDirs: cfg.LoggerDirs}
+		if cfg.Reaper != nil {
+			opts.Runner = cfg.Reaper
+		}
+		cfg.Logging = AnnotationLogging(builtin.Registry(opts), logging.DefaultConfig(), cfg.StateDir)
 	}
 	rt := cfg.Runtime
 	if rt == nil {
