@@ -122,7 +122,21 @@ func (r *logReader) run(ctx context.Context) error {
 	// inode (advance), so that rotations while it reads neither skip nor
 	// repeat a file.
 	found := false
+	if r.tail != nil && r.opts.Since.IsZero() {
+		// Tail without Since: find where the last lines start by reading
+		// the plain files backwards, instead of reading everything.
+		f, ok, err := r.seekTail(path)
+		if err != nil {
+			return err
+		}
+		if ok {
+			cur.f, found, r.tail = f, true, nil
+		}
+	}
 	for _, h := range history(path) {
+		if cur.f != nil {
+			break
+		}
 		if strings.HasSuffix(h, ".gz") {
 			found = true
 			if err := r.readFile(ctx, h); err != nil {
@@ -197,6 +211,107 @@ func (r *logReader) run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// seekTail opens the file where the last Tail lines start, positioned at
+// the first of them, walking Path, Path.1, ... backwards. It reports false
+// (and the caller reads forward with a tail buffer) when the walk reaches a
+// gzipped file first.
+func (r *logReader) seekTail(path string) (*os.File, bool, error) {
+	st := tailScan{want: r.opts.Tail, parse: r.parse}
+	for k := 0; ; k++ {
+		name := path
+		if k > 0 {
+			name = path + "." + strconv.Itoa(k)
+		}
+		f, err := os.Open(name)
+		if err != nil {
+			if _, gzErr := os.Stat(name + ".gz"); gzErr == nil {
+				return nil, false, nil
+			}
+			if k == 0 {
+				return nil, false, nil
+			}
+			// No older file: the lines start at the top of the oldest.
+			f, err := os.Open(path + "." + strconv.Itoa(k-1))
+			if k == 1 {
+				f, err = os.Open(path)
+			}
+			if err != nil {
+				return nil, false, nil
+			}
+			return f, true, nil
+		}
+		off, found, err := st.scan(f)
+		if err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		if found {
+			if _, err := f.Seek(off, io.SeekStart); err != nil {
+				f.Close()
+				return nil, false, err
+			}
+			return f, true, nil
+		}
+		f.Close()
+	}
+}
+
+// tailScan counts full lines backwards across files.
+type tailScan struct {
+	want  int
+	fulls int
+	parse func([]byte, *Record) bool
+	rec   Record
+}
+
+// scan reads f backwards, entry by entry, and returns the offset just
+// after the full record that ends the line before the wanted ones, if f
+// holds it.
+func (t *tailScan) scan(f *os.File) (int64, bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, false, err
+	}
+	pos := fi.Size()
+	var carry []byte // the start of the region already read, not yet cut
+	first := true
+	for pos > 0 || len(carry) > 0 {
+		n := min(int64(64<<10), pos)
+		pos -= n
+		data := make([]byte, n, int(n)+len(carry))
+		if _, err := f.ReadAt(data, pos); err != nil && err != io.EOF {
+			return 0, false, err
+		}
+		data = append(data, carry...)
+		end := len(data)
+		if first {
+			// An entry still being written (no newline yet) is the
+			// forward reader's business.
+			first = false
+			end = bytes.LastIndexByte(data, '\n') + 1
+		}
+		for end > 0 {
+			i := bytes.LastIndexByte(data[:end-1], '\n')
+			if i < 0 && pos > 0 {
+				break // the entry starts in an earlier block
+			}
+			entry := data[i+1 : end-1]
+			if t.parse(entry, &t.rec) && !t.rec.Partial {
+				if t.fulls == t.want {
+					return pos + int64(end), true, nil
+				}
+				t.fulls++
+			}
+			end = i + 1
+		}
+		carry = append([]byte(nil), data[:end]...)
+		if pos == 0 {
+			break
+		}
+	}
+	return 0, false, nil
 }
 
 // openOldest opens the oldest plain rotated file. Rotation renames the

@@ -7,6 +7,7 @@ import (
 	"io"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,5 +168,52 @@ func TestReadLogsTailAndSince(t *testing.T) {
 	}
 	if got := len(read(logging.ReadOptions{Tail: logging.TailAll})); got != 50 {
 		t.Fatalf("all: %d lines", got)
+	}
+}
+
+// TestTailFromTheEnd: the backward seek of Tail gives what reading
+// everything and keeping the last lines gives, across rotated files, plain
+// and gzipped, with partial records.
+func TestTailFromTheEnd(t *testing.T) {
+	for _, compress := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "ctr.log")
+		d, err := k8sfile.New(k8sfile.Options{Path: path, MaxSize: 300, MaxFiles: 1000, Compress: compress})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all []string
+		for i := range 80 {
+			r := logging.Record{Time: time.Now(), Stream: logging.Stream(1 + i%2), Line: fmt.Appendf(nil, "seq %d", i), Partial: i%7 == 3}
+			d.Write(&r)
+			all = append(all, fmt.Sprintf("%s %v", r.Line, r.Partial))
+		}
+		d.Close()
+		read := func(tail int) []string {
+			var out []string
+			logging.ReadLogs(context.Background(), logging.ReadOptions{Source: d.LogSource(), Tail: tail}, func(r *logging.Record) error {
+				out = append(out, fmt.Sprintf("%s %v", r.Line, r.Partial))
+				return nil
+			})
+			return out
+		}
+		if got := read(logging.TailAll); fmt.Sprint(got) != fmt.Sprint(all) {
+			t.Fatalf("all: got %d records", len(got))
+		}
+		for n := 0; n <= 80; n++ {
+			// The expected tail: the last n full records with their pieces.
+			start, fulls := len(all), 0
+			for i := len(all) - 1; i >= 0; i-- {
+				if strings.HasSuffix(all[i], "false") {
+					if fulls == n {
+						break
+					}
+					fulls++
+				}
+				start = i
+			}
+			if got := read(n); fmt.Sprint(got) != fmt.Sprint(all[start:]) {
+				t.Fatalf("compress=%v tail %d: got %q want %q", compress, n, got, all[start:])
+			}
+		}
 	}
 }
