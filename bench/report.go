@@ -119,6 +119,9 @@ type LogResult struct {
 	CPUSeconds  float64 `json:"monitor_cpu_seconds"`
 	CPUSecPerGB float64 `json:"monitor_cpu_seconds_per_gb"`
 	PeakRSSMiB  float64 `json:"monitor_peak_rss_mib"`
+	Runs        int     `json:"runs"`         // this is the median run of Runs
+	MBpsMin     float64 `json:"mb_per_s_min"` // slowest and fastest run
+	MBpsMax     float64 `json:"mb_per_s_max"`
 }
 
 // DenseResult is figure (e).
@@ -446,7 +449,7 @@ func (r *Report) Markdown() string {
 	}
 
 	b.WriteString("\n## (d) Log throughput and monitor CPU\n\nThe container writes the volume as fast as it can; the monitor writes a k8s-file (conmon, conmon-v2), a raw file (containerd-shim-runc-v2's `file://`), or `cat` copies the pipe to a file (the limit). Clock and CPU (utime+stime of the monitor) from release of the generator to the reported exit.\n\n")
-	b.WriteString("| system | line | MB/s | × conmon | % of raw | CPU s/GB | × conmon | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| system | line | MB/s (median) | runs: min–max | × conmon | % of raw | CPU s/GB | × conmon | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, l := range r.Logs {
 		cm, rw := r.logRes(conmon, l.LineBytes), r.logRes(raw, l.LineBytes)
 		xc, xr, cc := "–", "–", "–"
@@ -456,7 +459,7 @@ func (r *Report) Markdown() string {
 		if rw != nil {
 			xr = fmt.Sprintf("%.0f%%", 100*l.MBps/rw.MBps)
 		}
-		fmt.Fprintf(&b, "| %s | %d B | %.1f | %s | %s | %.2f | %s | %.1f |\n", l.System, l.LineBytes, l.MBps, xc, xr, l.CPUSecPerGB, cc, l.PeakRSSMiB)
+		fmt.Fprintf(&b, "| %s | %d B | %.1f | %d: %.0f–%.0f | %s | %s | %.2f | %s | %.1f |\n", l.System, l.LineBytes, l.MBps, l.Runs, l.MBpsMin, l.MBpsMax, xc, xr, l.CPUSecPerGB, cc, l.PeakRSSMiB)
 	}
 
 	if len(r.Dense) > 0 {

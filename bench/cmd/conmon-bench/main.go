@@ -26,6 +26,7 @@ func main() {
 	ns := flag.String("n", "", "comma-separated idle container counts for the memory figure (default 1,10,100,500; quick 1,10)")
 	iters := flag.Int("iterations", 0, "samples per latency and exec figure (0 = default)")
 	logMiB := flag.Int64("log-mib", 0, "MiB written per log-throughput run (0 = default)")
+	logReps := flag.Int("log-repeats", 0, "runs per system and line size in the log figure; the median is reported (0 = default: 3, quick 1)")
 	dense := flag.Int("dense", -1, "containers in the many-containers figure (-1 = default, 0 = skip)")
 	group := flag.Int("group-size", 0, "containers per pod in the grouped mode (0 = default 10)")
 	conc := flag.Int("concurrency", 0, "parallel launches when filling N (0 = default 4)")
@@ -52,6 +53,9 @@ func main() {
 	}
 	if *logMiB > 0 {
 		cfg.LogBytes = *logMiB << 20
+	}
+	if *logReps > 0 {
+		cfg.LogRepeats = *logReps
 	}
 	if *dense >= 0 {
 		cfg.Dense = *dense
