@@ -185,6 +185,43 @@ func TestRunAttached(t *testing.T) {
 	}
 }
 
+func TestRunFailureAndFds(t *testing.T) {
+	e := newEnv(t)
+	// The runtime's error travels through the sync pipe to Podman.
+	r := e.run(nil, nil, "/nonexistent")
+	if r.code != 127 || !strings.Contains(r.stderr, `exec: "/nonexistent"`) {
+		t.Fatalf("run /nonexistent: exit %d, stderr %q", r.code, r.stderr)
+	}
+	// --preserve-fds: the caller's fd 3 reaches the container.
+	f, err := os.Open("/etc/hostname")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want, _ := os.ReadFile("/etc/hostname")
+	cmd := exec.Command("podman", append(append(e.globalArgs(), "run"), e.runArgs([]string{"--preserve-fds", "1"}, "cat", "/proc/self/fd/3")...)...)
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.Output()
+	if err != nil || string(out) != string(want) {
+		t.Fatalf("run --preserve-fds 1: %v, output %q, want %q", err, out, want)
+	}
+	// exec -d: the session runs without anyone attached.
+	id := e.detached(nil, "sleep", "1000")
+	e.ok("exec", "-d", id, "sh", "-c", "echo detached > /tmp/f")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := e.podman(nil, "exec", id, "cat", "/tmp/f")
+		if r.stdout == "detached\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exec -d never ran: %q %q", r.stdout, r.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.ok("rm", "-f", "-t", "0", id)
+}
+
 func TestRunTerminal(t *testing.T) {
 	e := newEnv(t)
 	testutil.NeedCommand(t, "script")
