@@ -41,7 +41,8 @@ type Options struct {
 	// says: the file is replaced by an empty one (a .tmp file renamed over
 	// it) and its content is lost.
 	Truncate bool
-	// Compress gzips rotated files (Path.1.gz, ...).
+	// Compress gzips rotated files (Path.1.gz, ...), in the background;
+	// Close waits for it.
 	Compress bool
 	// GlobalSizeMax stops writing, for the life of the File, once this many
 	// bytes were written (conmon's --log-global-size-max); what follows is
@@ -81,8 +82,9 @@ type File struct {
 	lostLines, lostBytes atomic.Uint64
 	lastErr              atomic.Pointer[string]
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop         chan struct{}
+	wg           sync.WaitGroup // the fsync loop and the compressions
+	compressDone chan struct{}  // closed when the last compression ends; guarded by mu
 }
 
 // Open opens (creating it if needed) the file at opts.Path for appending.
@@ -292,6 +294,13 @@ func (lf *File) rotateLocked() error {
 	ext := ""
 	if lf.opts.Compress {
 		ext = ".gz"
+		if lf.compressDone != nil {
+			// Path.1 is still being gzipped: it must be Path.1.gz before
+			// the files move up. Writers wait only if files fill faster
+			// than they compress.
+			<-lf.compressDone
+			lf.compressDone = nil
+		}
 	}
 	os.Remove(p + "." + strconv.Itoa(n) + ext)
 	os.Remove(p + "." + strconv.Itoa(n)) // a leftover from an uncompressed run
@@ -317,9 +326,17 @@ func (lf *File) rotateLocked() error {
 	}
 	lf.size = 0
 	if lf.opts.Compress {
-		if err := gzipFile(p + ".1"); err != nil {
-			return lf.fail(fmt.Errorf("compress %s: %w", filepath.Base(p)+".1", err))
-		}
+		// Off the write path: the container's output goes on meanwhile.
+		done := make(chan struct{})
+		lf.compressDone = done
+		lf.wg.Add(1)
+		go func() {
+			defer lf.wg.Done()
+			defer close(done)
+			if err := gzipFile(p + ".1"); err != nil {
+				lf.fail(fmt.Errorf("compress %s: %w", filepath.Base(p)+".1", err))
+			}
+		}()
 	}
 	return nil
 }
@@ -335,7 +352,9 @@ func gzipFile(name string) error {
 	if err != nil {
 		return err
 	}
-	zw := gzip.NewWriter(out)
+	// BestSpeed: a monitor's CPU is better spent elsewhere than on the
+	// last percent of ratio.
+	zw, _ := gzip.NewWriterLevel(out, gzip.BestSpeed)
 	_, err = io.Copy(zw, in)
 	err = errors.Join(err, zw.Close(), out.Close())
 	if err == nil {
@@ -442,7 +461,7 @@ func (lf *File) Close() error {
 	lf.mu.Unlock()
 	if lf.stop != nil {
 		close(lf.stop)
-		lf.wg.Wait()
 	}
+	lf.wg.Wait()
 	return err
 }
