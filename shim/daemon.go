@@ -46,6 +46,10 @@ type Daemon struct {
 	// Shutdown request containerd sends after Delete before it exits by
 	// itself (containerd 2.x sends none for pod containers).
 	EmptyGrace time.Duration
+	// OnCreate, if set, is called with the bundle of every Create before
+	// the task service sees it (main re-points the daemon's log there when
+	// the first container's log FIFO is gone).
+	OnCreate func(bundle string)
 	// Config is the daemon's configuration (TOML), handed to members that
 	// join the group.
 	Config []byte
@@ -106,7 +110,7 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		default:
 		}
 	}
-	RegisterTaskService(srv, groupHooks{TaskService: svc, members: members, shutdown: shutdown})
+	RegisterTaskService(srv, groupHooks{TaskService: svc, members: members, shutdown: shutdown, onCreate: d.OnCreate})
 	registerGroupService(srv, members, d.Config)
 	if d.Register != nil {
 		d.Register(srv, svc)
@@ -232,10 +236,14 @@ type groupHooks struct {
 	TaskService
 	members  *membership
 	shutdown func(now bool)
+	onCreate func(bundle string)
 }
 
 func (h groupHooks) Create(ctx context.Context, req *taskv2.CreateTaskRequest) (*taskv2.CreateTaskResponse, error) {
 	defer h.members.created(req.GetID())
+	if h.onCreate != nil {
+		h.onCreate(req.GetBundle())
+	}
 	return h.TaskService.Create(ctx, req)
 }
 

@@ -223,7 +223,7 @@ func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, group,
 	cmd.Env = daemonEnv(os.Environ(), cfg, in, group)
 	cmd.ExtraFiles = []*os.File{lf, readyW} // fds 3 and 4
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if logf := openLogFifo(filepath.Join(bundle, "log")); logf != nil {
+	if logf := OpenLogFifo(filepath.Join(bundle, "log")); logf != nil {
 		defer logf.Close()
 		cmd.Stderr = logf
 	}
@@ -271,9 +271,9 @@ func daemonEnv(base []string, cfg Config, in StartInput, group string) []string 
 	return env
 }
 
-// openLogFifo opens the bundle's log FIFO for writing, or returns nil when
+// OpenLogFifo opens a bundle's log FIFO (path) for writing, or returns nil when
 // there is none or nobody reads it (the open would fail with ENXIO).
-func openLogFifo(path string) *os.File {
+func OpenLogFifo(path string) *os.File {
 	st, err := os.Stat(path)
 	if err != nil || st.Mode()&os.ModeNamedPipe == 0 {
 		return nil

@@ -131,6 +131,7 @@ func daemon(f shim.Flags) (err error) {
 		Listener:   l,
 		SocketPath: sockPath,
 		Config:     cfg.Encode(),
+		OnCreate:   moveLog,
 		NewService: func(ctx context.Context, onEmpty func()) (shim.TaskService, error) {
 			root := filepath.Join(cfg.RuntimeRoot, f.Namespace)
 			if err := os.MkdirAll(root, 0o711); err != nil {
@@ -185,6 +186,30 @@ func daemon(f shim.Flags) (err error) {
 	}
 	log.Info("exit", "reason", reason)
 	return nil
+}
+
+// moveLog re-points fd 2, the daemon's log, at bundle's log FIFO when the
+// current one is dead. start made fd 2 the log FIFO of the group's first
+// bundle, which containerd copies into its own log; containerd stops
+// reading it once that container is gone, and a shared daemon would lose
+// its log from then on. Called on every Create.
+func moveLog(bundle string) {
+	var st unix.Stat_t
+	if unix.Fstat(2, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
+		// Reopening our own FIFO without blocking fails (ENXIO) exactly
+		// when nobody reads it any more.
+		fd, err := unix.Open("/proc/self/fd/2", unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err == nil {
+			unix.Close(fd)
+			return
+		}
+	}
+	f := shim.OpenLogFifo(filepath.Join(bundle, "log"))
+	if f == nil {
+		return
+	}
+	defer f.Close()
+	_ = unix.Dup3(int(f.Fd()), 2, 0)
 }
 
 // daemonListener returns the socket inherited from start (fd 3), or, when

@@ -534,8 +534,29 @@ func runScenario(t *testing.T, e *env) {
 		if !strings.Contains(out, "still-here") {
 			t.Fatalf("exec after deleting g1: %q", out)
 		}
+		// A third member joins after the first is gone; the daemon's log,
+		// which went to g1's log FIFO, moves to g3's and reaches containerd.
+		shimPid := e.shimPids()[0]
+		e.mustCtr(e.runArgs("g3", []string{"-d", "--annotation", "io.kubernetes.cri.sandbox-id=pod1"}, "/bin/sleep", "1000")...)
+		e.waitStatus("g3", "RUNNING")
+		if pids := e.shimPids(); len(pids) != 1 || pids[0] != shimPid {
+			t.Fatalf("after g3 joined: shim daemons %v, want [%d]", pids, shimPid)
+		}
 		e.remove("g2")
+		e.remove("g3")
 		e.assertClean()
+		marker := fmt.Sprintf("msg=stopping runtime=%s namespace=default pid=%d", runtimeName, shimPid)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			log, _ := os.ReadFile(filepath.Join(e.dir, "log", "containerd.log"))
+			if bytes.Contains(log, []byte(marker)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the shared daemon's last log lines (%q) never reached containerd", marker)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	})
 	t.Run("dense mode", func(t *testing.T) {
 		dense := filepath.Join(e.dir, "dense.toml")
