@@ -795,6 +795,7 @@ func cleanup(env *Env, keep bool) {
 			killAndReap(pid)
 		}
 	}
+	removeCgroups(env.Cgroup)
 	// Reap whatever else was re-parented to us.
 	for {
 		var ws unix.WaitStatus
@@ -803,17 +804,58 @@ func cleanup(env *Env, keep bool) {
 			break
 		}
 	}
-	if ents, err := os.ReadDir("/sys/fs/cgroup"); err == nil {
-		for _, e := range ents {
-			_ = os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), env.Cgroup))
-		}
-	}
-	_ = os.Remove(filepath.Join("/sys/fs/cgroup", env.Cgroup))
 	if keep {
 		env.Logf("kept %s", env.Dir)
 		return
 	}
 	_ = os.RemoveAll(env.Dir)
+}
+
+// removeCgroups kills whatever still runs in the run's cgroups (a runc init
+// left behind by a monitor that died half-way through a create, which no
+// runc state names) and removes them, in every v1 hierarchy and in v2.
+func removeCgroups(parent string) {
+	roots := []string{"/sys/fs/cgroup"}
+	if ents, err := os.ReadDir("/sys/fs/cgroup"); err == nil {
+		for _, e := range ents {
+			if e.IsDir() {
+				roots = append(roots, filepath.Join("/sys/fs/cgroup", e.Name()))
+			}
+		}
+	}
+	for pass := 0; pass < 2; pass++ {
+		for _, root := range roots {
+			dir := filepath.Join(root, parent)
+			kids, err := os.ReadDir(dir)
+			if err != nil {
+				continue
+			}
+			for _, k := range kids {
+				if !k.IsDir() {
+					continue
+				}
+				sub := filepath.Join(dir, k.Name())
+				if pass == 0 {
+					if data, err := os.ReadFile(filepath.Join(sub, "cgroup.procs")); err == nil {
+						for _, f := range strings.Fields(string(data)) {
+							var pid int
+							if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
+								_ = unix.Kill(pid, unix.SIGKILL)
+							}
+						}
+					}
+					continue
+				}
+				_ = os.Remove(sub)
+			}
+			if pass == 1 {
+				_ = os.Remove(dir)
+			}
+		}
+		if pass == 0 {
+			time.Sleep(100 * time.Millisecond) // let the kills land
+		}
+	}
 }
 
 // isZombieOrOurs reports whether pid still runs one of the monitors of
