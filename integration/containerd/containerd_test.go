@@ -631,6 +631,60 @@ func runScenario(t *testing.T, e *env) {
 		e.remove("r1")
 		e.assertClean()
 	})
+	t.Run("exit while containerd is down", func(t *testing.T) {
+		e.mustCtr(e.runArgs("r2", []string{"-d"}, "/bin/sleep", "1000")...)
+		e.waitStatus("r2", "RUNNING")
+		out := e.mustCtr("task", "ls")
+		var pid int
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[0] == "r2" {
+				pid, _ = strconv.Atoi(f[1])
+			}
+		}
+		if pid <= 0 {
+			t.Fatalf("no pid for r2 in %q", out)
+		}
+		e.stopContainerd()
+		logPath := filepath.Join(e.dir, "log", "containerd.log")
+		before, _ := os.ReadFile(logPath)
+		syscall.Kill(pid, syscall.SIGKILL)
+		time.Sleep(300 * time.Millisecond) // the shim queues /tasks/exit meanwhile
+		e.startContainerd()
+		if e.version == 3 {
+			// containerd 2.x deletes, on load, a task whose shim reports no
+			// process (its log says "cleaning leaked shim process").
+			deadline := time.Now().Add(10 * time.Second)
+			for e.taskStatus("r2") != "" {
+				if time.Now().After(deadline) {
+					t.Fatalf("task r2 still listed as %q", e.taskStatus("r2"))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			e.mustCtr("c", "rm", "r2")
+			e.assertClean()
+			return
+		}
+		// The queued event reaches the new containerd, and the task is
+		// known to have stopped.
+		e.waitStatus("r2", "STOPPED")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			log, _ := os.ReadFile(logPath)
+			if len(log) > len(before) && bytes.Contains(log[len(before):], []byte("topic=/tasks/exit")) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the exit that happened while containerd was down never reached it")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		out = e.mustCtr("task", "rm", "r2")
+		if !strings.Contains(out, "137") {
+			t.Errorf("task rm reports %q, want exit code 137", out)
+		}
+		e.mustCtr("c", "rm", "r2")
+		e.assertClean()
+	})
 	t.Run("nothing left", func(t *testing.T) {
 		e.assertClean()
 		if len(e.sockets) == 0 {
