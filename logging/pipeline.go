@@ -136,7 +136,6 @@ type driverState struct {
 	d       Driver
 	name    string
 	flusher Flusher
-	written counter
 	errors  counter
 	lastErr atomic.Pointer[string]
 }
@@ -180,6 +179,7 @@ type Pipeline struct {
 	statePool sync.Pool // *readState for WriteChunk
 
 	read, written, filtered, limited, full counter
+	fanned                                 counter // records handed to the drivers
 	redacted, markers, readErrors          atomic.Uint64
 }
 
@@ -307,6 +307,7 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 	}
 	now := p.now()
 	rec := &st.rec
+	var t tally
 	for len(chunk) > 0 {
 		var line []byte
 		partial := false
@@ -316,14 +317,33 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 			line, chunk, partial = chunk, nil, true
 		}
 		*rec = Record{Time: now, Stream: s, Line: line, Partial: partial, Meta: &p.meta}
-		p.read.add(len(line))
-		p.handle(rec)
+		t.read.Lines++
+		t.read.Bytes += uint64(len(line))
+		p.handle(rec, &t)
+	}
+	p.read.addN(t.read)
+	p.written.addN(t.out)
+	if p.queue == nil {
+		p.fanned.addN(t.out)
 	}
 	p.flush()
 }
 
+// tally counts one read's records, so that the shared counters are updated
+// once per read rather than once per line.
+type tally struct {
+	read, out Counter
+}
+
+func (c *counter) addN(n Counter) {
+	if n.Lines > 0 {
+		c.lines.Add(n.Lines)
+		c.bytes.Add(n.Bytes)
+	}
+}
+
 // handle applies filters and the rate limit, then delivers rec.
-func (p *Pipeline) handle(rec *Record) {
+func (p *Pipeline) handle(rec *Record, t *tally) {
 	for _, re := range p.opts.Drop {
 		if re.Match(rec.Line) {
 			p.filtered.add(len(rec.Line))
@@ -351,15 +371,15 @@ func (p *Pipeline) handle(rec *Record) {
 			return
 		}
 		if ml > 0 {
-			p.marker(rec.Time, rec.Stream, ml, mb)
+			p.marker(rec.Time, rec.Stream, ml, mb, t)
 		}
 	}
-	p.deliver(rec)
+	p.deliver(rec, t)
 }
 
 // marker delivers the record that tells the log how much the rate limit
 // dropped.
-func (p *Pipeline) marker(t time.Time, s Stream, lines, nbytes uint64) {
+func (p *Pipeline) marker(tm time.Time, s Stream, lines, nbytes uint64, t *tally) {
 	var b []byte
 	b = append(b, MarkerPrefix...)
 	b = append(b, "rate limit: dropped "...)
@@ -367,13 +387,15 @@ func (p *Pipeline) marker(t time.Time, s Stream, lines, nbytes uint64) {
 	b = append(b, " lines ("...)
 	b = strconv.AppendUint(b, nbytes, 10)
 	b = append(b, " bytes)"...)
-	m := Record{Time: t, Stream: s, Line: b, Meta: &p.meta}
+	m := Record{Time: tm, Stream: s, Line: b, Meta: &p.meta}
 	p.markers.Add(1)
-	p.deliver(&m)
+	p.deliver(&m, t)
 }
 
-func (p *Pipeline) deliver(rec *Record) {
-	p.written.add(len(rec.Line))
+// deliver queues rec or writes it to the drivers, and counts it in t.
+func (p *Pipeline) deliver(rec *Record, t *tally) {
+	t.out.Lines++
+	t.out.Bytes += uint64(len(rec.Line))
 	if p.queue != nil {
 		p.enqueue(rec)
 		return
@@ -386,9 +408,7 @@ func (p *Pipeline) fanout(rec *Record) {
 		if err := ds.d.Write(rec); err != nil {
 			ds.errors.add(len(rec.Line))
 			ds.fail(err)
-			continue
 		}
-		ds.written.add(len(rec.Line))
 	}
 }
 
@@ -466,7 +486,12 @@ func (p *Pipeline) CloseContext(ctx context.Context) error {
 		}
 		if p.limit != nil {
 			if s, lines, nbytes := p.limit.pending(); lines > 0 {
-				p.marker(p.now(), s, lines, nbytes)
+				var t tally
+				p.marker(p.now(), s, lines, nbytes, &t)
+				p.written.addN(t.out)
+				if p.queue == nil {
+					p.fanned.addN(t.out)
+				}
 			}
 		}
 		if p.queue != nil {
@@ -509,8 +534,11 @@ func (p *Pipeline) Stats() Stats {
 		Markers:     p.markers.Load(),
 		ReadErrors:  p.readErrors.Load(),
 	}
+	fanned := p.fanned.get()
 	for _, ds := range p.drivers {
-		d := DriverStats{Name: ds.name, Written: ds.written.get(), Errors: ds.errors.get()}
+		d := DriverStats{Name: ds.name, Errors: ds.errors.get()}
+		d.Written.Lines = fanned.Lines - d.Errors.Lines
+		d.Written.Bytes = fanned.Bytes - d.Errors.Bytes
 		if l, ok := Unwrap(ds.d).(Loser); ok {
 			d.Lost.Lines, d.Lost.Bytes = l.Lost()
 		}

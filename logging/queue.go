@@ -88,11 +88,15 @@ func (p *Pipeline) drain() {
 		q.bytes = 0
 		q.mu.Unlock()
 
+		var n Counter
 		for i := range batch {
 			p.fanout(&batch[i].rec)
+			n.Lines++
+			n.Bytes += uint64(len(batch[i].rec.Line))
 			q.pool.Put(batch[i].buf)
 			batch[i] = qitem{}
 		}
+		p.fanned.addN(n)
 		q.mu.Lock()
 		q.spare = batch[:0:cap(batch)]
 		empty := len(q.items) == q.head
