@@ -193,3 +193,26 @@ func StdioToDevNull() error {
 
 // CloseFD closes a raw fd.
 func CloseFD(fd int) { _ = unix.Close(fd) }
+
+// EnvTrampoline names the runtime a monitor started through its own
+// binary; see Trampoline.
+const EnvTrampoline = "_CONMON_V2_RUNTIME"
+
+// Trampoline is the first thing main runs. In a process started with
+// EnvTrampoline it sets LISTEN_PID to its own pid (socket activation:
+// the runtime only passes LISTEN_FDS on when LISTEN_PID names it) and
+// replaces itself with the runtime, keeping pid, fds, Pdeathsig and the
+// remaining environment. It returns only when EnvTrampoline is unset; an
+// exec failure exits 127, as conmon's runtime child does.
+func Trampoline() {
+	rt := os.Getenv(EnvTrampoline)
+	if rt == "" {
+		return
+	}
+	os.Unsetenv(EnvTrampoline)
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	argv := append([]string{rt}, os.Args[1:]...)
+	err := syscall.Exec(rt, argv, os.Environ())
+	fmt.Fprintf(os.Stderr, "exec %s: %v\n", rt, err)
+	os.Exit(127)
+}

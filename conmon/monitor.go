@@ -311,7 +311,12 @@ func (m *Monitor) receiveConsole(sock *runc.Socket, path string) {
 	close(m.consRead)
 }
 
-func (m *Monitor) runc(exec bool) *runc.Runc {
+// runc returns the go-runc client for the runtime. When socket
+// activation's LISTEN_PID must name the runtime's pid (--replace-listen-pid,
+// or LISTEN_PID naming the monitor), the runtime is started through the
+// monitor's own binary, which sets LISTEN_PID to its pid and execs the
+// runtime (Trampoline): Go cannot run code between fork and exec.
+func (m *Monitor) runc(ctx context.Context, exec bool) (context.Context, *runc.Runc) {
 	r := &runc.Runc{
 		Command:      m.cfg.Runtime,
 		PdeathSignal: unix.SIGKILL,
@@ -320,7 +325,13 @@ func (m *Monitor) runc(exec bool) *runc.Runc {
 	if !exec {
 		r.SystemdCgroup = m.cfg.SystemdCgroup
 	}
-	return r
+	if lp, ok := os.LookupEnv("LISTEN_PID"); ok && (m.cfg.ReplaceListenPid || lp == strconv.Itoa(os.Getpid())) {
+		if self, err := os.Executable(); err == nil {
+			r.Command = self
+			ctx = runc.WithExtraEnv(ctx, EnvTrampoline+"="+m.cfg.Runtime)
+		}
+	}
+	return ctx, r
 }
 
 // startRuntime runs `runtime create|restore|exec` and waits for it. The
@@ -344,7 +355,8 @@ func (m *Monitor) startRuntime(ctx context.Context, rio *runtimeIO, sock *runc.S
 		if rerr != nil {
 			return -1, fmt.Errorf("exec process spec %s: %w", cfg.ExecProcessSpec, rerr)
 		}
-		err = m.runc(true).Exec(ctx, cfg.CID, spec, &runc.ExecOpts{
+		rctx, r := m.runc(ctx, true)
+		err = r.Exec(rctx, cfg.CID, spec, &runc.ExecOpts{
 			IO: rio, PidFile: cfg.ContainerPidfile, ConsoleSocket: cs, Detach: true, ExtraArgs: cfg.RuntimeOpts,
 		})
 	case cfg.Restore != "":
@@ -352,13 +364,15 @@ func (m *Monitor) startRuntime(ctx context.Context, rio *runtimeIO, sock *runc.S
 		if cfg.NoNewKeyring {
 			extra = append([]string{"--no-new-keyring"}, extra...)
 		}
-		_, err = m.runc(false).Restore(ctx, cfg.CID, cfg.Bundle, &runc.RestoreOpts{
+		rctx, r := m.runc(ctx, false)
+		_, err = r.Restore(rctx, cfg.CID, cfg.Bundle, &runc.RestoreOpts{
 			CheckpointOpts: runc.CheckpointOpts{ImagePath: cfg.Restore, WorkDir: cfg.Bundle},
 			IO:             rio, Detach: true, PidFile: cfg.ContainerPidfile, NoPivot: cfg.NoPivot,
 			ConsoleSocket: cs, ExtraArgs: extra,
 		})
 	default:
-		err = m.runc(false).Create(ctx, cfg.CID, cfg.Bundle, &runc.CreateOpts{
+		rctx, r := m.runc(ctx, false)
+		err = r.Create(rctx, cfg.CID, cfg.Bundle, &runc.CreateOpts{
 			IO: rio, PidFile: cfg.ContainerPidfile, ConsoleSocket: cs,
 			NoPivot: cfg.NoPivot, NoNewKeyring: cfg.NoNewKeyring, ExtraArgs: cfg.RuntimeOpts,
 		})

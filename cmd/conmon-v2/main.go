@@ -21,6 +21,7 @@ import (
 )
 
 func main() {
+	conmon.Trampoline()
 	// One monitor per container: keep it small. Two Ps so a thread locked
 	// for a Pdeathsig child never starves the rest.
 	runtime.GOMAXPROCS(2)

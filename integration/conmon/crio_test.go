@@ -552,3 +552,20 @@ func compare(t *testing.T, got map[string]observation) {
 		t.Fatalf("conmon-v2 differs from conmon 2.1.6:\nconmon:    %+v\nconmon-v2: %+v", ref, v2)
 	}
 }
+
+// TestTrampolineSetsListenPid: the runtime started through conmon-v2's
+// own binary (for --replace-listen-pid) sees LISTEN_PID equal to its pid,
+// keeps its arguments and the rest of the environment.
+func TestTrampolineSetsListenPid(t *testing.T) {
+	bin := testutil.Bin(t, "conmon-v2")
+	cmd := exec.Command(bin, "-c", `echo "$LISTEN_PID $$ $KEEP $1"`, "arg0", "arg1")
+	cmd.Env = append(os.Environ(), "_CONMON_V2_RUNTIME=/bin/sh", "LISTEN_PID=1", "KEEP=kept")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 4 || f[0] != f[1] || f[2] != "kept" || f[3] != "arg1" {
+		t.Fatalf("trampoline output %q: want LISTEN_PID = pid, env and args kept", out)
+	}
+}

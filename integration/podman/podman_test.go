@@ -205,6 +205,18 @@ func TestRunFailureAndFds(t *testing.T) {
 	if err != nil || string(out) != string(want) {
 		t.Fatalf("run --preserve-fds 1: %v, output %q, want %q", err, out, want)
 	}
+	// Socket activation (LISTEN_FDS, LISTEN_PID naming podman): the fds and
+	// the variables reach the container, as with conmon.
+	script := `exec env LISTEN_PID=$$ LISTEN_FDS=1 podman "$@"`
+	sa := append([]string{"-c", script, "sh"}, e.globalArgs()...)
+	sa = append(sa, "run")
+	sa = append(sa, e.runArgs(nil, "sh", "-c", "echo fds=$LISTEN_FDS pid=$LISTEN_PID; cat /proc/self/fd/3")...)
+	cmd = exec.Command("sh", sa...)
+	cmd.ExtraFiles = []*os.File{f}
+	out, err = cmd.Output()
+	if err != nil || string(out) != "fds=1 pid=1\n"+string(want) {
+		t.Fatalf("socket activation: %v, output %q", err, out)
+	}
 	// exec -d: the session runs without anyone attached.
 	id := e.detached(nil, "sleep", "1000")
 	e.ok("exec", "-d", id, "sh", "-c", "echo detached > /tmp/f")
