@@ -140,6 +140,28 @@ type driverState struct {
 	lastErr atomic.Pointer[string]
 }
 
+// write calls the driver's Write; a panic in the driver is turned into an
+// error, so that one broken driver cannot take the monitor, and the other
+// drivers, down with it.
+func (ds *driverState) write(rec *Record) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("log driver %s: panic: %v", ds.name, v)
+		}
+	}()
+	return ds.d.Write(rec)
+}
+
+// call runs one of the driver's other methods with the same protection.
+func (ds *driverState) call(f func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("log driver %s: panic: %v", ds.name, v)
+		}
+	}()
+	return f()
+}
+
 func (ds *driverState) fail(err error) {
 	s := err.Error()
 	ds.lastErr.Store(&s)
@@ -405,7 +427,7 @@ func (p *Pipeline) deliver(rec *Record, t *tally) {
 
 func (p *Pipeline) fanout(rec *Record) {
 	for _, ds := range p.drivers {
-		if err := ds.d.Write(rec); err != nil {
+		if err := ds.write(rec); err != nil {
 			ds.errors.add(len(rec.Line))
 			ds.fail(err)
 		}
@@ -427,7 +449,7 @@ func (p *Pipeline) flushDrivers() error {
 		if ds.flusher == nil {
 			continue
 		}
-		if err := ds.flusher.Flush(); err != nil {
+		if err := ds.call(ds.flusher.Flush); err != nil {
 			ds.fail(err)
 			errs = append(errs, fmt.Errorf("log driver %s: flush: %w", ds.name, err))
 		}
@@ -441,7 +463,7 @@ func (p *Pipeline) flushDrivers() error {
 func (p *Pipeline) Reopen() error {
 	var errs []error
 	for _, ds := range p.drivers {
-		if err := ds.d.Reopen(); err != nil {
+		if err := ds.call(ds.d.Reopen); err != nil {
 			ds.fail(err)
 			errs = append(errs, fmt.Errorf("log driver %s: reopen: %w", ds.name, err))
 		}
@@ -504,14 +526,14 @@ func (p *Pipeline) CloseContext(ctx context.Context) error {
 		}
 		for _, ds := range p.drivers {
 			if s, ok := Unwrap(ds.d).(Syncer); ok {
-				if err := s.Sync(); err != nil {
+				if err := ds.call(s.Sync); err != nil {
 					ds.fail(err)
 					errs = append(errs, fmt.Errorf("log driver %s: sync: %w", ds.name, err))
 				}
 			}
 		}
 		for _, ds := range p.drivers {
-			if err := ds.d.Close(); err != nil {
+			if err := ds.call(ds.d.Close); err != nil {
 				ds.fail(err)
 				errs = append(errs, fmt.Errorf("log driver %s: close: %w", ds.name, err))
 			}

@@ -191,3 +191,27 @@ func TestPipelineNonBlockingDropsOldest(t *testing.T) {
 		t.Fatalf("written %d, driver got %d", st.Written.Lines, len(got))
 	}
 }
+
+type panicDriver struct{}
+
+func (panicDriver) Write(*logging.Record) error { panic("driver bug") }
+func (panicDriver) Reopen() error               { panic("reopen bug") }
+func (panicDriver) Close() error                { return nil }
+
+func TestPipelineSurvivesPanickingDriver(t *testing.T) {
+	good := &memDriver{}
+	p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{panicDriver{}, good}, logging.PipelineOptions{})
+	p.WriteChunk(logging.Stdout, []byte("a\nb\n"))
+	if err := p.Reopen(); err == nil || !strings.Contains(err.Error(), "reopen bug") {
+		t.Fatalf("reopen: %v", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(good.lines()) != 2 {
+		t.Fatalf("good driver got %q", good.lines())
+	}
+	if st := p.Stats(); st.Drivers[0].Errors.Lines != 2 || !strings.Contains(st.Drivers[0].LastError, "panic") {
+		t.Fatalf("stats %+v", st)
+	}
+}
