@@ -615,20 +615,27 @@ func runScenario(t *testing.T, e *env) {
 		e.assertClean()
 	})
 	t.Run("containerd restart", func(t *testing.T) {
-		e.mustCtr(e.runArgs("r1", []string{"-d"}, "/bin/sleep", "1000")...)
-		e.waitStatus("r1", "RUNNING")
+		// Two containers of one pod: one shared daemon to reconnect to.
+		for _, id := range []string{"r1", "r1b"} {
+			e.mustCtr(e.runArgs(id, []string{"-d", "--annotation", "io.kubernetes.cri.sandbox-id=podr"}, "/bin/sleep", "1000")...)
+			e.waitStatus(id, "RUNNING")
+		}
 		pids := e.shimPids()
 		e.stopContainerd()
 		e.startContainerd()
 		e.waitStatus("r1", "RUNNING")
+		e.waitStatus("r1b", "RUNNING")
 		if got := e.shimPids(); len(got) != 1 || len(pids) != 1 || got[0] != pids[0] {
 			t.Fatalf("shim daemons before restart %v, after %v", pids, got)
 		}
-		out := e.mustCtr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e1", "r1", "/bin/echo", "after-restart")
-		if !strings.Contains(out, "after-restart") {
-			t.Fatalf("exec after restart: %q", out)
+		for _, id := range []string{"r1", "r1b"} {
+			out := e.mustCtr("task", "exec", "--fifo-dir", filepath.Join(e.dir, "fifo"), "--exec-id", "e1", id, "/bin/echo", "after-restart")
+			if !strings.Contains(out, "after-restart") {
+				t.Fatalf("exec in %s after restart: %q", id, out)
+			}
 		}
 		e.remove("r1")
+		e.remove("r1b")
 		e.assertClean()
 	})
 	t.Run("exit while containerd is down", func(t *testing.T) {
