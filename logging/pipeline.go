@@ -262,11 +262,13 @@ func (p *Pipeline) Source() (Source, bool) {
 // write side (the container's end of the pipe) when the container is gone,
 // so that Close can return. ReadFrom must not be called after Close.
 func (p *Pipeline) ReadFrom(s Stream, r io.Reader) {
+	p.srcMu.Lock()
 	if p.closed.Load() {
+		// Too late: nothing reads r. The caller must not do this.
+		p.srcMu.Unlock()
 		return
 	}
 	p.readers.Add(1)
-	p.srcMu.Lock()
 	if p.sources == nil {
 		p.sources = map[io.Reader]struct{}{}
 	}
@@ -485,7 +487,9 @@ func (p *Pipeline) Close() error { return p.CloseContext(context.Background()) }
 // readers that do not are still waited for.
 func (p *Pipeline) CloseContext(ctx context.Context) error {
 	p.closeOnce.Do(func() {
-		p.closed.Store(true)
+		p.srcMu.Lock()
+		p.closed.Store(true) // under srcMu: no ReadFrom adds a reader past this
+		p.srcMu.Unlock()
 		done := make(chan struct{})
 		go func() {
 			p.readers.Wait()

@@ -98,7 +98,10 @@ func (r *Registry) Names() []string {
 	return names
 }
 
-// Open builds the driver registered as name. An unknown name fails with
+// Open builds the driver registered as name. The Driver returned wraps the
+// factory's (it carries the registry name, see DriverName): use Unwrap
+// before type-asserting an optional capability (Readable, Syncer, ...).
+// An unknown name fails with
 // ErrInvalidArgument naming it and the known drivers; a factory error is
 // returned wrapped with the driver's name, classified ErrInvalidArgument
 // unless the factory classified it already.
