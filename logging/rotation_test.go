@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -216,4 +217,56 @@ func TestTailFromTheEnd(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestKubeletStyleReopenUnderLoad renames the log and calls Reopen while
+// the container writes, as the kubelet's ReopenContainerLog does: every
+// line ends up in exactly one of the files, whole.
+func TestKubeletStyleReopenUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ctr.log")
+	d, err := k8sfile.New(k8sfile.Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{d}, logging.PipelineOptions{})
+	pr, pw := io.Pipe()
+	p.ReadFrom(logging.Stdout, pr)
+	const total = 30000
+	done := make(chan struct{})
+	var rotated []string
+	go func() {
+		defer close(done)
+		for i := 0; i < 20; i++ {
+			time.Sleep(2 * time.Millisecond)
+			name := fmt.Sprintf("%s.%04d", path, i)
+			if err := os.Rename(path, name); err != nil {
+				continue
+			}
+			rotated = append(rotated, name)
+			if err := p.Reopen(); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	for i := range total {
+		fmt.Fprintf(pw, "seq %d\n", i)
+	}
+	<-done
+	pw.Close()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var c seqChecker
+	for _, f := range append(rotated, path) {
+		if err := logging.ReadLogs(context.Background(), logging.ReadOptions{
+			Source: logging.Source{Path: f, Format: logging.FormatK8sFile}, Tail: logging.TailAll,
+		}, c.add); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	if c.next != total {
+		t.Fatalf("saw %d lines, want %d", c.next, total)
+	}
+	t.Logf("%d reopens", len(rotated))
 }
