@@ -484,6 +484,17 @@ func TestKillExitedProcess(t *testing.T) {
 	h.exits.exit(t, int(pid), 143)
 	_, err = h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 9})
 	wantErr(t, err, errdefs.ErrNotFound)
+	// All still reaches the runtime: processes left in the container's
+	// cgroup after init's exit must be killable.
+	if _, err := h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 9, All: true}); err != nil {
+		t.Fatalf("kill all after init's exit: %v", err)
+	}
+	h.rt.mu.Lock()
+	last := h.rt.killed[len(h.rt.killed)-1]
+	h.rt.mu.Unlock()
+	if last != "c1:9" {
+		t.Fatalf("last runtime kill %q, want c1:9", last)
+	}
 }
 
 func TestStateOfExecAndRecord(t *testing.T) {

@@ -496,7 +496,13 @@ func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (_ *emptypb.E
 		s.mu.Unlock()
 		return nil, err
 	}
-	if p.Status == process.Stopped || p.Status == process.Deleted || (p.Init && c.InitExitDeferred != nil && !r.All) {
+	// Kill with All on an exited init still signals what is left in the
+	// container's cgroup (runc kill --all): the processes of a container
+	// without a PID namespace of its own outlive init and hold its stdio
+	// open, and containerd's Delete (WithProcessKill) relies on this kill
+	// before it waits for the IO (critest, integration/critest/FINDINGS.md).
+	killRest := p.Init && r.All && p.Status == process.Stopped
+	if !killRest && (p.Status == process.Stopped || p.Status == process.Deleted || (p.Init && c.InitExitDeferred != nil && !r.All)) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("process %q of task %q: process already finished: %w", p.ID, r.ID, errdefs.ErrNotFound)
 	}
