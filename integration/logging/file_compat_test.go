@@ -107,7 +107,7 @@ func splitLog(t *testing.T, path string) (lines []string, groups string, offset 
 // runUnderConmon runs the bundle under Debian's conmon (--sync, k8s-file)
 // the way CRI-O drives it, starting the container with runc once conmon has
 // created it.
-func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath string) {
+func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath string, extra ...string) {
 	t.Helper()
 	id := fmt.Sprintf("compat-conmon-%d", time.Now().UnixNano())
 	root := filepath.Join(dir, "runc")
@@ -121,6 +121,7 @@ func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath stri
 		"-b", bundle, "-p", pidfile, "-l", "k8s-file:"+logPath,
 		"--exit-dir", filepath.Join(dir, "exits"), "--socket-dir-path", filepath.Join(dir, "sock"),
 		"--sync", "--log-level", "debug")
+	cmd.Args = append(cmd.Args, extra...)
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Start(); err != nil {
@@ -146,11 +147,16 @@ func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath stri
 
 // runUnderPipeline runs the bundle with runc in the foreground, its stdout
 // and stderr on pipes read by a logging.Pipeline into k8s-file.
-func runUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPath string) {
+func runUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPath string, opts ...k8sfile.Options) {
 	t.Helper()
 	id := fmt.Sprintf("compat-v2-%d", time.Now().UnixNano())
 	root := filepath.Join(dir, "runc")
-	d, err := k8sfile.New(k8sfile.Options{Path: logPath})
+	var o k8sfile.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	o.Path = logPath
+	d, err := k8sfile.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,4 +217,32 @@ func TestFileK8sByteCompatibleWithConmon(t *testing.T) {
 		t.Errorf("offset differs: conmon %s, conmon-v2 %s", co, vo)
 	}
 	t.Logf("%d identical lines, grouping %s:\n%s", len(cl), cg, strings.Join(cl, ""))
+}
+
+// TestFileK8sTruncateLikeConmon: conmon's --log-size-max and k8s-file's
+// truncate mode leave the same lines in the file.
+func TestFileK8sTruncateLikeConmon(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.NeedCommand(t, "runc")
+	if _, err := os.Stat(debianConmon); err != nil {
+		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", debianConmon, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	base := t.TempDir()
+	rootfs := testutil.BusyboxRootfs(t, filepath.Join(base, "rootfs"))
+	// 60 lines of 65 bytes in the file with max 1000, one write each.
+	script := `for i in $(seq 10 69); do echo "line $i $(printf '%0.sx' $(seq 1 2))"; done`
+	cdir, vdir := filepath.Join(base, "conmon"), filepath.Join(base, "v2")
+	os.MkdirAll(cdir, 0o755)
+	os.MkdirAll(vdir, 0o755)
+	clog, vlog := filepath.Join(cdir, "ctr.log"), filepath.Join(vdir, "ctr.log")
+	runUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, script), clog, "--log-size-max", "1000")
+	runUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, script), vlog, k8sfile.Options{MaxSize: 1000, Truncate: true})
+	cl, _, _ := splitLog(t, clog)
+	vl, _, _ := splitLog(t, vlog)
+	if strings.Join(cl, "") != strings.Join(vl, "") {
+		t.Fatalf("files differ:\nconmon:\n%s\nconmon-v2:\n%s", strings.Join(cl, ""), strings.Join(vl, ""))
+	}
+	t.Logf("both keep %d lines:\n%s", len(cl), strings.Join(cl, ""))
 }
