@@ -113,6 +113,14 @@ type Config struct {
 	CacheMaxFiles int
 	// DriverOptions holds each driver's own options, by driver name.
 	DriverOptions map[string]map[string]string
+	// AnnotationAllow lists the options that annotations may set although
+	// they name a host file, socket or address (see ApplyAnnotations):
+	// exact keys, or prefixes ending in '*' ("opt.syslog.*"; "*" is every
+	// option). The default is ["*"], since conmonctl passes its trusted
+	// --log-opt path and addresses as annotations; a host whose
+	// annotations come from untrusted users (Kubernetes) sets it to [] or
+	// to what it allows. The TOML and Set forms replace the list.
+	AnnotationAllow []string
 
 	redactNames []string // the <name> of each Redact entry set through Set
 }
@@ -121,14 +129,15 @@ type Config struct {
 // exit, no rotation, the local cache on (8 MiB, 2 files).
 func DefaultConfig() Config {
 	return Config{
-		Drivers:       []string{"k8s-file"},
-		Fsync:         FsyncExit,
-		FsyncInterval: time.Second,
-		Mode:          Blocking,
-		MaxBufferSize: DefaultMaxBufferSize,
-		Cache:         true,
-		CacheMaxSize:  8 << 20,
-		CacheMaxFiles: 2,
+		Drivers:         []string{"k8s-file"},
+		Fsync:           FsyncExit,
+		FsyncInterval:   time.Second,
+		Mode:            Blocking,
+		MaxBufferSize:   DefaultMaxBufferSize,
+		Cache:           true,
+		CacheMaxSize:    8 << 20,
+		CacheMaxFiles:   2,
+		AnnotationAllow: []string{"*"},
 	}
 }
 
@@ -241,6 +250,13 @@ func (c *Config) Set(key, value string) error {
 			return invalid(key, value, "no redact"+strings.TrimPrefix("."+sub, ".")+" pattern set before it")
 		}
 		c.Redact[i].Replacement = value
+	case "annotation-allow":
+		c.AnnotationAllow = []string{}
+		for _, k := range strings.Split(value, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				c.AnnotationAllow = append(c.AnnotationAllow, k)
+			}
+		}
 	case "cache":
 		c.Cache, err = parseBoolOpt(key, value)
 	case "cache-max-size":
@@ -268,7 +284,10 @@ func (c *Config) Set(key, value string) error {
 // ApplyAnnotations applies every annotation under AnnotationPrefix, in the
 // order of their keys (redact before redact-replacement of the same name).
 // Other annotations are ignored. The first bad one fails with
-// ErrInvalidArgument naming the annotation.
+// ErrInvalidArgument naming the annotation. Options that name a host
+// file, socket or address (path, and a driver's path, socket, address and
+// tls-* options) are refused unless AnnotationAllow lists them (it lists
+// everything by default).
 func (c *Config) ApplyAnnotations(ann map[string]string) error {
 	keys := make([]string, 0, len(ann))
 	for k := range ann {
@@ -286,11 +305,45 @@ func (c *Config) ApplyAnnotations(ann map[string]string) error {
 		return keys[i] < keys[j]
 	})
 	for _, k := range keys {
-		if err := c.Set(strings.TrimPrefix(k, AnnotationPrefix), ann[k]); err != nil {
+		opt := strings.TrimPrefix(k, AnnotationPrefix)
+		if !c.annotationMaySet(opt) {
+			return fmt.Errorf("annotation %s: option %s names a file, socket or address on the host, which only the configuration file may set (or list it in annotation-allow): %w",
+				k, opt, errdefs.ErrInvalidArgument)
+		}
+		if err := c.Set(opt, ann[k]); err != nil {
 			return fmt.Errorf("annotation %s: %w", k, err)
 		}
 	}
 	return nil
+}
+
+// annotationMaySet says whether an annotation may set opt. Annotations come
+// from whoever creates the container, and the monitor runs as root: an
+// option that names a host file (path), a socket or an address (a driver's
+// socket, address, TLS files) lets them write, as root, where they choose
+// (a cron directory, a container engine's API socket). Those need
+// annotation-allow to list them; annotation-allow itself is never set by
+// an annotation.
+func (c *Config) annotationMaySet(opt string) bool {
+	if opt == "annotation-allow" {
+		return false
+	}
+	last := opt
+	if i := strings.LastIndexByte(opt, '.'); i >= 0 && strings.HasPrefix(opt, "opt.") {
+		last = opt[i+1:]
+	} else if strings.HasPrefix(opt, "opt.") {
+		last = ""
+	}
+	sensitive := opt == OptPath || last == OptPath || last == "socket" || last == "address" || strings.HasPrefix(last, "tls-")
+	if !sensitive {
+		return true
+	}
+	for _, a := range c.AnnotationAllow {
+		if a == opt || strings.HasSuffix(a, "*") && strings.HasPrefix(opt, strings.TrimSuffix(a, "*")) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseConfig parses the [logging] table of a TOML configuration over the
@@ -327,6 +380,14 @@ func (c *Config) setTOML(key string, v any) error {
 				names = append(names, fmt.Sprint(x))
 			}
 			return c.Set(key, strings.Join(names, ","))
+		}
+	case "annotation-allow":
+		if list, ok := v.([]any); ok {
+			var keys []string
+			for _, x := range list {
+				keys = append(keys, fmt.Sprint(x))
+			}
+			return c.Set(key, strings.Join(keys, ","))
 		}
 	case "drop":
 		if list, ok := v.([]any); ok {

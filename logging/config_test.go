@@ -67,6 +67,9 @@ path = "/var/log/x.json"
 	}
 }
 
+// locked is a configuration for a host whose annotations are untrusted.
+const locked = "[logging]\nannotation-allow = []\n"
+
 func TestConfigErrorsNameTheOption(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -88,6 +91,12 @@ func TestConfigErrorsNameTheOption(t *testing.T) {
 		{name: "orphan replacement", ann: map[string]string{logging.AnnotationPrefix + "redact-replacement.x": "y"},
 			want: "redact-replacement.x"},
 		{name: "bad tag", ann: map[string]string{logging.AnnotationPrefix + "tag": "{{.Nope"}, want: "tag"},
+		{name: "path by annotation, locked down", toml: locked, ann: map[string]string{logging.AnnotationPrefix + "path": "/etc/cron.d/x"}, want: logging.AnnotationPrefix + "path"},
+		{name: "driver socket by annotation, locked down", toml: locked, ann: map[string]string{logging.AnnotationPrefix + "opt.journald.socket": "/run/docker.sock"}, want: "opt.journald.socket"},
+		{name: "address by annotation, locked down", toml: locked, ann: map[string]string{logging.AnnotationPrefix + "opt.syslog.address": "tcp://10.0.0.1:25"}, want: "opt.syslog.address"},
+		{name: "tls file by annotation, locked down", toml: locked, ann: map[string]string{logging.AnnotationPrefix + "opt.syslog.tls-key": "/etc/shadow"}, want: "tls-key"},
+		{name: "allow-list by annotation", ann: map[string]string{logging.AnnotationPrefix + "annotation-allow": "path"}, want: "annotation-allow"},
+		{name: "allowed elsewhere only", toml: "[logging]\nannotation-allow = [\"opt.syslog.*\"]", ann: map[string]string{logging.AnnotationPrefix + "opt.fluentd.address": "x:1"}, want: "opt.fluentd.address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := logging.ParseConfig([]byte(tc.toml))
@@ -316,5 +325,29 @@ func TestAnnotationsEndToEnd(t *testing.T) {
 	st := p.Stats()
 	if st.Filtered.Lines != 1 || st.Redacted != 1 || st.RateLimited.Lines != 2 || st.Markers != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestAnnotationAllow(t *testing.T) {
+	// The default allows everything (conmonctl's --log-opt path travels
+	// as an annotation).
+	d := logging.DefaultConfig()
+	if err := d.ApplyAnnotations(map[string]string{logging.AnnotationPrefix + "path": "/x/ctr.log"}); err != nil || d.Path != "/x/ctr.log" {
+		t.Fatalf("default: %v", err)
+	}
+	c, err := logging.ParseConfig([]byte("[logging]\nannotation-allow = [\"opt.syslog.*\", \"path\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.ApplyAnnotations(map[string]string{
+		logging.AnnotationPrefix + "opt.syslog.address": "udp://127.0.0.1:514",
+		logging.AnnotationPrefix + "path":               "/var/log/pods/x.log",
+	})
+	if err != nil || c.Path != "/var/log/pods/x.log" || c.DriverOptions["syslog"]["address"] != "udp://127.0.0.1:514" {
+		t.Fatalf("%v %+v", err, c)
+	}
+	// Flags and the file are trusted: Set takes a path.
+	if err := c.Set("opt.journald.socket", "/run/systemd/journal/socket"); err != nil {
+		t.Fatal(err)
 	}
 }
