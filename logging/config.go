@@ -222,6 +222,9 @@ func (c *Config) Set(key, value string) error {
 		if err == nil && c.MaxBufferSize < DefaultReadSize {
 			err = invalid(key, value, fmt.Sprintf("must be at least %d bytes", DefaultReadSize))
 		}
+		if err == nil && c.MaxBufferSize > MaxMaxBufferSize {
+			err = invalid(key, value, fmt.Sprintf("must be at most %d bytes (memory of the monitor)", MaxMaxBufferSize))
+		}
 	case "rate-bytes":
 		var n int64
 		n, err = parseSizeOpt(key, value)
@@ -576,6 +579,10 @@ func (c *Config) commonOptions() map[string]string {
 	}
 	return o
 }
+
+// MaxMaxBufferSize bounds max-buffer-size: the buffer is the monitor's
+// memory, and the option may come from an annotation.
+const MaxMaxBufferSize = 256 << 20
 
 // CacheDirName is the directory, under the container's directory, of the
 // local cache (see Config.Cache); the cache file is CacheDirName/ctr.log.

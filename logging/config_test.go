@@ -83,6 +83,7 @@ func TestConfigErrorsNameTheOption(t *testing.T) {
 		{name: "bad regex", toml: "[logging]\ndrop = [\"(\"]", want: "drop"},
 		{name: "bad toml", toml: "[logging\n", want: "logging configuration"},
 		{name: "tiny buffer", toml: "[logging]\nmax-buffer-size = 10", want: "max-buffer-size"},
+		{name: "huge buffer", ann: map[string]string{logging.AnnotationPrefix + "max-buffer-size": "100g"}, want: "max-buffer-size"},
 		{name: "bad fsync", toml: "[logging]\nfsync = \"sometimes\"", want: "fsync"},
 		{name: "bad annotation", ann: map[string]string{logging.AnnotationPrefix + "max-files": "-1"},
 			want: logging.AnnotationPrefix + "max-files"},
