@@ -196,6 +196,16 @@ func (m *Monitor) Run(ctx context.Context) int {
 		return m.fail(n, msg)
 	}
 
+	if m.consRead != nil {
+		// The runtime sent the terminal before it exited; make sure it is
+		// being read before the caller learns the pid and starts the
+		// container.
+		select {
+		case <-m.consRead:
+		case <-time.After(5 * time.Second):
+			m.diag.Warnf("Terminal not received from the runtime")
+		}
+	}
 	pid, err := readPidfile(cfg.ContainerPidfile)
 	if err != nil {
 		m.diag.Errorf("Failed to read pidfile: %v", err)
@@ -278,6 +288,7 @@ func (m *Monitor) setupStdio() (*runtimeIO, error) {
 // ONLCR, applies a resize that arrived early and starts reading it as the
 // container's stdout.
 func (m *Monitor) receiveConsole(sock *runc.Socket, path string) {
+	defer close(m.consRead)
 	defer sock.Close()
 	defer os.Remove(path)
 	c, err := sock.ReceiveMaster()
@@ -310,7 +321,6 @@ func (m *Monitor) receiveConsole(sock *runc.Socket, path string) {
 	m.consMu.Unlock()
 	m.stdin.set(f)
 	m.logs.ReadFrom(logging.Stdout, r)
-	close(m.consRead)
 }
 
 // runc returns the go-runc client for the runtime. When socket
