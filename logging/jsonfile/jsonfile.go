@@ -10,13 +10,21 @@
 //
 // Options: the common file options of package logging: path (default
 // <Info.Dir>/ctr.json.log), max-size, max-files, compress (gzip rotated
-// files), truncate, global-size-max, fsync, fsync-interval.
+// files), truncate, global-size-max, fsync, fsync-interval; and attrs=true,
+// which adds the container's labels to every line as Docker's "attrs"
+// object (encoded once, at open).
 package jsonfile
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/logging/internal/logfile"
@@ -31,8 +39,9 @@ type Options = logfile.Options
 // Driver writes Docker's json-file format. Its methods are safe for
 // concurrent use.
 type Driver struct {
-	file *logfile.File
-	ts   timeCache // guarded by file's lock
+	file  *logfile.File
+	ts    timeCache // guarded by file's lock
+	attrs []byte    // `"attrs":{...},` or nil
 }
 
 var (
@@ -45,16 +54,41 @@ var (
 
 // Factory is the registry's constructor.
 func Factory(_ context.Context, info logging.Info) (logging.Driver, error) {
-	o, err := logfile.FromInfo(Name, info, "ctr.json.log")
+	o, err := logfile.FromInfo(Name, info, "ctr.json.log", "attrs")
 	if err != nil {
 		return nil, err
 	}
-	return New(o)
+	var attrs map[string]string
+	if v, ok := info.Options["attrs"]; ok {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("log driver %s: option attrs=%q: want true or false: %w", Name, v, errdefs.ErrInvalidArgument)
+		}
+		if on {
+			attrs = info.Meta.Labels
+		}
+	}
+	return New(o, attrs)
 }
 
-// New opens the log file at o.Path for appending.
-func New(o Options) (*Driver, error) {
+// New opens the log file at o.Path for appending. attrs, if not empty, is
+// written in every line as Docker's "attrs" object.
+func New(o Options, attrs ...map[string]string) (*Driver, error) {
 	d := &Driver{}
+	if len(attrs) > 0 && len(attrs[0]) > 0 {
+		d.attrs = append(d.attrs, `"attrs":{`...)
+		for i, k := range slices.Sorted(maps.Keys(attrs[0])) {
+			if i > 0 {
+				d.attrs = append(d.attrs, ',')
+			}
+			d.attrs = append(d.attrs, '"')
+			d.attrs = AppendEscaped(d.attrs, []byte(k))
+			d.attrs = append(d.attrs, `":"`...)
+			d.attrs = AppendEscaped(d.attrs, []byte(attrs[0][k]))
+			d.attrs = append(d.attrs, '"')
+		}
+		d.attrs = append(d.attrs, "},"...)
+	}
 	f, err := logfile.Open(o, d)
 	if err != nil {
 		return nil, err
@@ -71,10 +105,12 @@ func (d *Driver) Encode(dst []byte, r *logging.Record) []byte {
 		dst = append(dst, `\n`...)
 	}
 	if r.Stream == logging.Stderr {
-		dst = append(dst, `","stream":"stderr","time":"`...)
+		dst = append(dst, `","stream":"stderr",`...)
 	} else {
-		dst = append(dst, `","stream":"stdout","time":"`...)
+		dst = append(dst, `","stream":"stdout",`...)
 	}
+	dst = append(dst, d.attrs...)
+	dst = append(dst, `"time":"`...)
 	dst = d.ts.append(dst, r.Time)
 	return append(dst, "\"}\n"...)
 }

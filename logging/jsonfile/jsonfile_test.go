@@ -60,3 +60,30 @@ func TestLineFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestAttrs(t *testing.T) {
+	dir := t.TempDir()
+	d, err := jsonfile.Factory(t.Context(), logging.Info{
+		Meta:    logging.Metadata{Labels: map[string]string{"team": "core", "app": "w<e>b"}},
+		Options: map[string]string{"attrs": "true"},
+		Dir:     dir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := logging.Record{Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Stream: logging.Stdout, Line: []byte("x")}
+	d.Write(&r)
+	d.Close()
+	data, _ := os.ReadFile(filepath.Join(dir, "ctr.json.log"))
+	want := `{"log":"x\n","stream":"stdout","attrs":{"app":"w\u003ce\u003eb","team":"core"},"time":"2026-01-02T03:04:05Z"}` + "\n"
+	if string(data) != want {
+		t.Fatalf("got  %s\nwant %s", data, want)
+	}
+	var rec logging.Record
+	if !logging.ParseJSONLine(data[:len(data)-1], &rec) || string(rec.Line) != "x" {
+		t.Fatal("reader cannot parse a line with attrs")
+	}
+	if _, err := jsonfile.Factory(t.Context(), logging.Info{Options: map[string]string{"attrs": "maybe"}, Dir: dir}); err == nil {
+		t.Fatal("bad attrs accepted")
+	}
+}

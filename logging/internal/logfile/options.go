@@ -3,6 +3,7 @@ package logfile
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -12,9 +13,10 @@ import (
 
 // FromInfo reads the common file options of a driver's Info (see
 // logging.CommonOptions). defaultName is the file name used under Info.Dir
-// when no path is given. Bad values fail with ErrInvalidArgument naming the
-// option.
-func FromInfo(driver string, info logging.Info, defaultName string) (Options, error) {
+// when no path is given; own lists the driver's own option keys, which
+// FromInfo leaves to the driver. Bad values fail with ErrInvalidArgument
+// naming the option.
+func FromInfo(driver string, info logging.Info, defaultName string, own ...string) (Options, error) {
 	o := Options{Fsync: logging.FsyncExit}
 	bad := func(k, why string) error {
 		return fmt.Errorf("log driver %s: option %s=%q: %s: %w", driver, k, info.Options[k], why, errdefs.ErrInvalidArgument)
@@ -56,6 +58,9 @@ func FromInfo(driver string, info logging.Info, defaultName string) (Options, er
 				return o, bad(k, "want a positive duration")
 			}
 		default:
+			if slices.Contains(own, k) {
+				continue
+			}
 			return o, fmt.Errorf("log driver %s: unknown option %q: %w", driver, k, errdefs.ErrInvalidArgument)
 		}
 	}
