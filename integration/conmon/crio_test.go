@@ -278,7 +278,7 @@ func (h *harness) create(id, bundle string, extra ...string) (syncMsg string, rc
 	}
 	cmd := exec.Command(h.bin, append(args, extra...)...)
 	cmd.Dir = bundle
-	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
+	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4", "EXITCMD_ENV=from-env")
 	cmd.ExtraFiles = []*os.File{syncChild, startChild}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -568,4 +568,60 @@ func TestTrampolineSetsListenPid(t *testing.T) {
 	if len(f) != 4 || f[0] != f[1] || f[2] != "kept" || f[3] != "arg1" {
 		t.Fatalf("trampoline output %q: want LISTEN_PID = pid, env and args kept", out)
 	}
+}
+
+// TestSignalAndExitCommand: SIGTERM to the monitor reaches the container;
+// the exit command runs after --exit-delay with its arguments and the
+// monitor's environment.
+func TestSignalAndExitCommand(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("519a", 16)
+			bundle := h.bundle(id, []string{"sh", "-c", `trap "echo got-term; exit 9" TERM; echo up; while true; do sleep 0.1; done`})
+			marker := filepath.Join(h.dir, "exit-command-ran")
+			msg, rc, syncParent := h.create(id, bundle,
+				"--exit-command", "/bin/sh", "--exit-command-arg", "-c",
+				"--exit-command-arg", `echo "$0 $EXITCMD_ENV" > `+marker, "--exit-command-arg", "arg0",
+				"--exit-delay", "1")
+			defer syncParent.Close()
+			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+				t.Fatalf("create: exit %d, sync %q", rc, msg)
+			}
+			h.runcCmd("start", id)
+			logPath := filepath.Join(h.dir, id+".log")
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "up") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("container never logged")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			mpid, err := strconv.Atoi(waitFile(t, filepath.Join(bundle, "conmon-pidfile")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Kill(mpid, unix.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			obs := observation{}
+			obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
+			exited := time.Now()
+			ran := waitFile(t, marker)
+			t.Logf("exit command ran %v after the exit file (--exit-delay 1)", time.Since(exited))
+			obs.Sync = []string{ran}
+			obs.Log = logLines(t, logPath)
+			h.runcCmd("delete", "-f", id)
+			if obs.ExitFile != "9" || ran != "arg0 from-env\n" {
+				t.Fatalf("exit file %q (want 9), exit command wrote %q", obs.ExitFile, ran)
+			}
+			got[name] = obs
+		})
+	}
+	compare(t, got)
 }
