@@ -360,3 +360,41 @@ func TestAttachFramingAndSlowClient(t *testing.T) {
 		t.Fatalf("attach socket left behind: %v", err)
 	}
 }
+
+func TestNotifyProxy(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "notify"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hostPath := filepath.Join(dir, "host.sock")
+	host, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: hostPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	p, err := newNotifyProxy(dir, hostPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: filepath.Join(dir, "notify", "notify.sock"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("FDSTORE=1")); err != nil { // nothing to forward
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("READY=1\nMAINPID=7\nSTATUS=serving")); err != nil {
+		t.Fatal(err)
+	}
+	_ = host.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1024)
+	n, _, err := host.ReadFromUnix(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(buf[:n]); got != "READY=1\nSTATUS=serving" {
+		t.Fatalf("host got %q", got)
+	}
+}
