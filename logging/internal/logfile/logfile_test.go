@@ -193,3 +193,29 @@ func TestFullDiskNeverFailsHard(t *testing.T) {
 		t.Fatalf("after close lost %d of 1000", l)
 	}
 }
+
+func TestFailedReopenRetriesAtNextWrite(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "d")
+	os.MkdirAll(dir, 0o755)
+	p := filepath.Join(dir, "ctr.log")
+	f, err := logfile.Open(logfile.Options{Path: p}, plain{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, f, 1, "first %d")
+	os.RemoveAll(dir) // the directory is gone: the reopen cannot create the file
+	if err := f.Reopen(); err == nil {
+		t.Fatal("reopen into a missing directory succeeded")
+	}
+	r := logging.Record{Line: []byte("held")}
+	f.Append(&r) // held: no file
+	if f.Flush() == nil {
+		t.Fatal("flush without a file succeeded")
+	}
+	os.MkdirAll(dir, 0o755) // back
+	appendN(t, f, 1, "after %d")
+	f.Close()
+	if got := read(t, p); got != "held\nafter 0\n" {
+		t.Fatalf("got %q", got)
+	}
+}
