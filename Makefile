@@ -10,7 +10,7 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /integration -e /bench)
 # Integration and unit tests are time-boxed so .ci/run stays far below CI's limit.
 INTEGRATION_TIMEOUT ?= 20m
 
-.PHONY: help build test unit integration vendor verify-vendor check protos check-protos demo bench bench-quick critest soak containerd2 integration-containerd2 clean
+.PHONY: help build test unit integration vendor verify-vendor check protos check-protos demo bench bench-quick critest soak fuzz containerd2 integration-containerd2 clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -50,6 +50,19 @@ check: ## gofmt, go vet, generated code up to date
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^vendor/')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# Every Fuzz target of the module, each for FUZZTIME (CI: a few seconds).
+# A failing input is written to the package's testdata/fuzz/ by go test.
+FUZZTIME ?= 10s
+fuzz: ## run every go test -fuzz target for FUZZTIME each (default 10s)
+	@out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	for f in $$(git grep -l '^func Fuzz' -- '*_test.go' ':!vendor'); do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz ./$$(dirname $$f) $$t ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f) >$$out 2>&1 \
+			  || { tail -40 $$out; exit 1; }; \
+		done; \
+	done
 
 critest: build ## CRI conformance: critest through containerd 1.6, runc baseline vs conmon-v2 (root; see integration/critest)
 	integration/critest/critest.sh
