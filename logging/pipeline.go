@@ -85,7 +85,8 @@ type PipelineOptions struct {
 	Redact []Redaction
 	// Tap, if set, is called in the reader goroutine with each chunk read,
 	// before filters and limits (the attach sockets of a monitor get the
-	// output even when the logs drop it). It must not keep chunk.
+	// output even when the logs drop it). It must not keep chunk, and
+	// should not block: the reader waits for it, in either mode.
 	Tap func(s Stream, chunk []byte)
 	// Now returns the time stamped on records; default time.Now.
 	Now func() time.Time
