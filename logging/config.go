@@ -148,7 +148,8 @@ func invalid(option, value string, why string) error {
 // Set sets one option by name, the names of the annotations (without the
 // prefix) and of the TOML file:
 //
-//	driver (comma-separated list; replaces), path, max-size, max-files,
+//	driver (comma-separated list; replaces), path, max-size, max-files
+//	(or Docker's max-file),
 //	compress, truncate, fsync, fsync-interval, global-size-max, tag,
 //	label.<key>, mode, max-buffer-size, rate-bytes, rate-lines, rate-burst,
 //	drop[.<name>], redact[.<name>], redact-replacement[.<name>], cache,
@@ -175,7 +176,7 @@ func (c *Config) Set(key, value string) error {
 		c.Path = value
 	case OptMaxSize:
 		c.MaxSize, err = parseSizeOpt(key, value)
-	case OptMaxFiles:
+	case OptMaxFiles, "max-file": // max-file: Docker's spelling
 		c.MaxFiles, err = parseIntOpt(key, value, 0)
 	case OptCompress:
 		c.Compress, err = parseBoolOpt(key, value)

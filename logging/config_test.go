@@ -139,6 +139,16 @@ func TestAnnotationsOverFile(t *testing.T) {
 	}
 }
 
+func TestDockerSpellings(t *testing.T) {
+	c := logging.DefaultConfig()
+	if err := c.ApplyAnnotations(map[string]string{logging.AnnotationPrefix + "max-file": "3", logging.AnnotationPrefix + "max-size": "10m"}); err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxFiles != 3 || c.MaxSize != 10<<20 {
+		t.Fatalf("%+v", c)
+	}
+}
+
 func TestLoadConfig(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := logging.LoadConfig(filepath.Join(dir, "missing.toml")); !errdefs.IsNotFound(err) {
