@@ -186,6 +186,11 @@ func (m *Monitor) Run(ctx context.Context) int {
 
 	status, rerr := m.startRuntime(ctx, rio, sock)
 	rio.Close()
+	if cfg.Passthru {
+		// The container has the caller's stdio now; the monitor lets go
+		// of it so the caller sees EOF when the container is done.
+		_ = StdioToDevNull()
+	}
 	if rerr != nil {
 		msg := m.runtimeStderr()
 		m.diag.Errorf("Failed to create container: exit status %d", status)
