@@ -17,7 +17,7 @@ import (
 	"github.com/containers/conmon-v2/logging/k8sfile"
 )
 
-const debianConmon = "/usr/bin/conmon"
+const fileDebianConmon = "/usr/bin/conmon"
 
 // fileBundle writes an OCI bundle (runc's default spec, no terminal, the
 // busybox rootfs read-only) that runs script with sh -c.
@@ -50,10 +50,10 @@ func fileBundle(t *testing.T, dir, rootfs, script string) string {
 	return b
 }
 
-// compatScript writes one piece per write(2), with pauses longer than a
+// fileCompatScript writes one piece per write(2), with pauses longer than a
 // monitor's read latency, so that both monitors see the same reads: the
 // P/F split and the timestamp grouping depend on reads (conmon.md §3.3).
-const compatScript = `
+const fileCompatScript = `
 p() { printf "$@"; sleep 0.2; }
 e() { printf "$@" >&2; sleep 0.2; }
 p 'out\n'
@@ -70,12 +70,12 @@ e 'unicode \342\234\223 done\n'
 p 'no newline at exit'
 `
 
-var tsRE = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{9}[+-][0-9]{2}:[0-9]{2}$`)
+var fileTSRE = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{9}[+-][0-9]{2}:[0-9]{2}$`)
 
-// splitLog returns each line's text after the timestamp, and a grouping
+// fileSplitLog returns each line's text after the timestamp, and a grouping
 // string: one letter per line, the same letter while the timestamp is the
 // same (one read), so that per-read stamping is compared too.
-func splitLog(t *testing.T, path string) (lines []string, groups string, offset string) {
+func fileSplitLog(t *testing.T, path string) (lines []string, groups string, offset string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -90,7 +90,7 @@ func splitLog(t *testing.T, path string) (lines []string, groups string, offset 
 			continue
 		}
 		ts, rest, ok := strings.Cut(l, " ")
-		if !ok || !tsRE.MatchString(ts) {
+		if !ok || !fileTSRE.MatchString(ts) {
 			t.Fatalf("%s: line %q has no conmon timestamp", path, l)
 		}
 		if ts != prev {
@@ -104,10 +104,10 @@ func splitLog(t *testing.T, path string) (lines []string, groups string, offset 
 	return lines, groups, offset
 }
 
-// runUnderConmon runs the bundle under Debian's conmon (--sync, k8s-file)
+// fileRunUnderConmon runs the bundle under Debian's conmon (--sync, k8s-file)
 // the way CRI-O drives it, starting the container with runc once conmon has
 // created it.
-func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath string, extra ...string) {
+func fileRunUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath string, extra ...string) {
 	t.Helper()
 	id := fmt.Sprintf("compat-conmon-%d", time.Now().UnixNano())
 	root := filepath.Join(dir, "runc")
@@ -115,7 +115,7 @@ func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath stri
 	for _, d := range []string{root, filepath.Join(dir, "exits"), filepath.Join(dir, "sock")} {
 		os.MkdirAll(d, 0o755)
 	}
-	cmd := exec.CommandContext(ctx, debianConmon,
+	cmd := exec.CommandContext(ctx, fileDebianConmon,
 		"--api-version", "1", "-c", id, "-u", id, "-r", testutil.NeedCommand(t, "runc"),
 		"--runtime-arg", "--root", "--runtime-arg", root,
 		"-b", bundle, "-p", pidfile, "-l", "k8s-file:"+logPath,
@@ -145,9 +145,9 @@ func runUnderConmon(t *testing.T, ctx context.Context, dir, bundle, logPath stri
 	}
 }
 
-// runUnderPipeline runs the bundle with runc in the foreground, its stdout
+// fileRunUnderPipeline runs the bundle with runc in the foreground, its stdout
 // and stderr on pipes read by a logging.Pipeline into k8s-file.
-func runUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPath string, opts ...k8sfile.Options) {
+func fileRunUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPath string, opts ...k8sfile.Options) {
 	t.Helper()
 	id := fmt.Sprintf("compat-v2-%d", time.Now().UnixNano())
 	root := filepath.Join(dir, "runc")
@@ -190,8 +190,8 @@ func runUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPath st
 func TestFileK8sByteCompatibleWithConmon(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.NeedCommand(t, "runc")
-	if _, err := os.Stat(debianConmon); err != nil {
-		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", debianConmon, err)
+	if _, err := os.Stat(fileDebianConmon); err != nil {
+		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", fileDebianConmon, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -202,11 +202,11 @@ func TestFileK8sByteCompatibleWithConmon(t *testing.T) {
 	os.MkdirAll(cdir, 0o755)
 	os.MkdirAll(vdir, 0o755)
 	clog, vlog := filepath.Join(cdir, "ctr.log"), filepath.Join(vdir, "ctr.log")
-	runUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, compatScript), clog)
-	runUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, compatScript), vlog)
+	fileRunUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, fileCompatScript), clog)
+	fileRunUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, fileCompatScript), vlog)
 
-	cl, cg, co := splitLog(t, clog)
-	vl, vg, vo := splitLog(t, vlog)
+	cl, cg, co := fileSplitLog(t, clog)
+	vl, vg, vo := fileSplitLog(t, vlog)
 	if strings.Join(cl, "") != strings.Join(vl, "") {
 		t.Fatalf("lines differ:\nconmon:\n%s\nconmon-v2:\n%s", strings.Join(cl, ""), strings.Join(vl, ""))
 	}
@@ -224,8 +224,8 @@ func TestFileK8sByteCompatibleWithConmon(t *testing.T) {
 func TestFileK8sTruncateLikeConmon(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.NeedCommand(t, "runc")
-	if _, err := os.Stat(debianConmon); err != nil {
-		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", debianConmon, err)
+	if _, err := os.Stat(fileDebianConmon); err != nil {
+		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", fileDebianConmon, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -237,10 +237,10 @@ func TestFileK8sTruncateLikeConmon(t *testing.T) {
 	os.MkdirAll(cdir, 0o755)
 	os.MkdirAll(vdir, 0o755)
 	clog, vlog := filepath.Join(cdir, "ctr.log"), filepath.Join(vdir, "ctr.log")
-	runUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, script), clog, "--log-size-max", "1000")
-	runUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, script), vlog, k8sfile.Options{MaxSize: 1000, Truncate: true})
-	cl, _, _ := splitLog(t, clog)
-	vl, _, _ := splitLog(t, vlog)
+	fileRunUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, script), clog, "--log-size-max", "1000")
+	fileRunUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, script), vlog, k8sfile.Options{MaxSize: 1000, Truncate: true})
+	cl, _, _ := fileSplitLog(t, clog)
+	vl, _, _ := fileSplitLog(t, vlog)
 	if strings.Join(cl, "") != strings.Join(vl, "") {
 		t.Fatalf("files differ:\nconmon:\n%s\nconmon-v2:\n%s", strings.Join(cl, ""), strings.Join(vl, ""))
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/containers/conmon-v2/logging/k8sfile"
 )
 
-// smallTmpfs mounts a 64 KiB tmpfs for the test.
-func smallTmpfs(t *testing.T) string {
+// fileSmallTmpfs mounts a 64 KiB tmpfs for the test.
+func fileSmallTmpfs(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "mnt")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -48,7 +48,7 @@ func TestFileFullDisk(t *testing.T) {
 		}, logging.ParseJSONLine},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mnt := smallTmpfs(t)
+			mnt := fileSmallTmpfs(t)
 			filler := filepath.Join(mnt, "filler")
 			if err := os.WriteFile(filler, make([]byte, 40<<10), 0o600); err != nil {
 				t.Fatal(err)

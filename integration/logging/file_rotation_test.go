@@ -51,7 +51,7 @@ func TestFileRotationUnderLoadRealContainer(t *testing.T) {
 	next := 1
 	go func() {
 		followed <- logging.ReadLogs(ctx, logging.ReadOptions{Source: src, Tail: logging.TailAll, Follow: true, Done: exited, Poll: 10 * time.Millisecond},
-			checkSeq(&next))
+			fileCheckSeq(&next))
 	}()
 
 	or, ow, _ := os.Pipe()
@@ -79,7 +79,7 @@ func TestFileRotationUnderLoadRealContainer(t *testing.T) {
 		t.Fatalf("follower saw up to %d, want %d", next-1, total)
 	}
 	again := 1
-	if err := logging.ReadLogs(ctx, logging.ReadOptions{Source: src, Tail: logging.TailAll}, checkSeq(&again)); err != nil {
+	if err := logging.ReadLogs(ctx, logging.ReadOptions{Source: src, Tail: logging.TailAll}, fileCheckSeq(&again)); err != nil {
 		t.Fatal(err)
 	}
 	if again != total+1 {
@@ -93,9 +93,9 @@ func TestFileRotationUnderLoadRealContainer(t *testing.T) {
 	t.Logf("%d lines in %d records over %d files", total, st.Read.Lines, len(files)+1)
 }
 
-// checkSeq joins partial records and checks that the lines count up from
+// fileCheckSeq joins partial records and checks that the lines count up from
 // *next.
-func checkSeq(next *int) func(*logging.Record) error {
+func fileCheckSeq(next *int) func(*logging.Record) error {
 	var pending []byte
 	return func(r *logging.Record) error {
 		pending = append(pending, r.Line...)
