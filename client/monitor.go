@@ -25,6 +25,10 @@ type ShimInfo struct {
 	RSSKB     uint64
 	PSSKB     uint64
 	Tasks     uint32
+	// Goroutines and FDs are the shim's goroutine and open descriptor
+	// counts (for leak checks).
+	Goroutines uint32
+	FDs        uint32
 }
 
 // Info asks the shim about itself.
@@ -36,6 +40,7 @@ func (s *Shim) Info(ctx context.Context) (ShimInfo, error) {
 	return ShimInfo{
 		Pid: r.GetPid(), Group: r.GetGroup(), Namespace: r.GetNamespace(), Version: r.GetVersion(),
 		StartedAt: unixNano(r.GetStartedAt()), RSSKB: r.GetRssKb(), PSSKB: r.GetPssKb(), Tasks: r.GetTasks(),
+		Goroutines: r.GetGoroutines(), FDs: r.GetFds(),
 	}, nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -117,6 +118,10 @@ func (m *Monitor) Info(ctx context.Context, _ *conmonapi.InfoRequest) (*conmonap
 		StartedAt: m.cfg.StartedAt.UnixNano(),
 		RssKb:     rss,
 		PssKb:     pss,
+		// NumGoroutine counts this process, so Info is only meaningful
+		// in the shim itself (m.cfg.Pid is then our pid).
+		Goroutines: uint32(runtime.NumGoroutine()),
+		Fds:        openFDs(m.cfg.Proc, m.cfg.Pid),
 	}
 	if m.cfg.Tasks != nil {
 		r.Tasks = uint32(len(m.cfg.Tasks.List(ctx)))
@@ -240,4 +245,13 @@ func field(data []byte, key string) uint64 {
 		return n
 	}
 	return 0
+}
+
+// openFDs counts the entries of <proc>/<pid>/fd (0 when unreadable).
+func openFDs(proc string, pid int) uint32 {
+	ents, err := os.ReadDir(proc + "/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return 0
+	}
+	return uint32(len(ents))
 }

@@ -410,9 +410,14 @@ type InfoResponse struct {
 	StartedAt int64  `protobuf:"varint,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// rss_kb and pss_kb are the shim's own resident and proportional set
 	// sizes, from /proc/self/smaps_rollup (0 when unavailable).
-	RssKb         uint64 `protobuf:"varint,6,opt,name=rss_kb,json=rssKb,proto3" json:"rss_kb,omitempty"`
-	PssKb         uint64 `protobuf:"varint,7,opt,name=pss_kb,json=pssKb,proto3" json:"pss_kb,omitempty"`
-	Tasks         uint32 `protobuf:"varint,8,opt,name=tasks,proto3" json:"tasks,omitempty"`
+	RssKb uint64 `protobuf:"varint,6,opt,name=rss_kb,json=rssKb,proto3" json:"rss_kb,omitempty"`
+	PssKb uint64 `protobuf:"varint,7,opt,name=pss_kb,json=pssKb,proto3" json:"pss_kb,omitempty"`
+	Tasks uint32 `protobuf:"varint,8,opt,name=tasks,proto3" json:"tasks,omitempty"`
+	// goroutines and fds are the shim's goroutine and open descriptor
+	// counts, for leak checks (both return to a baseline when its
+	// containers are gone).
+	Goroutines    uint32 `protobuf:"varint,9,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
+	Fds           uint32 `protobuf:"varint,10,opt,name=fds,proto3" json:"fds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,6 +508,20 @@ func (x *InfoResponse) GetTasks() uint32 {
 	return 0
 }
 
+func (x *InfoResponse) GetGoroutines() uint32 {
+	if x != nil {
+		return x.Goroutines
+	}
+	return 0
+}
+
+func (x *InfoResponse) GetFds() uint32 {
+	if x != nil {
+		return x.Fds
+	}
+	return 0
+}
+
 var File_monitor_proto protoreflect.FileDescriptor
 
 const file_monitor_proto_rawDesc = "" +
@@ -535,7 +554,7 @@ const file_monitor_proto_rawDesc = "" +
 	"\bterminal\x18\n" +
 	" \x01(\bR\bterminal\x12\x14\n" +
 	"\x05execs\x18\v \x01(\rR\x05execs\"\r\n" +
-	"\vInfoRequest\"\xd1\x01\n" +
+	"\vInfoRequest\"\x83\x02\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1c\n" +
@@ -545,7 +564,12 @@ const file_monitor_proto_rawDesc = "" +
 	"started_at\x18\x05 \x01(\x03R\tstartedAt\x12\x15\n" +
 	"\x06rss_kb\x18\x06 \x01(\x04R\x05rssKb\x12\x15\n" +
 	"\x06pss_kb\x18\a \x01(\x04R\x05pssKb\x12\x14\n" +
-	"\x05tasks\x18\b \x01(\rR\x05tasks2\xbc\x01\n" +
+	"\x05tasks\x18\b \x01(\rR\x05tasks\x12\x1e\n" +
+	"\n" +
+	"goroutines\x18\t \x01(\rR\n" +
+	"goroutines\x12\x10\n" +
+	"\x03fds\x18\n" +
+	" \x01(\rR\x03fds2\xbc\x01\n" +
 	"\aMonitor\x12?\n" +
 	"\tSubscribe\x12\x1b.conmon.v1.SubscribeRequest\x1a\x13.conmon.v1.Envelope0\x01\x127\n" +
 	"\x04List\x12\x16.conmon.v1.ListRequest\x1a\x17.conmon.v1.ListResponse\x127\n" +
