@@ -394,7 +394,8 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "Samples per latency figure: %d; log volume per run: %d MiB; pod size of the grouped mode: %d; launch concurrency: %d.\n\n",
 		r.Config.Iterations, r.Config.LogBytes>>20, r.Config.GroupSize, r.Config.Concurrency)
 
-	b.WriteString("## Systems\n\n| system | status |\n|---|---|\n")
+	b.WriteString(r.Summary())
+	b.WriteString("\n## Systems\n\n| system | status |\n|---|---|\n")
 	for _, s := range r.Systems {
 		st := "measured"
 		if !s.Available {
@@ -491,6 +492,74 @@ func (r *Report) Markdown() string {
 	}
 	b.WriteString("\nThe machine's 2 CPUs may be shared with other work during a run (see the load averages): latency and throughput figures carry that noise; memory figures do not.\n")
 	return b.String()
+}
+
+// Summary is one row per system with the headline of every figure: memory
+// at the largest N measured, overheads over the runc floor, the log
+// figure's CPU per GB, each with its ratio to conmon.
+func (r *Report) Summary() string {
+	var b strings.Builder
+	conmon, floor := r.kindName("conmon"), r.kindName("floor")
+	memN := 0
+	for _, m := range r.Memory {
+		memN = max(memN, m.N)
+	}
+	fl, fe := r.lat(floor), r.execRes(floor)
+	cl, ce := r.lat(conmon), r.execRes(conmon)
+	cm := r.mem(conmon, memN)
+	line := func(n int) string { return fmt.Sprintf("%d B", n) }
+	fmt.Fprintf(&b, "## Summary\n\nMemory at N=%d; latencies are p50 minus the runc floor's p50; log CPU is the monitor's CPU-seconds per GB. (× conmon) in parentheses.\n\n", memN)
+	b.WriteString("| system | PSS/container KiB | private dirty/container KiB | create+start − runc ms | round trip − runc ms | exec − runc ms |")
+	for _, l := range r.Config.LineSizes {
+		fmt.Fprintf(&b, " log %s MB/s | log %s CPU-s/GB |", line(l), line(l))
+	}
+	b.WriteString("\n|---|---|---|---|---|---|")
+	for range r.Config.LineSizes {
+		b.WriteString("---|---|")
+	}
+	b.WriteString("\n")
+	for _, s := range r.Systems {
+		if !s.Available {
+			continue
+		}
+		cell := func(ok bool, v float64, base float64, hasBase bool, f string) string {
+			if !ok {
+				return "–"
+			}
+			out := fmt.Sprintf(f, v)
+			if hasBase && s.Name != conmon {
+				out += " (" + ratio(v, base) + ")"
+			}
+			return out
+		}
+		m := r.mem(s.Name, memN)
+		l, e := r.lat(s.Name), r.execRes(s.Name)
+		isFloor := s.Name == floor
+		row := []string{
+			s.Name,
+			cell(m != nil, val(m, func(m *MemResult) float64 { return m.PSSPerContainerKB }), val(cm, func(m *MemResult) float64 { return m.PSSPerContainerKB }), cm != nil, "%.0f"),
+			cell(m != nil, val(m, func(m *MemResult) float64 { return m.PrivDirtyPerCtrKB }), val(cm, func(m *MemResult) float64 { return m.PrivDirtyPerCtrKB }), cm != nil, "%.0f"),
+			cell(l != nil && fl != nil && !isFloor, val(l, func(l *LatResult) float64 { return l.StartP50 - fl.StartP50 }), val(cl, func(l *LatResult) float64 { return l.StartP50 - fl.StartP50 }), cl != nil, "%+.1f"),
+			cell(l != nil && fl != nil && !isFloor, val(l, func(l *LatResult) float64 { return l.RoundP50 - fl.RoundP50 }), val(cl, func(l *LatResult) float64 { return l.RoundP50 - fl.RoundP50 }), cl != nil, "%+.1f"),
+			cell(e != nil && fe != nil && !isFloor, val(e, func(e *ExecResult) float64 { return e.P50 - fe.P50 }), val(ce, func(e *ExecResult) float64 { return e.P50 - fe.P50 }), ce != nil, "%+.1f"),
+		}
+		for _, ls := range r.Config.LineSizes {
+			lr, cr := r.logRes(s.Name, ls), r.logRes(conmon, ls)
+			row = append(row,
+				cell(lr != nil, val(lr, func(l *LogResult) float64 { return l.MBps }), val(cr, func(l *LogResult) float64 { return l.MBps }), cr != nil, "%.0f"),
+				cell(lr != nil, val(lr, func(l *LogResult) float64 { return l.CPUSecPerGB }), val(cr, func(l *LogResult) float64 { return l.CPUSecPerGB }), cr != nil, "%.2f"))
+		}
+		b.WriteString("| " + strings.Join(row, " | ") + " |\n")
+	}
+	return b.String()
+}
+
+// val applies f to p, or returns 0 for a nil p.
+func val[T any](p *T, f func(*T) float64) float64 {
+	if p == nil {
+		return 0
+	}
+	return f(p)
 }
 
 // memoryChart draws PSS per container against N, one line per system.

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -34,8 +35,26 @@ func main() {
 	only := flag.String("only", "", "comma-separated substrings: measure only the systems whose names match (runc always)")
 	figures := flag.String("figures", "", "comma-separated figures to run: memory,latency,exec,logs,dense (default all)")
 	hold := flag.Duration("hold", 0, "debugging: pause this long after each memory reading, with the monitors running")
+	render := flag.String("render", "", "re-render the results of a JSON report (latest.json) into --out, measuring nothing")
 	keep := flag.Bool("keep", false, "keep the scratch directory (bundles, shim logs) for debugging")
 	flag.Parse()
+
+	if *render != "" {
+		data, err := os.ReadFile(*render)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		var rep bench.Report
+		if err := json.Unmarshal(data, &rep); err != nil {
+			fatalf("%s: %v", *render, err)
+		}
+		md, err := bench.WriteResults(&rep, *out)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		fmt.Print(md)
+		return
+	}
 
 	cfg := bench.DefaultConfig(*quick)
 	if *ns != "" {
