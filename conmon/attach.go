@@ -26,10 +26,11 @@ const (
 // into 8193-byte buffers and SEQPACKET truncates longer messages.
 const attachMaxData = 8192
 
-// attachQueueLen bounds the messages queued for one client. A client that
+// attachQueueBytes bounds the output queued for one client. A client that
 // falls this far behind is disconnected: the container's output must never
-// wait for an attach client (its bytes are in the logs anyway).
-const attachQueueLen = 128
+// wait for an attach client (its bytes are in the logs anyway). The queue
+// only holds memory while its client lags.
+const attachQueueBytes = 4 << 20
 
 // stdinSink receives what attach clients send.
 type stdinSink interface {
@@ -55,8 +56,62 @@ type attachServer struct {
 
 type attachClient struct {
 	conn    *net.UnixConn
-	q       chan []byte
-	dropped atomic.Bool // disconnected by the server: its EOF is not the client's
+	dropped atomic.Bool   // disconnected by the server: its EOF is not the client's
+	ready   chan struct{} // signalled when q grows or closes
+
+	mu     sync.Mutex
+	q      [][]byte // messages not yet written; guarded by mu
+	queued int      // bytes in q; guarded by mu
+	closed bool     // no more messages; guarded by mu
+}
+
+// push queues msg unless that would exceed the client's budget.
+func (c *attachClient) push(msg []byte) bool {
+	c.mu.Lock()
+	if c.queued+len(msg) > attachQueueBytes {
+		c.mu.Unlock()
+		return false
+	}
+	c.q = append(c.q, msg)
+	c.queued += len(msg)
+	c.mu.Unlock()
+	c.signal()
+	return true
+}
+
+func (c *attachClient) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *attachClient) signal() {
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the queued messages, waiting for some; ok is false once the
+// queue is closed and empty.
+func (c *attachClient) next() (msgs [][]byte, ok bool) {
+	for {
+		c.mu.Lock()
+		if len(c.q) > 0 {
+			msgs = c.q
+			c.q = nil
+			c.queued = 0
+			c.mu.Unlock()
+			return msgs, true
+		}
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-c.ready
+	}
 }
 
 // attachPaths returns the directory that holds the socket and the symlink
@@ -124,7 +179,7 @@ func (s *attachServer) acceptLoop() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		c := &attachClient{conn: conn, q: make(chan []byte, attachQueueLen)}
+		c := &attachClient{conn: conn, ready: make(chan struct{}, 1)}
 		s.mu.Lock()
 		if s.shutdown {
 			s.mu.Unlock()
@@ -144,15 +199,22 @@ func (s *attachServer) acceptLoop() {
 func (s *attachServer) writeLoop(c *attachClient) {
 	defer s.wg.Done()
 	defer c.conn.Close()
-	failed := false
-	for msg := range c.q {
-		if failed {
-			continue
+	for {
+		msgs, ok := c.next()
+		if !ok {
+			return
 		}
-		if _, err := c.conn.Write(msg); err != nil {
-			s.diag.Warnf("Failed to write to remote console socket: %v", err)
-			_ = c.conn.CloseWrite()
-			failed = true
+		for _, msg := range msgs {
+			if _, err := c.conn.Write(msg); err != nil {
+				s.diag.Warnf("Failed to write to remote console socket: %v", err)
+				_ = c.conn.CloseWrite()
+				// Keep emptying the queue until it is closed.
+				for {
+					if _, ok := c.next(); !ok {
+						return
+					}
+				}
+			}
 		}
 	}
 }
@@ -196,13 +258,11 @@ func (s *attachServer) Broadcast(stream byte, data []byte) {
 		copy(msg[1:], data[:n])
 		data = data[n:]
 		for c := range s.clients {
-			select {
-			case c.q <- msg:
-			default:
+			if !c.push(msg) {
 				s.diag.Warnf("Attach client too slow, disconnecting it")
 				c.dropped.Store(true)
 				delete(s.clients, c)
-				close(c.q)
+				c.close()
 				// Closing unblocks a writer stuck in a full socket.
 				_ = c.conn.Close()
 			}
@@ -223,7 +283,7 @@ func (s *attachServer) Close(timeout time.Duration) {
 	_ = s.ln.Close()
 	for c := range s.clients {
 		c.dropped.Store(true)
-		close(c.q)
+		c.close()
 		_ = c.conn.CloseRead()
 	}
 	clients := s.clients

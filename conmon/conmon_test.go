@@ -339,7 +339,7 @@ func TestAttachFramingAndSlowClient(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		chunk := []byte(strings.Repeat("y", 8192))
-		for i := 0; i < 4*attachQueueLen; i++ {
+		for i := 0; i < 4*attachQueueBytes/8192; i++ {
 			s.Broadcast(attachStdout, chunk)
 		}
 		close(done)
