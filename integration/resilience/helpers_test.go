@@ -1,0 +1,266 @@
+// Package resilience holds the integration tests of issue 9: socket and
+// file access, bounded resources, and what survives a monitor's crash.
+// They run the real shim (bin/containerd-shim-conmon-v2) over real runc,
+// as root.
+package resilience
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
+	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/internal/testutil"
+)
+
+// probeEnv switches the test binary into the probe (see TestMain).
+const probeEnv = "CONMON_V2_RESILIENCE_PROBE"
+
+// TestMain runs the probe when the test binary was started as one: a
+// client that dials a shim socket (a path, or fd 3 through
+// /proc/self/fd/3) and asks the Monitor API for Info. Exit 0: answered;
+// 2: the connect failed; 3: connected but the call failed.
+func TestMain(m *testing.M) {
+	if target := os.Getenv(probeEnv); target != "" {
+		os.Exit(probe(target))
+	}
+	os.Exit(m.Run())
+}
+
+func probe(target string) int {
+	conn, err := net.DialTimeout("unix", target, 5*time.Second)
+	if err != nil {
+		fmt.Println("connect:", err)
+		return 2
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := conmonapi.NewMonitorClient(c).Info(ctx, &conmonapi.InfoRequest{}); err != nil {
+		fmt.Println("call:", err)
+		return 3
+	}
+	fmt.Println("answered")
+	return 0
+}
+
+// runProbe runs the probe as uid/gid 65534 (nobody) against target, with
+// extra as its fd 3 when not nil, and returns its exit code and output.
+func runProbe(t *testing.T, target string, extra *os.File) (int, string) {
+	t.Helper()
+	exe := probeBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = []string{probeEnv + "=" + target}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if extra != nil {
+		cmd.ExtraFiles = []*os.File{extra}
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &ee):
+		return ee.ExitCode(), string(out)
+	default:
+		t.Fatalf("probe: %v", err)
+		return -1, ""
+	}
+}
+
+// probeBinary copies the test binary where uid 65534 can run it.
+func probeBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "conmon-v2-probe-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "probe")
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+// env is one test's shim setup: the shim binary, a busybox rootfs and a
+// group of its own.
+type env struct {
+	t      *testing.T
+	shim   string
+	rootfs string
+	dir    string
+	group  string
+	opts   client.ShimOpts
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.NeedCommand(t, "runc")
+	dir := t.TempDir()
+	e := &env{
+		t:      t,
+		shim:   testutil.Bin(t, "containerd-shim-conmon-v2"),
+		rootfs: testutil.BusyboxRootfs(t, filepath.Join(dir, "rootfs")),
+		dir:    dir,
+		group:  fmt.Sprintf("resilience-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9),
+	}
+	e.opts = client.ShimOpts{Binary: e.shim, Namespace: "resilience"}
+	return e
+}
+
+// task is one container started through the shim.
+type task struct {
+	id     string
+	bundle string
+	addr   string
+	shim   *client.Shim
+	io     *client.IO
+	out    *syncBuffer
+}
+
+// start creates and starts a container running args in the env's group.
+// With output, its stdout and stderr come back through FIFOs into
+// task.out; extra annotations are added to the spec.
+func (e *env) start(ctx context.Context, id string, args []string, output bool, ann map[string]string) *task {
+	t := e.t
+	t.Helper()
+	bundle := filepath.Join(e.dir, id)
+	a := map[string]string{client.GroupAnnotation: e.group}
+	for k, v := range ann {
+		a[k] = v
+	}
+	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: args, Hostname: id, Annotations: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.WriteSpec(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := client.StartShim(ctx, e.opts, id, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := client.Connect(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := &task{id: id, bundle: bundle, addr: addr, shim: s, out: &syncBuffer{}}
+	var stdio client.Stdio
+	if output {
+		fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-"+id), "init", false, true, true, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk.io, err = client.OpenIO(ctx, fifos, client.Streams{Stdout: tk.out, Stderr: tk.out}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdio = fifos.Stdio
+	}
+	if _, err := s.Create(ctx, client.CreateOpts{ID: id, Bundle: bundle, Stdio: stdio}); err != nil {
+		t.Fatalf("create %s: %v", id, err)
+	}
+	if _, err := s.Start(ctx, id, ""); err != nil {
+		t.Fatalf("start %s: %v", id, err)
+	}
+	return tk
+}
+
+// remove kills, waits for and deletes the task, and closes its client.
+func (tk *task) remove(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = tk.shim.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true)
+	if _, err := tk.shim.Wait(ctx, tk.id, ""); err != nil {
+		t.Errorf("wait %s: %v", tk.id, err)
+	}
+	if _, err := tk.shim.Delete(ctx, tk.id, ""); err != nil {
+		t.Errorf("delete %s: %v", tk.id, err)
+	}
+	if tk.io != nil {
+		tk.io.Close()
+	}
+	tk.shim.Close()
+}
+
+// socketPath is the filesystem path of a shim address.
+func socketPath(addr string) string { return strings.TrimPrefix(addr, "unix://") }
+
+// eventually retries f until it succeeds or d passed; a deadlock guard,
+// not a timing assertion.
+func eventually(t *testing.T, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// fdCount counts the open descriptors of pid.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func alive(pid int) bool { return unix.Kill(pid, 0) == nil }
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
