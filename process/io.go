@@ -159,7 +159,7 @@ func (i *IO) openDests() error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return fmt.Errorf("log file %q: %v: %w", p, err, errdefs.ErrInvalidArgument)
 		}
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640) // output may hold secrets: no world read
 		if err != nil {
 			return fmt.Errorf("log file %q: %v: %w", p, err, errdefs.ErrInvalidArgument)
 		}
