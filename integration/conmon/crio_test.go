@@ -625,3 +625,85 @@ func TestSignalAndExitCommand(t *testing.T) {
 	}
 	compare(t, got)
 }
+
+// TestExecAttachLikePodman is Podman's exec: --api-version 1 with
+// --exec-attach, the attach pipe message, the second start byte once the
+// client is connected, the pid and then the exit code on the sync pipe,
+// the exit file in the session's exit dir, and the attach frames.
+func TestExecAttachLikePodman(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("e8ec", 16)
+			bundle := h.bundle(id, []string{"sleep", "1000"})
+			msg, rc, syncParent := h.create(id, bundle)
+			defer syncParent.Close()
+			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+				t.Fatalf("create: exit %d, sync %q", rc, msg)
+			}
+			h.runcCmd("start", id)
+			defer func() {
+				_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
+				waitFile(t, filepath.Join(h.exits, id))
+			}()
+
+			session := strings.Repeat("5e55", 16)
+			sdir := filepath.Join(bundle, session)
+			if err := os.MkdirAll(filepath.Join(sdir, "exit"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			spec, _ := json.Marshal(h.processSpec([]string{"sh", "-c", "printf 'xo\\n'; sleep 0.2; echo xe >&2; exit 4"}))
+			specPath := filepath.Join(sdir, "exec-process")
+			if err := os.WriteFile(specPath, spec, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			syncP, syncC := pipePair(t)
+			startP, startC := pipePair(t)
+			attP, attC := pipePair(t)
+			defer syncP.Close()
+			defer startP.Close()
+			defer attP.Close()
+			cmd := exec.Command(h.bin, "--api-version", "1", "-c", id, "-u", session, "-r", h.runc,
+				"-b", sdir, "-p", filepath.Join(sdir, "exec_pid"), "-n", "name", "--exit-dir", filepath.Join(sdir, "exit"),
+				"--full-attach", "-l", "none", "--log-level", "warning", "--runtime-arg", "--root="+h.runcRoot,
+				"-e", "--exec-attach", "--exec-process-spec", specPath)
+			cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4", "_OCI_ATTACHPIPE=5")
+			cmd.ExtraFiles = []*os.File{syncC, startC, attC}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			syncC.Close()
+			startC.Close()
+			attC.Close()
+			startP.Write([]byte{0})
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("first process: %v", err)
+			}
+			obs := observation{}
+			obs.Sync = append(obs.Sync, readLine(t, attP))
+			fd := dialAttach(t, filepath.Join(sdir, "attach"))
+			frames := make(chan []string, 1)
+			go readFrames(fd, frames)
+			startP.Write([]byte{0})
+			obs.Sync = append(obs.Sync, normalize(readLine(t, syncP)), readLine(t, syncP))
+			select {
+			case obs.Attach = <-frames:
+			case <-time.After(20 * time.Second):
+				t.Fatal("attach client never saw EOF")
+			}
+			obs.ExitFile = waitFile(t, filepath.Join(sdir, "exit", id))
+			want := []string{"{\"data\": 0}\n", "{\"data\": N}\n", "{\"data\": 4}\n"}
+			if !reflect.DeepEqual(obs.Sync, want) || obs.ExitFile != "4" {
+				t.Fatalf("pipes %q, exit file %q; want %q and 4", obs.Sync, obs.ExitFile, want)
+			}
+			if wantFrames := []string{"2:xo\n", "3:xe\n"}; !reflect.DeepEqual(obs.Attach, wantFrames) {
+				t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
+			}
+			got[name] = obs
+		})
+	}
+	compare(t, got)
+}
