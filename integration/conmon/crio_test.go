@@ -93,7 +93,7 @@ func (h *harness) processSpec(args []string) map[string]any {
 
 // bundle writes an OCI bundle (runc's default spec, the busybox rootfs,
 // no terminal) running args.
-func (h *harness) bundle(id string, args []string) string {
+func (h *harness) bundle(id string, args []string, edit ...func(spec map[string]any)) string {
 	h.t.Helper()
 	b := filepath.Join(h.dir, "bundles", id)
 	if err := os.MkdirAll(b, 0o755); err != nil {
@@ -113,6 +113,9 @@ func (h *harness) bundle(id string, args []string) string {
 	}
 	spec["process"] = h.processSpec(args)
 	spec["root"] = map[string]any{"path": h.rootfs, "readonly": true}
+	for _, e := range edit {
+		e(spec)
+	}
 	data, _ = json.Marshal(spec)
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		h.t.Fatal(err)
@@ -701,6 +704,52 @@ func TestExecAttachLikePodman(t *testing.T) {
 			}
 			if wantFrames := []string{"2:xo\n", "3:xe\n"}; !reflect.DeepEqual(obs.Attach, wantFrames) {
 				t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
+			}
+			got[name] = obs
+		})
+	}
+	compare(t, got)
+}
+
+// TestOOMLikeCRIO: a container killed by the memory cgroup's OOM killer
+// leaves an "oom" file in the bundle (CRI-O's working directory, where
+// conmon 2.1.6 writes it) and in the persist dir, before the exit file.
+func TestOOMLikeCRIO(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	t.Cleanup(func() {
+		// runc delete removes the containers' cgroups, not their parent.
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/conmon-v2-test")
+		more, _ := filepath.Glob("/sys/fs/cgroup/conmon-v2-test")
+		for _, d := range append(dirs, more...) {
+			_ = os.Remove(d)
+		}
+	})
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("00a1", 15) + map[bool]string{true: "aaaa", false: "bbbb"}[name == "conmon"]
+			limit := 16 << 20
+			bundle := h.bundle(id, []string{"sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x$x; done"},
+				func(spec map[string]any) {
+					linux := spec["linux"].(map[string]any)
+					linux["cgroupsPath"] = "/conmon-v2-test/" + id
+					linux["resources"] = map[string]any{"memory": map[string]any{"limit": limit, "swap": limit}}
+				})
+			msg, rc, syncParent := h.create(id, bundle)
+			defer syncParent.Close()
+			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+				t.Fatalf("create: exit %d, sync %q", rc, msg)
+			}
+			h.runcCmd("start", id)
+			obs := observation{ExitFile: waitFile(t, filepath.Join(h.exits, id))}
+			_, err1 := os.Stat(filepath.Join(bundle, "oom"))
+			_, err2 := os.Stat(filepath.Join(h.dir, "persist", id, "oom"))
+			obs.OOMFile = err1 == nil && err2 == nil
+			h.runcCmd("delete", "-f", id)
+			if obs.ExitFile != "137" || !obs.OOMFile {
+				t.Fatalf("exit file %q (want 137), oom files: bundle %v, persist dir %v", obs.ExitFile, err1, err2)
 			}
 			got[name] = obs
 		})
