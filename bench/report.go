@@ -570,6 +570,10 @@ func (r *Report) memoryChart(path string) error {
 	p.Y.Label.Text = "PSS per container (KiB)"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	// Per-container memory spans two orders of magnitude (a lone shim
+	// against a node daemon's share): log scale on both axes.
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Legend.Top = true
 	colors := []color.RGBA{
 		{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, {R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
@@ -601,7 +605,7 @@ func (r *Report) memoryChart(path string) error {
 	}
 	if i == 0 { // nothing measured: an empty chart, with a valid log axis
 		p.X.Min, p.X.Max = 1, 10
-		p.Y.Min, p.Y.Max = 0, 1
+		p.Y.Min, p.Y.Max = 1, 10
 	}
 	c := vgsvg.New(8*vg.Inch, 5*vg.Inch)
 	p.Draw(draw.New(c))
