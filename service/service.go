@@ -62,16 +62,23 @@ type Config struct {
 	// Reaper is the process's only wait loop; the service subscribes to
 	// its exits in New and starts binary loggers through it.
 	Reaper      *reaper.Reaper
-	Runtime     Runtime      // nil: runc rooted at RuntimeRoot
-	RuntimeRoot string       // runc --root; default /run/conmon-v2/runc/<namespace>
-	LoggerDirs  []string     // allow-listed directories for binary:// loggers
-	OnEmpty     func()       // called after the last task is deleted; may be nil
-	Log         *slog.Logger // nil: slog.Default()
+	Runtime     Runtime  // nil: runc rooted at RuntimeRoot
+	RuntimeRoot string   // runc --root; default /run/conmon-v2/runc/<namespace>
+	LoggerDirs  []string // allow-listed directories for binary:// loggers
+	// MaxExecs bounds the exec processes a task may have at once (added
+	// and not deleted yet); one more is refused with ResourceExhausted,
+	// so a flood of Exec requests cannot exhaust the shim. 0: DefaultMaxExecs.
+	MaxExecs int
+	OnEmpty  func()       // called after the last task is deleted; may be nil
+	Log      *slog.Logger // nil: slog.Default()
 	// Logging returns a tap that receives a copy of a container's output
 	// (the logging pipeline), or nil for none. nil: AnnotationLogging with
 	// the built-in drivers and logging.DefaultConfig.
 	Logging LogTapFunc
 }
+
+// DefaultMaxExecs is Config.MaxExecs' default.
+const DefaultMaxExecs = 1024
 
 // exitSource is the reaper subscription as the service consumes it.
 type exitSource interface {
@@ -141,6 +148,9 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.MaxExecs <= 0 {
+		cfg.MaxExecs = DefaultMaxExecs
 	}
 	if cfg.Logging == nil {
 		// Logger programs and plugins are forked through the reaper, the

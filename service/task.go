@@ -552,6 +552,9 @@ func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (_ *em
 	if c.Execs[r.ExecID] != nil {
 		return nil, fmt.Errorf("exec %q of task %q: %w", r.ExecID, r.ID, errdefs.ErrAlreadyExists)
 	}
+	if len(c.Execs) >= s.cfg.MaxExecs {
+		return nil, fmt.Errorf("exec %q: task %q already has %d exec processes (the limit; delete finished ones): %w", r.ExecID, r.ID, len(c.Execs), errdefs.ErrResourceExhausted)
+	}
 	p, err := c.NewExec(r.ExecID, process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}, &spec, s.cfg.LoggerDirs)
 	if err != nil {
 		return nil, err
