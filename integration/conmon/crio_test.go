@@ -756,3 +756,38 @@ func TestOOMLikeCRIO(t *testing.T) {
 	}
 	compare(t, got)
 }
+
+// TestLogSizeMaxLikeConmon: --log-size-max truncates the k8s-file as
+// conmon does (everything before the cut is gone, the file restarts).
+func TestLogSizeMaxLikeConmon(t *testing.T) {
+	testutil.RequiresRoot(t)
+	rootfs := sharedRootfs(t)
+	got := map[string]observation{}
+	for name, bin := range monitors(t) {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, bin, rootfs)
+			id := strings.Repeat("512e", 16)
+			bundle := h.bundle(id, []string{"sh", "-c",
+				"i=10; while [ $i -lt 70 ]; do echo line-$i-xxxxxxxx; i=$((i+1)); sleep 0.01; done"})
+			msg, rc, syncParent := h.create(id, bundle, "--log-size-max", "1000")
+			defer syncParent.Close()
+			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+				t.Fatalf("create: exit %d, sync %q", rc, msg)
+			}
+			h.runcCmd("start", id)
+			obs := observation{ExitFile: waitFile(t, filepath.Join(h.exits, id))}
+			h.runcCmd("delete", "-f", id)
+			path := filepath.Join(h.dir, id+".log")
+			fi, err := os.Stat(path)
+			if err != nil || fi.Size() > 1000 {
+				t.Fatalf("log file: %v, size %d > 1000", err, fi.Size())
+			}
+			obs.Log = logLines(t, path)
+			if len(obs.Log) == 0 || obs.Log[len(obs.Log)-1] != "stdout F line-69-xxxxxxxx" {
+				t.Fatalf("log after truncation %q", obs.Log)
+			}
+			got[name] = obs
+		})
+	}
+	compare(t, got)
+}
