@@ -19,24 +19,33 @@
 # 12000-12003 are fixed), enforced with a lock.
 #
 # Environment (all optional):
-#   CRITEST_HANDLERS      handlers to test, baseline first (default "runc" until the
-#                         conmon-v2 shim runs containers; then "runc conmon-v2")
+#   CRITEST_HANDLERS      handlers to test, baseline first (default "runc conmon-v2")
 #   CRITEST_CACHE         tools, .deb files, last run's logs (default ~/.cache/conmon-v2-critest)
 #   CRI_TOOLS_VERSION     cri-tools module version (default v1.37.0)
+#   CRITEST_CONTAINERD    empty: Debian's containerd 1.6 (default); a version
+#                         such as v2.2.9: containerd 2.x and its runc shim built
+#                         from the Go module proxy into the cache
 #   CRITEST_REGISTRY      imgreg address, loopback (default 127.0.0.1:5000)
 #   CRITEST_MIN_BASELINE  least number of specs the baseline must pass (default 91)
 #   CRITEST_FOCUS / CRITEST_SKIP  ginkgo regular expressions, passed as is
 #   CRITEST_PARALLEL      critest -parallel=N (default serial)
+#   CRITEST_TIMEOUT       seconds one handler's critest may take (default 480; a
+#                         serial run takes about 130 s on 2 busy cores)
+#   CRITEST_ARGS          more critest arguments, split on blanks (-ginkgo.repeat=N ...)
 #   CRITEST_KEEP=1        keep the work directory (and print its path)
+#   CONMON_V2_BIN         directory of containerd-shim-conmon-v2 (default bin/)
 # Results: CACHE/last-run/{HANDLER.txt,HANDLER.json,critest-HANDLER.log,...}.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-handlers=(${CRITEST_HANDLERS:-runc})
+bindir=${CONMON_V2_BIN:-$repo/bin}
+handlers=(${CRITEST_HANDLERS:-runc conmon-v2})
 cache=${CRITEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/conmon-v2-critest}
 version=${CRI_TOOLS_VERSION:-v1.37.0}
 registry=${CRITEST_REGISTRY:-127.0.0.1:5000}
+ctd_version=${CRITEST_CONTAINERD:-}
+critest_timeout=${CRITEST_TIMEOUT:-480}
 min_baseline=${CRITEST_MIN_BASELINE:-91}
 bridge=cv2crit0
 subnet=10.231.0.0/16
@@ -53,8 +62,8 @@ die() {
 for h in "${handlers[@]}"; do
 	case $h in
 	runc) ;;
-	conmon-v2) [ -x "$repo/bin/containerd-shim-conmon-v2" ] ||
-		die "bin/containerd-shim-conmon-v2 is missing: run make build" ;;
+	conmon-v2) [ -x "$bindir/containerd-shim-conmon-v2" ] ||
+		die "$bindir/containerd-shim-conmon-v2 is missing: run make build" ;;
 	*) die "unknown runtime handler $h in CRITEST_HANDLERS (known: runc conmon-v2)" ;;
 	esac
 done
@@ -72,6 +81,7 @@ flock -n 9 || die "another critest run holds $cache/lock"
 work=$(mktemp -d "${TMPDIR:-/tmp}/conmon-v2-critest.XXXXXX")
 sock=$work/containerd/containerd.sock
 registry_pid= containerd_pid= tools=
+results=last-run${ctd_version:+-containerd-$ctd_version}
 
 crictl() { "$tools/crictl" --config "$work/crictl.yaml" "$@"; }
 
@@ -88,6 +98,20 @@ shims_of() {
 		[ "$(basename "${args%% *}")" = "$1" ] && echo "${p#/proc/}"
 	done
 	return 0
+}
+
+# daemon LOG CMD...: start CMD in the background with only stdin, stdout and
+# stderr open. Whatever else this script holds (its lock, a CI runner's
+# pipes) would otherwise be inherited down to every shim, which outlives
+# containerd by design.
+daemon() {
+	(
+		for fd in /proc/$BASHPID/fd/*; do
+			fd=${fd##*/}
+			[ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+		done
+		exec "${@:2}" >"$1" 2>&1 </dev/null
+	) &
 }
 
 stop_pid() { # PID NAME: SIGTERM, then SIGKILL after 10 s
@@ -110,18 +134,21 @@ cleanup() {
 		timeout 60 "$tools/crictl" --config "$work/crictl.yaml" rmp -fa >/dev/null 2>&1
 		stop_pid "$containerd_pid" containerd
 	fi
-	# shims outlive containerd by design; stop the ones this run started
+	# Shims outlive containerd by design; stop the ones this run started,
+	# their containers first: a shim is the subreaper of its containers'
+	# processes, and killing a PID namespace's init ends the namespace.
 	for pid in $(shims_of containerd-shim-runc-v2) $(shims_of containerd-shim-conmon-v2); do
-		echo "critest: stopping leftover shim pid $pid" >&2
+		echo "critest: stopping leftover shim pid $pid and its containers" >&2
+		pkill -KILL -P "$pid"
 		stop_pid "$pid" shim
 	done
 	[ -n "$registry_pid" ] && stop_pid "$registry_pid" imgreg
 	grep -o " $work/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
 	ip link show "$bridge" >/dev/null 2>&1 && ip link del "$bridge"
 	if [ -d "$work/logs" ]; then
-		rm -rf "$cache/last-run"
-		cp -r "$work/logs" "$cache/last-run"
-		echo "critest: logs and per-spec results in $cache/last-run"
+		rm -rf "$cache/$results"
+		cp -r "$work/logs" "$cache/$results"
+		echo "critest: logs and per-spec results in $cache/$results"
 	fi
 	if [ -n "${CRITEST_KEEP:-}" ]; then
 		echo "critest: work directory kept: $work"
@@ -142,29 +169,47 @@ mkdir -p "$work"/{bin,logs,tmp,cni,ipam,containerd,podcheck}
 say "building cri-tools $version (cache $cache)"
 tools=$("$here/tools.sh" "$cache" "$version")
 (cd "$repo" && GOFLAGS=-mod=vendor CGO_ENABLED=0 go build -o "$work/bin/" ./integration/critest/imgreg ./integration/critest/report)
+ctd_path=$PATH template=containerd.toml.in
+if [ -n "$ctd_version" ]; then
+	say "building containerd $ctd_version"
+	ctd_dir=$cache/containerd-$ctd_version
+	if [ ! -x "$ctd_dir/containerd" ] || [ ! -x "$ctd_dir/containerd-shim-runc-v2" ]; then
+		# the build tags drop the snapshotters that need cgo
+		GOFLAGS=-mod=mod CGO_ENABLED=0 GOBIN=$ctd_dir go install -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+			"github.com/containerd/containerd/v2/cmd/containerd@$ctd_version" \
+			"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$ctd_version"
+	fi
+	# its own runc shim is the baseline there
+	ctd_path=$ctd_dir:$PATH template=containerd2.toml.in
+fi
 
 # ---------------------------------------------------------------- images
 say "building image root filesystems from Debian packages"
 "$here/rootfs.sh" "$work/rootfs" "$cache/debs"
-"$work/bin/imgreg" -rootfs "$work/rootfs" -addr "$registry" >"$work/logs/imgreg.out" 2>"$work/logs/imgreg.log" &
+daemon "$work/logs/imgreg.out" "$work/bin/imgreg" -rootfs "$work/rootfs" -addr "$registry"
 registry_pid=$!
 for _ in $(seq 120); do
 	grep -q '^READY' "$work/logs/imgreg.out" && break
 	kill -0 "$registry_pid" 2>/dev/null || break
 	sleep 0.5
 done
-grep -q '^READY' "$work/logs/imgreg.out" || die "imgreg did not start: $(cat "$work/logs/imgreg.log")"
+grep -q '^READY' "$work/logs/imgreg.out" || die "imgreg did not start: $(cat "$work/logs/imgreg.out")"
 say "imgreg (pid $registry_pid) serves $(($(wc -l <"$work/logs/imgreg.out") - 1)) references on $registry"
 
 # ---------------------------------------------------------------- containerd
 last=$((${#handlers[@]} - 1))
 sed -e "s|@WORK@|$work|g" -e "s|@REGISTRY@|$registry|g" -e "s|@DEFAULT_HANDLER@|${handlers[$last]}|g" \
-	"$here/containerd.toml.in" >"$work/containerd/config.toml"
+	"$here/$template" >"$work/containerd/config.toml"
+# containerd 2.x: the registry mirrors as hosts.toml files
+for r in registry.k8s.io k8s.gcr.io gcr.io docker.io public.ecr.aws; do
+	mkdir -p "$work/certs.d/$r"
+	printf '[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$registry" >"$work/certs.d/$r/hosts.toml"
+done
 sed -e "s|@WORK@|$work|g" -e "s|@BRIDGE@|$bridge|g" -e "s|@SUBNET@|$subnet|g" \
 	"$here/cni.conflist.in" >"$work/cni/10-critest.conflist"
 printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n' "$sock" "$sock" >"$work/crictl.yaml"
 # containerd finds containerd-shim-conmon-v2 on its PATH, so bin/ goes first
-PATH="$repo/bin:$PATH" containerd --config "$work/containerd/config.toml" >"$work/logs/containerd.log" 2>&1 &
+daemon "$work/logs/containerd.log" env PATH="$bindir:$ctd_path" containerd --config "$work/containerd/config.toml"
 containerd_pid=$!
 for _ in $(seq 60); do
 	[ -S "$sock" ] && crictl info >/dev/null 2>&1 && break
@@ -172,7 +217,7 @@ for _ in $(seq 60); do
 	sleep 0.5
 done
 crictl info >/dev/null 2>&1 || die "containerd did not start: $(tail -20 "$work/logs/containerd.log")"
-say "containerd $(containerd --version | awk '{print $3}') (pid $containerd_pid), default handler ${handlers[$last]}"
+say "containerd $(PATH=$ctd_path containerd --version | awk '{print $3}') (pid $containerd_pid), default handler ${handlers[$last]}"
 
 # ---------------------------------------------------------------- pod grouping
 # podcheck HANDLER SHIM: a pod with two running containers must be served by
@@ -231,11 +276,12 @@ args=(-runtime-endpoint "unix://$sock" -image-endpoint "unix://$sock" -config "$
 [ -n "${CRITEST_FOCUS:-}" ] && args+=(-ginkgo.focus="$CRITEST_FOCUS")
 [ -n "${CRITEST_SKIP:-}" ] && args+=(-ginkgo.skip="$CRITEST_SKIP")
 [ -n "${CRITEST_PARALLEL:-}" ] && args+=(-parallel="$CRITEST_PARALLEL")
+args+=(${CRITEST_ARGS:-})
 for h in "${handlers[@]}"; do
 	say "critest $version, runtime handler $h"
 	# critest exits non-zero on any failed spec; the comparison below judges
 	rc=0
-	TMPDIR=$work/tmp PATH="$tools:$PATH" timeout 1200 "$tools/critest" "${args[@]}" \
+	TMPDIR=$work/tmp PATH="$tools:$PATH" timeout "$critest_timeout" "$tools/critest" "${args[@]}" \
 		-runtime-handler="$h" -ginkgo.json-report="$work/logs/$h.json" \
 		>"$work/logs/critest-$h.log" 2>&1 || rc=$?
 	grep -E '^(Ran [0-9]+ of|SUCCESS!|FAIL!)' "$work/logs/critest-$h.log" | sed 's/^/    /' || true
@@ -245,7 +291,7 @@ for h in "${handlers[@]}"; do
 done
 
 cmp=(-baseline "${handlers[0]}=$work/logs/${handlers[0]}.json" -min-baseline "$min_baseline" -out "$work/logs")
-[ -n "${CRITEST_FOCUS:-}${CRITEST_SKIP:-}" ] && cmp=(-baseline "${handlers[0]}=$work/logs/${handlers[0]}.json" -out "$work/logs")
+[ -n "${CRITEST_FOCUS:-}${CRITEST_SKIP:-}${CRITEST_ARGS:-}" ] && cmp=(-baseline "${handlers[0]}=$work/logs/${handlers[0]}.json" -out "$work/logs")
 [ ${#handlers[@]} -gt 1 ] && cmp+=(-candidate "${handlers[$last]}=$work/logs/${handlers[$last]}.json")
 say "comparing"
 "$work/bin/report" "${cmp[@]}" || die "CRI conformance: see the REGRESSION lines above"
