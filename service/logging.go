@@ -2,7 +2,9 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -33,7 +35,13 @@ func AnnotationLogging(reg *logging.Registry, base logging.Config, stateDir stri
 		if n := spec.Annotations[criContainerName]; n != "" {
 			meta.Name = n
 		}
-		p, err := cfg.Open(ctx, reg, meta, filepath.Join(stateDir, id))
+		// The task's state directory (its record's) is made later;
+		// drivers without a path put their file in it now.
+		dir := filepath.Join(stateDir, id)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("log directory of %q: %w", id, err)
+		}
+		p, err := cfg.Open(ctx, reg, meta, dir)
 		if err != nil {
 			return nil, err
 		}
