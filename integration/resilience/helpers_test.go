@@ -121,6 +121,7 @@ type env struct {
 	rootfs string
 	dir    string
 	group  string
+	suffix string
 	opts   client.ShimOpts
 }
 
@@ -136,6 +137,7 @@ func newEnv(t *testing.T) *env {
 		dir:    dir,
 		group:  fmt.Sprintf("resilience-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9),
 	}
+	e.suffix = strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
 	e.opts = client.ShimOpts{Binary: e.shim, Namespace: "resilience"}
 	return e
 }
@@ -156,6 +158,7 @@ type task struct {
 func (e *env) start(ctx context.Context, id string, args []string, output bool, ann map[string]string) *task {
 	t := e.t
 	t.Helper()
+	id = id + "-" + e.suffix // unique: a failed run may leave runc state behind
 	bundle := filepath.Join(e.dir, id)
 	a := map[string]string{client.GroupAnnotation: e.group}
 	for k, v := range ann {
