@@ -57,6 +57,13 @@ type Daemon struct {
 	// example because containerd died between start and Create (default
 	// 2 minutes).
 	IdleTimeout time.Duration
+	// OnQuiet, if set, is called once the daemon has served no request
+	// for QuietDelay (default DefaultQuietDelay): after start-up and after
+	// every burst of requests. main gives memory back to the kernel there;
+	// an idle daemon keeps only what its containers need. Calls do not
+	// overlap, and none starts once Serve returns.
+	OnQuiet    func()
+	QuietDelay time.Duration
 }
 
 // Serve runs the daemon until its last task is gone (Shutdown on an empty
@@ -95,9 +102,20 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 	}
 	defer svc.Close()
 
+	interceptor := ErrorInterceptor(log)
+	var quiet *quietTimer
+	if d.OnQuiet != nil {
+		delay := d.QuietDelay
+		if delay <= 0 {
+			delay = DefaultQuietDelay
+		}
+		quiet = newQuietTimer(delay, d.OnQuiet)
+		defer quiet.stop()
+		interceptor = quiet.interceptor(interceptor)
+	}
 	srv, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(ErrorInterceptor(log)),
+		ttrpc.WithUnaryServerInterceptor(interceptor),
 	)
 	if err != nil {
 		d.ready(err)
@@ -120,6 +138,9 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 	go func() { served <- srv.Serve(ctx, d.Listener) }()
 	d.ready(nil)
 	log.Info("serving", "socket", d.SocketPath)
+	if quiet != nil {
+		quiet.kick() // start-up is a burst too
+	}
 
 	grace := d.EmptyGrace
 	if grace <= 0 {

@@ -132,6 +132,7 @@ func daemon(f shim.Flags) (err error) {
 		SocketPath: sockPath,
 		Config:     cfg.Encode(),
 		OnCreate:   moveLog,
+		OnQuiet:    newTrimmer().trim,
 		NewService: func(ctx context.Context, onEmpty func()) (shim.TaskService, error) {
 			root := filepath.Join(cfg.RuntimeRoot, f.Namespace)
 			if err := os.MkdirAll(root, 0o711); err != nil {
