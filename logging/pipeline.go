@@ -289,7 +289,8 @@ func (p *Pipeline) ReadFrom(s Stream, r io.Reader) {
 // readState is one reader's reusable record, so that passing it to drivers
 // allocates nothing per line.
 type readState struct {
-	rec Record
+	rec   Record
+	stage stage // NonBlocking
 }
 
 func (p *Pipeline) readLoop(s Stream, r io.Reader) {
@@ -332,7 +333,7 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 	}
 	now := p.now()
 	rec := &st.rec
-	var t tally
+	t := tally{stage: &st.stage}
 	for len(chunk) > 0 {
 		var line []byte
 		partial := false
@@ -350,6 +351,8 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 	p.written.addN(t.out)
 	if p.queue == nil {
 		p.fanned.addN(t.out)
+	} else {
+		p.push(t.stage)
 	}
 	p.flush()
 }
@@ -358,6 +361,7 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 // once per read rather than once per line.
 type tally struct {
 	read, out Counter
+	stage     *stage // NonBlocking: the read's records, queued together
 }
 
 func (c *counter) addN(n Counter) {
@@ -422,7 +426,7 @@ func (p *Pipeline) deliver(rec *Record, t *tally) {
 	t.out.Lines++
 	t.out.Bytes += uint64(len(rec.Line))
 	if p.queue != nil {
-		p.enqueue(rec)
+		p.queue.add(t.stage, rec)
 		return
 	}
 	p.fanout(rec)
@@ -513,11 +517,13 @@ func (p *Pipeline) CloseContext(ctx context.Context) error {
 		}
 		if p.limit != nil {
 			if s, lines, nbytes := p.limit.pending(); lines > 0 {
-				var t tally
+				t := tally{stage: &stage{}}
 				p.marker(p.now(), s, lines, nbytes, &t)
 				p.written.addN(t.out)
 				if p.queue == nil {
 					p.fanned.addN(t.out)
+				} else {
+					p.push(t.stage)
 				}
 			}
 		}

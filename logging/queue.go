@@ -1,9 +1,13 @@
 package logging
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // queue is the non-blocking mode's buffer: records copied out of the read
-// buffer, bounded in bytes, oldest dropped first. One writer goroutine
+// buffer, bounded in bytes, oldest dropped first. Readers add the records
+// of one read at a time (one lock, one wake-up); one writer goroutine
 // (Pipeline.drain) empties it.
 type queue struct {
 	mu     sync.Mutex
@@ -14,18 +18,32 @@ type queue struct {
 	bytes  int
 	max    int
 	closed bool
-	pool   sync.Pool // *[]byte
+	chunks sync.Pool // *qchunk
+}
+
+// qchunk holds the bytes of the records of one read; it goes back to the
+// pool when its last record is written or dropped.
+type qchunk struct {
+	data []byte
+	refs atomic.Int32
 }
 
 type qitem struct {
 	rec Record
-	buf *[]byte
+	c   *qchunk
+}
+
+// stage collects one read's records before they are queued together.
+type stage struct {
+	c     *qchunk
+	items []qitem
+	spans [][2]int // each item's bytes in c.data
 }
 
 func newQueue(max int) *queue {
 	q := &queue{max: max}
 	q.cond.L = &q.mu
-	q.pool.New = func() any { b := make([]byte, 0, 256); return &b }
+	q.chunks.New = func() any { return &qchunk{data: make([]byte, 0, DefaultReadSize)} }
 	return q
 }
 
@@ -36,24 +54,47 @@ func (q *queue) close() {
 	q.cond.Signal()
 }
 
-// enqueue copies rec into the buffer, dropping the oldest records (counted
-// in Stats.BufferFull) until it fits.
-func (p *Pipeline) enqueue(rec *Record) {
+func (q *queue) release(c *qchunk) {
+	if c.refs.Add(-1) == 0 {
+		c.data = c.data[:0]
+		q.chunks.Put(c)
+	}
+}
+
+// add copies rec into the stage.
+func (q *queue) add(st *stage, rec *Record) {
+	if st.c == nil {
+		st.c = q.chunks.Get().(*qchunk)
+	}
+	start := len(st.c.data)
+	st.c.data = append(st.c.data, rec.Line...)
+	st.items = append(st.items, qitem{rec: *rec, c: st.c})
+	st.spans = append(st.spans, [2]int{start, len(st.c.data)})
+}
+
+// push queues the staged records, dropping the oldest records (counted in
+// Stats.BufferFull) until they fit.
+func (p *Pipeline) push(st *stage) {
+	if len(st.items) == 0 {
+		return
+	}
 	q := p.queue
-	bp := q.pool.Get().(*[]byte)
-	*bp = append((*bp)[:0], rec.Line...)
-	it := qitem{rec: *rec, buf: bp}
-	it.rec.Line = *bp
-	n := len(rec.Line)
+	n := 0
+	// The chunk's bytes are final now: point the records at them.
+	for i := range st.items {
+		sp := st.spans[i]
+		st.items[i].rec.Line = st.c.data[sp[0]:sp[1]:sp[1]]
+		n += sp[1] - sp[0]
+	}
+	st.c.refs.Store(int32(len(st.items)))
+	var dropped Counter
 	q.mu.Lock()
 	for q.head < len(q.items) && q.bytes+n > q.max {
 		old := &q.items[q.head]
 		q.bytes -= len(old.rec.Line)
-		p.full.add(len(old.rec.Line))
-		// It was counted written when delivered to the queue; it was not.
-		p.written.lines.Add(^uint64(0))
-		p.written.bytes.Add(^uint64(len(old.rec.Line) - 1))
-		q.pool.Put(old.buf)
+		dropped.Lines++
+		dropped.Bytes += uint64(len(old.rec.Line))
+		q.release(old.c)
 		*old = qitem{}
 		q.head++
 	}
@@ -63,10 +104,18 @@ func (p *Pipeline) enqueue(rec *Record) {
 		clear(q.items[k:])
 		q.items, q.head = q.items[:k], 0
 	}
-	q.items = append(q.items, it)
+	q.items = append(q.items, st.items...)
 	q.bytes += n
 	q.mu.Unlock()
 	q.cond.Signal()
+	if dropped.Lines > 0 {
+		p.full.addN(dropped)
+		// They were counted written when handed to the queue; they were not.
+		p.written.lines.Add(-dropped.Lines)
+		p.written.bytes.Add(-dropped.Bytes)
+	}
+	clear(st.items)
+	st.items, st.spans, st.c = st.items[:0], st.spans[:0], nil
 }
 
 // drain is the writer goroutine: it takes everything queued, writes it to
@@ -83,7 +132,8 @@ func (p *Pipeline) drain() {
 			q.mu.Unlock()
 			return
 		}
-		batch := q.items[q.head:]
+		all := q.items
+		batch := all[q.head:]
 		q.items, q.head = q.spare[:0], 0
 		q.bytes = 0
 		q.mu.Unlock()
@@ -93,12 +143,12 @@ func (p *Pipeline) drain() {
 			p.fanout(&batch[i].rec)
 			n.Lines++
 			n.Bytes += uint64(len(batch[i].rec.Line))
-			q.pool.Put(batch[i].buf)
-			batch[i] = qitem{}
+			q.release(batch[i].c)
 		}
 		p.fanned.addN(n)
 		q.mu.Lock()
-		q.spare = batch[:0:cap(batch)]
+		clear(all) // batch is part of all; what precedes it was cleared when dropped
+		q.spare = all[:0]
 		empty := len(q.items) == q.head
 		q.mu.Unlock()
 		if empty {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +47,7 @@ func (c *chunks) Read(p []byte) (int, error) {
 
 // benchPipeline pushes b.N reads of 8192 bytes through a Pipeline into a
 // k8s-file on the test's temporary directory: the monitor's hot path.
-func benchPipeline(b *testing.B, lineLen int, opts k8sfile.Options) {
+func benchPipeline(b *testing.B, lineLen int, opts k8sfile.Options, popts ...logging.PipelineOptions) {
 	opts.Path = filepath.Join(b.TempDir(), "ctr.log")
 	if opts.Fsync == "" {
 		opts.Fsync = logging.FsyncNone
@@ -55,7 +56,11 @@ func benchPipeline(b *testing.B, lineLen int, opts k8sfile.Options) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := logging.NewPipeline(logging.Metadata{ID: "bench"}, []logging.Driver{d}, logging.PipelineOptions{})
+	var po logging.PipelineOptions
+	if len(popts) > 0 {
+		po = popts[0]
+	}
+	p := logging.NewPipeline(logging.Metadata{ID: "bench"}, []logging.Driver{d}, po)
 	b.SetBytes(logging.DefaultReadSize)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -69,6 +74,9 @@ func benchPipeline(b *testing.B, lineLen int, opts k8sfile.Options) {
 	if st.WriteError.Lines != 0 {
 		b.Fatalf("write errors: %+v", st)
 	}
+	if st.BufferFull.Lines > 0 {
+		b.ReportMetric(float64(st.BufferFull.Lines)/float64(st.Read.Lines)*100, "%dropped")
+	}
 }
 
 func BenchmarkK8sFile80B(b *testing.B)   { benchPipeline(b, 80, k8sfile.Options{}) }
@@ -77,6 +85,21 @@ func BenchmarkK8sFile16KiB(b *testing.B) { benchPipeline(b, 16<<10, k8sfile.Opti
 // BenchmarkK8sFile80BRotating rotates every 10 MiB, keeping 3 files.
 func BenchmarkK8sFile80BRotating(b *testing.B) {
 	benchPipeline(b, 80, k8sfile.Options{MaxSize: 10 << 20, MaxFiles: 3})
+}
+
+// BenchmarkK8sFile80BNonBlocking goes through the non-blocking buffer
+// (1 MiB): the reader never waits for the file; what it drops is reported.
+func BenchmarkK8sFile80BNonBlocking(b *testing.B) {
+	benchPipeline(b, 80, k8sfile.Options{}, logging.PipelineOptions{Mode: logging.NonBlocking})
+}
+
+// BenchmarkK8sFile80BFiltered adds a drop pattern and a redaction that
+// match nothing: the cost of looking.
+func BenchmarkK8sFile80BFiltered(b *testing.B) {
+	benchPipeline(b, 80, k8sfile.Options{}, logging.PipelineOptions{
+		Drop:   []*regexp.Regexp{regexp.MustCompile(`^healthz`)},
+		Redact: []logging.Redaction{{Pattern: regexp.MustCompile(`password=\S+`), Replacement: []byte("***")}},
+	})
 }
 
 // BenchmarkRawCopy is the limit: the same reads copied to a file as they
