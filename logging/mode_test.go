@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/containers/conmon-v2/logging"
 )
 
@@ -132,5 +134,30 @@ func TestCloseContextWithPipeHeldOpen(t *testing.T) {
 	}
 	if st := p.Stats(); st.ReadErrors != 0 {
 		t.Fatalf("a deadline counted as a read error: %+v", st)
+	}
+}
+
+// TestCloseContextGivesUpOnAStuckDriver: a driver that never returns must
+// not keep the monitor from reporting the exit, in either mode.
+func TestCloseContextGivesUpOnAStuckDriver(t *testing.T) {
+	for _, mode := range []logging.Mode{logging.Blocking, logging.NonBlocking} {
+		t.Run(mode.String(), func(t *testing.T) {
+			stuck := &memDriver{block: make(chan struct{})}
+			defer close(stuck.block) // let the abandoned goroutine go at the end
+			p := logging.NewPipeline(logging.Metadata{}, []logging.Driver{stuck}, logging.PipelineOptions{Mode: mode})
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.ReadFrom(logging.Stdout, r)
+			w.Write([]byte("stuck\n"))
+			w.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			err = p.CloseContext(ctx)
+			if !errdefs.IsUnavailable(err) {
+				t.Fatalf("CloseContext = %v, want Unavailable", err)
+			}
+		})
 	}
 }

@@ -13,11 +13,17 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // DefaultReadSize is the size of one read from a container's pipe, as in
 // conmon: a record is never longer than this.
 const DefaultReadSize = 8192
+
+// CloseGrace is how long CloseContext still waits, once its context is
+// done, for the streams to end and the buffered records to be written.
+const CloseGrace = time.Second
 
 // DefaultMaxBufferSize is the bound of the non-blocking mode's buffer, as in
 // Docker's mode=non-blocking.
@@ -484,12 +490,15 @@ func (p *Pipeline) Reopen() error {
 // later calls return the first result.
 func (p *Pipeline) Close() error { return p.CloseContext(context.Background()) }
 
-// CloseContext is Close with a bound on the wait for EOF: a process that
-// outlives the container (a daemon it started) may hold the pipe's write
-// end open. When ctx is done, readers that support read deadlines (pipes
-// from os.Pipe, fifos opened non-blocking) are stopped after the data
-// already in the pipe has been read, as conmon drains its pipes at exit;
-// readers that do not are still waited for.
+// CloseContext is Close with a bound on the wait: a process that outlives
+// the container (a daemon it started) may hold the pipe's write end open,
+// and a driver may block. When ctx is done, readers that support read
+// deadlines (pipes from os.Pipe, fifos opened non-blocking) are stopped
+// after the data already in the pipe has been read, as conmon drains its
+// pipes at exit. If the streams, or in NonBlocking mode the writer, still
+// have not finished CloseGrace later, CloseContext gives up: it returns an
+// ErrUnavailable error and leaves the drivers open (a Write may still be
+// running in one), so that the monitor can report the exit and leave.
 func (p *Pipeline) CloseContext(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		p.srcMu.Lock()
@@ -513,7 +522,16 @@ func (p *Pipeline) CloseContext(ctx context.Context) error {
 				}
 			}
 			p.srcMu.Unlock()
-			<-done
+			select {
+			case <-done:
+			case <-time.After(CloseGrace):
+				// A reader is stuck in a blocking driver (or a reader
+				// without deadlines never ends): give up on the logs
+				// rather than on the exit.
+				p.closeErr = fmt.Errorf("log pipeline: a stream did not end within %v after the close deadline (a driver blocks, or the pipe is held open); drivers left open: %w",
+					CloseGrace, errdefs.ErrUnavailable)
+				return
+			}
 		}
 		if p.limit != nil {
 			if s, lines, nbytes := p.limit.pending(); lines > 0 {
@@ -529,7 +547,22 @@ func (p *Pipeline) CloseContext(ctx context.Context) error {
 		}
 		if p.queue != nil {
 			p.queue.close()
-			p.writerWG.Wait()
+			wdone := make(chan struct{})
+			go func() {
+				p.writerWG.Wait()
+				close(wdone)
+			}()
+			select {
+			case <-wdone:
+			case <-ctx.Done():
+				select {
+				case <-wdone:
+				case <-time.After(CloseGrace):
+					p.closeErr = fmt.Errorf("log pipeline: the drivers did not take the buffered records within %v after the close deadline; drivers left open: %w",
+						CloseGrace, errdefs.ErrUnavailable)
+					return
+				}
+			}
 		}
 		var errs []error
 		if err := p.flushDrivers(); err != nil {
