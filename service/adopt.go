@@ -1,0 +1,145 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/containers/conmon-v2/process"
+	"github.com/containers/conmon-v2/reaper"
+)
+
+// unknownExit is the status of a process whose real status is lost (it
+// exited and was reaped while no monitor watched it), as containerd
+// reports for a task it lost.
+const unknownExit = 255
+
+// Adopt takes over the tasks recorded in the state directory that no
+// service of this process serves yet and for which keep (nil: all) is
+// true: the tasks of a monitor that died (kill -9, OOM, a crash). It
+// returns the IDs adopted.
+//
+// An adopted task answers every request again except those that need its
+// stdio (its pipes died with the old monitor: output written while no
+// monitor ran is lost, and so is stdin). Its init is watched through a
+// pidfd, since this process is not its parent: when it exits, its status
+// is read from /proc while it is a zombie (until init or a subreaper reaps
+// it), else it is 255. A task whose init exited while no monitor ran gets
+// that zombie's status, or 255 once it was reaped. A pid that now belongs
+// to another process (runc's recorded start time differs) counts as
+// exited, status 255.
+func (s *Service) Adopt(ctx context.Context, keep func(process.Record) bool) ([]string, error) {
+	ents, err := os.ReadDir(s.cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("adopt: %w", err)
+	}
+	var adopted []string
+	for _, ent := range ents {
+		if !ent.IsDir() {
+			continue
+		}
+		rec, err := process.ReadRecord(s.cfg.StateDir, ent.Name())
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				s.cfg.Log.Warn("adopt: unreadable task record", "task", ent.Name(), "error", err)
+			}
+			continue
+		}
+		if rec.ID != ent.Name() || (keep != nil && !keep(rec)) {
+			continue
+		}
+		if err := s.adopt(rec); err != nil {
+			s.cfg.Log.Warn("adopt", "task", rec.ID, "error", err)
+			continue
+		}
+		adopted = append(adopted, rec.ID)
+	}
+	return adopted, nil
+}
+
+func (s *Service) adopt(rec process.Record) error {
+	c, err := process.Adopt(rec, s.rt, s.cfg.Log)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("service is closed")
+	}
+	if s.containers[c.ID] != nil || s.reserved[c.ID] {
+		return nil // ours already
+	}
+	s.containers[c.ID] = c
+	p := c.Init
+	if p.Status == process.Stopped || p.Status == process.Deleted || p.Pid <= 0 {
+		s.recordLocked(c)
+		return nil
+	}
+	ps := process.ProcStatus(p.Pid)
+	if ps.Exists {
+		if rpid, start, err := process.RuncInitStart(s.cfg.RuntimeRoot, c.ID); err == nil && (rpid != p.Pid || start != ps.StartTime) {
+			ps = process.ProcState{} // the pid was reused
+		}
+	}
+	now := time.Now()
+	switch {
+	case !ps.Exists:
+		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: unknownExit, Timestamp: now})
+		return nil
+	case ps.Zombie:
+		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: ps.ExitStatus, Timestamp: now})
+		return nil
+	}
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if err != nil {
+		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: unknownExit, Timestamp: now})
+		return nil
+	}
+	s.byPid[p.Pid] = p
+	s.recordLocked(c)
+	s.wg.Add(1)
+	go s.watchAdopted(fd, p.Pid)
+	return nil
+}
+
+// watchAdopted waits for an adopted init to exit and hands its exit to the
+// exit path, as the reaper would for a child. It stops with the service.
+func (s *Service) watchAdopted(fd, pid int) {
+	defer s.wg.Done()
+	defer unix.Close(fd)
+	for {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, 500)
+		if s.ctx.Err() != nil {
+			return
+		}
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			s.cfg.Log.Error("watching an adopted process", "pid", pid, "error", err)
+			return
+		}
+		if n > 0 {
+			break
+		}
+	}
+	status := unknownExit
+	if ps := process.ProcStatus(pid); ps.Exists && ps.Zombie {
+		status = ps.ExitStatus
+	} else {
+		var info unix.PidfdInfo
+		info.Mask = unix.PIDFD_INFO_EXIT
+		if unix.IoctlPidfdInfo(fd, &info) == nil && info.Mask&unix.PIDFD_INFO_EXIT != 0 {
+			w := unix.WaitStatus(info.Exit_code)
+			if w.Signaled() {
+				status = 128 + int(w.Signal())
+			} else {
+				status = w.ExitStatus()
+			}
+		}
+	}
+	s.handleExit(reaper.Exit{Pid: pid, Status: status, Timestamp: time.Now()})
+}
