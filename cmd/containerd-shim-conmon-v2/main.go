@@ -154,6 +154,17 @@ func daemon(f shim.Flags) (err error) {
 			if err != nil {
 				return nil, err
 			}
+			// A daemon of this group that died (kill -9, OOM) left its
+			// tasks' records: take back those of our group.
+			adopted, err := svc.Adopt(ctx, func(rec process.Record) bool {
+				ann, err := shim.ReadAnnotations(rec.Bundle)
+				return err == nil && shim.GroupKey(cfg, rec.ID, ann) == group
+			})
+			if err != nil {
+				log.Warn("adopting the tasks of a previous daemon", "error", err)
+			} else if len(adopted) > 0 {
+				log.Info("adopted the tasks of a previous daemon", "tasks", adopted)
+			}
 			tasks = svc
 			return svc, nil
 		},
