@@ -150,6 +150,7 @@ type task struct {
 	shim   *client.Shim
 	io     *client.IO
 	out    *syncBuffer
+	done   bool // removed
 }
 
 // start creates and starts a container running args in the env's group.
@@ -180,6 +181,20 @@ func (e *env) start(ctx context.Context, id string, args []string, output bool, 
 		t.Fatal(err)
 	}
 	tk := &task{id: id, bundle: bundle, addr: addr, shim: s, out: &syncBuffer{}}
+	t.Cleanup(func() {
+		// A test that failed half-way: leave no container behind.
+		if !tk.done {
+			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if s2, err := client.Connect(cctx, tk.addr); err == nil {
+				_ = s2.Kill(cctx, tk.id, "", uint32(unix.SIGKILL), true)
+				_, _ = s2.Wait(cctx, tk.id, "")
+				_, _ = s2.Delete(cctx, tk.id, "")
+				s2.Close()
+			}
+			_, _ = client.DeleteShim(cctx, e.opts, tk.id, tk.bundle)
+		}
+	})
 	var stdio client.Stdio
 	if output {
 		fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-"+id), "init", false, true, true, false)
@@ -204,6 +219,7 @@ func (e *env) start(ctx context.Context, id string, args []string, output bool, 
 // remove kills, waits for and deletes the task, and closes its client.
 func (tk *task) remove(t *testing.T) {
 	t.Helper()
+	tk.done = true
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = tk.shim.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true)
