@@ -43,7 +43,11 @@ func killDaemon(t *testing.T, ctx context.Context, tk *task) int {
 // exited while the daemon was down, and Kill, Wait and Delete work on the
 // running one.
 func TestShimCrashReadoption(t *testing.T) {
-	e := newEnv(t)
+	t.Run("pod", func(t *testing.T) { testCrashReadoption(t, newEnv(t)) })
+	t.Run("dense", func(t *testing.T) { e := newEnv(t); e.dense(); testCrashReadoption(t, e) })
+}
+
+func testCrashReadoption(t *testing.T, e *env) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	a := e.start(ctx, "runs", []string{"sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done"}, true, nil)
@@ -87,6 +91,7 @@ func TestShimCrashReadoption(t *testing.T) {
 	if int(info.Pid) == old {
 		t.Fatalf("the dead daemon %d answered", old)
 	}
+	t.Logf("new daemon %d, group %q", info.Pid, info.Group)
 	if info.Tasks != 3 {
 		t.Errorf("new daemon %d serves %d tasks, want 3 (2 adopted)", info.Pid, info.Tasks)
 	}
@@ -152,10 +157,10 @@ func TestDeadShimDelete(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := os.Stat(filepath.Join("/run/conmon-v2/runc/resilience", tk.id)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join("/run/conmon-v2/runc", e.opts.Namespace, tk.id)); !os.IsNotExist(err) {
 		t.Errorf("runc state left: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join("/run/conmon-v2/state/resilience", tk.id)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join("/run/conmon-v2/state", e.opts.Namespace, tk.id)); !os.IsNotExist(err) {
 		t.Errorf("task record left: %v", err)
 	}
 	if _, err := os.Stat(socketPath(tk.addr)); !os.IsNotExist(err) {
