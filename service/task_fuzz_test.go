@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -43,6 +44,10 @@ func FuzzTaskRequests(f *testing.F) {
 	f.Add("../x", []byte("null"), []byte(nil), "", []byte(`{"args":null,"user":{"uid":4294967295}}`), []byte(`{"memory":{"limit":-1}}`), uint32(1<<31), false, uint32(65535))
 	f.Add("c3", []byte(`{"process":null,"linux":{"uidMappings":[{"containerID":4294967295,"hostID":4294967295,"size":4294967295}]}}`), []byte{}, "e", []byte(`{}`), []byte(`{}`), uint32(64), true, uint32(1))
 	f.Fuzz(func(t *testing.T, id string, config, runcOpts []byte, execID string, execSpec, resources []byte, sig uint32, terminal bool, size uint32) {
+		watchdog := time.AfterFunc(8*time.Second, func() {
+			panic(fmt.Sprintf("stuck: id %q config %q opts %x exec %q spec %q resources %q sig %d", id, config, runcOpts, execID, execSpec, resources, sig))
+		})
+		defer watchdog.Stop()
 		dir := t.TempDir()
 		exits := newFakeExits()
 		s, err := newService(context.Background(), Config{
