@@ -102,6 +102,7 @@ type Service struct {
 	containers map[string]*process.Container
 	reserved   map[string]bool          // ids being created
 	deleting   map[string]bool          // ids being deleted
+	killing    map[string]int           // ids with a Kill of init in flight
 	byPid      map[int]*process.Process // live processes by pid
 	starting   int                      // creates/exec starts in flight
 	early      map[int]reaper.Exit      // exits of unknown pids while starting > 0
@@ -180,6 +181,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		containers: make(map[string]*process.Container),
 		reserved:   make(map[string]bool),
 		deleting:   make(map[string]bool),
+		killing:    make(map[string]int),
 		byPid:      make(map[int]*process.Process),
 		early:      make(map[int]reaper.Exit),
 		oom:        make(map[string]*process.OOMWatch),
@@ -300,6 +302,15 @@ func (s *Service) handleExitLocked(p *process.Process, e process.Exit) {
 		return
 	}
 	if p.Init {
+		if s.killing[c.ID] > 0 && !s.execsBusyLocked(c) {
+			// A Kill of init is still waiting for the runtime: its answer
+			// must reach the client before the exit does, or containerd
+			// deletes the task and closes the task's connection under the
+			// pending Kill ("ttrpc: closed"). Kill publishes the exit.
+			c.InitExitDeferred = &e
+			s.recordLocked(c)
+			return
+		}
 		if s.execsBusyLocked(c) {
 			c.InitExitDeferred = &e
 			for _, x := range c.Execs {
@@ -318,9 +329,9 @@ func (s *Service) handleExitLocked(p *process.Process, e process.Exit) {
 }
 
 // maybeFinishInitLocked publishes a deferred init exit once no exec of c
-// is alive or starting.
+// is alive or starting and no Kill of init is in flight.
 func (s *Service) maybeFinishInitLocked(c *process.Container) {
-	if c.InitExitDeferred != nil && !s.execsBusyLocked(c) {
+	if c.InitExitDeferred != nil && !s.execsBusyLocked(c) && s.killing[c.ID] == 0 {
 		e := *c.InitExitDeferred
 		c.InitExitDeferred = nil
 		s.finishExitLocked(c, c.Init, e)

@@ -81,6 +81,7 @@ type fakeRuntime struct {
 	onExec     func(id string, pid int)
 	panicOn    string
 	killed     []string
+	onKill     func(id string, sig int) // runs inside Kill, as a slow runc kill would
 	lastCreate runc.CreateOpts
 }
 
@@ -131,8 +132,12 @@ func (f *fakeRuntime) Exec(ctx context.Context, id string, spec specs.Process, o
 
 func (f *fakeRuntime) Kill(ctx context.Context, id string, sig int, opts *runc.KillOpts) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.killed = append(f.killed, fmt.Sprintf("%s:%d", id, sig))
+	hook := f.onKill
+	f.mu.Unlock()
+	if hook != nil {
+		hook(id, sig)
+	}
 	return nil
 }
 
@@ -494,6 +499,52 @@ func TestKillExitedProcess(t *testing.T) {
 	h.rt.mu.Unlock()
 	if last != "c1:9" {
 		t.Fatalf("last runtime kill %q, want c1:9", last)
+	}
+}
+
+// TestKillAnsweredBeforeExit: init dies of a Kill before the runtime's kill
+// command returns. Its exit must be published only after Kill answered:
+// containerd deletes a task on its exit and closes the task's connection,
+// which would fail the pending Kill ("ttrpc: closed", seen with critest).
+func TestKillAnsweredBeforeExit(t *testing.T) {
+	h := newHarness(t)
+	pid := h.create(t, "c1")
+	h.start(t, "c1", "")
+	before := len(h.pub.wait(t, 0))
+	var during []string
+	h.rt.mu.Lock()
+	h.rt.onKill = func(string, int) {
+		h.exits.exit(t, int(pid), 137) // reaped while runc kill still runs
+		// Events go out through a queue: give a wrongly published exit
+		// time to arrive.
+		deadline := time.After(300 * time.Millisecond)
+		for {
+			h.pub.mu.Lock()
+			during = append(during[:0], h.pub.events[before:]...)
+			h.pub.mu.Unlock()
+			select {
+			case <-h.pub.more:
+				continue
+			case <-deadline:
+			}
+			break
+		}
+	}
+	h.rt.mu.Unlock()
+	if _, err := h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range during {
+		if strings.HasPrefix(ev, "/tasks/exit") {
+			t.Fatalf("exit published while Kill was in flight: %q", during)
+		}
+	}
+	evs := h.pub.wait(t, before+1)
+	if got := evs[len(evs)-1]; got != "/tasks/exit c1 137" {
+		t.Fatalf("after Kill: events %q, want the exit last", evs[before:])
+	}
+	if _, err := h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatalf("delete after the exit: %v", err)
 	}
 }
 

@@ -511,9 +511,18 @@ func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (_ *emptypb.E
 		return nil, fmt.Errorf("exec %q of task %q is not started: %w", p.ID, r.ID, errdefs.ErrFailedPrecondition)
 	}
 	pid := p.Pid
+	if p.Init {
+		s.killing[c.ID]++
+	}
 	s.mu.Unlock()
 	if p.Init {
 		err = c.Kill(ctx, r.Signal, r.All)
+		s.mu.Lock()
+		if s.killing[c.ID]--; s.killing[c.ID] <= 0 {
+			delete(s.killing, c.ID)
+		}
+		s.maybeFinishInitLocked(c)
+		s.mu.Unlock()
 	} else {
 		err = s.killPid(pid, r.Signal)
 	}
