@@ -263,23 +263,35 @@ func (i *IO) Start(ctx context.Context) error {
 	return err
 }
 
+// copyBufSize is the size of one read of a process's output.
+const copyBufSize = 32 << 10
+
+// copyBufs holds the read buffers of the output copiers. A copier takes a
+// buffer only once its stream is readable and gives it back after the
+// write, so an idle container holds none: the memory of a daemon that
+// monitors many quiet containers does not grow by a buffer per stream. It
+// is a cache, like fmt's printer pool, not state: which buffer a copier
+// gets changes nothing it does.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
 // copyOut copies one process stream to its destinations until EOF (or EIO
 // from a pty whose slave side is gone). A destination that fails is
 // dropped and the others keep receiving: a vanished client must not stop
 // the logging pipeline.
 func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 	dests := i.dests[stream]
+	read := readerOf(r)
 	i.copiers.Add(1)
 	go func() {
 		defer i.copiers.Done()
-		buf := make([]byte, 32<<10)
 		alive := make([]bool, len(dests))
 		for k := range alive {
 			alive[k] = true
 		}
 		for {
-			n, err := r.Read(buf)
+			bp, n, err := read()
 			if n > 0 {
+				buf := *bp
 				for k, d := range dests {
 					if !alive[k] {
 						continue
@@ -289,6 +301,9 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 						alive[k] = false
 					}
 				}
+			}
+			if bp != nil {
+				copyBufs.Put(bp)
 			}
 			if err != nil {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrClosed) {
@@ -304,6 +319,79 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 			_ = c.Close()
 		}
 	}()
+}
+
+// readerOf returns a function that reads the next piece of r into a
+// buffer from copyBufs; the caller returns the buffer (nil when nothing
+// was read) to copyBufs. For a non-blocking file, the usual case (pipes
+// from os.Pipe, the pty master's dup), it waits for readability in the
+// runtime's poller without holding a buffer; any other reader gets a
+// buffer for each blocking Read.
+func readerOf(r io.Reader) func() (*[]byte, int, error) {
+	plain := func() (*[]byte, int, error) {
+		bp := copyBufs.Get().(*[]byte)
+		n, err := r.Read(*bp)
+		return bp, n, err
+	}
+	f, ok := r.(*os.File)
+	if !ok {
+		return plain
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return plain
+	}
+	nonblock := false
+	// Not f.Fd(): it would make the file blocking.
+	_ = rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nonblock = err == nil && fl&unix.O_NONBLOCK != 0
+	})
+	if !nonblock {
+		return plain // the poller cannot wait for it
+	}
+	return func() (*[]byte, int, error) {
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			bp = copyBufs.Get().(*[]byte)
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				copyBufs.Put(bp)
+				bp = nil
+				return false // wait in the poller, holding no buffer
+			}
+			return true
+		})
+		switch {
+		case err != nil: // closed, or a deadline
+			if bp != nil {
+				copyBufs.Put(bp)
+			}
+			// RawConn reports a closed file with an internal error;
+			// an empty Read reports it as os.ErrClosed.
+			if _, cerr := f.Read(nil); cerr != nil {
+				err = cerr
+			}
+			return nil, 0, err
+		case rerr != nil:
+			if n < 0 {
+				n = 0
+			}
+			return bp, n, &os.PathError{Op: "read", Path: f.Name(), Err: rerr}
+		case n == 0:
+			return bp, 0, io.EOF
+		}
+		return bp, n, nil
+	}
 }
 
 // CloseStdin closes the process's stdin (CloseIO): the process reads EOF.

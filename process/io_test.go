@@ -3,6 +3,7 @@ package process
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/url"
 	"os"
@@ -304,5 +305,48 @@ func TestIOTapWithoutClientStdio(t *testing.T) {
 	defer tap.mu.Unlock()
 	if tap.got[logging.Stdout].String() != "o\n" || tap.got[logging.Stderr].String() != "e\n" {
 		t.Fatalf("tap got %q / %q", tap.got[logging.Stdout], tap.got[logging.Stderr])
+	}
+}
+
+// readerOf on a pipe (non-blocking, polled) reads data, reports EOF once
+// the write end is closed, and reports a read end closed under it as
+// os.ErrClosed (IO.Close stops a copier that way).
+func TestReaderOfPipe(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	read := readerOf(r)
+	if _, err := w.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	bp, n, err := read()
+	if err != nil || string((*bp)[:n]) != "hello" {
+		t.Fatalf("read %q, %v", (*bp)[:n], err)
+	}
+	copyBufs.Put(bp)
+	w.Close()
+	if bp, _, err := read(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the writer closed: %v, want EOF", err)
+	} else if bp != nil {
+		copyBufs.Put(bp)
+	}
+
+	r2, w2, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	read2 := readerOf(r2)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := read2()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let it wait in the poller
+	r2.Close()
+	if err := <-done; !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("read end closed: %v, want os.ErrClosed", err)
 	}
 }

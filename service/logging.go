@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -58,18 +59,54 @@ func hasLogAnnotation(ann map[string]string) bool {
 	return false
 }
 
-// pipelineTap feeds a logging.Pipeline from the stdio copiers: each stream
-// is a pipe the pipeline reads until the copier closes it.
+// pipelineTap feeds a logging.Pipeline from the stdio copiers, which
+// write straight into it (WriteChunk): no pipe and no reader goroutine per
+// stream, so an idle container costs the pipeline nothing but its
+// drivers.
 type pipelineTap struct {
 	p *logging.Pipeline
+
+	mu     sync.RWMutex
+	closed bool // guarded by mu: no WriteChunk after the pipeline's Close
 }
 
 func (t *pipelineTap) Writer(s logging.Stream) io.WriteCloser {
-	pr, pw := io.Pipe()
-	t.p.ReadFrom(s, pr)
-	return pw
+	return &tapWriter{t: t, s: s}
 }
 
-// Close waits for the pipeline to read every stream to its end, then
-// flushes and closes its drivers.
-func (t *pipelineTap) Close() error { return t.p.Close() }
+// Close flushes and closes the pipeline's drivers. A writer still in use
+// (a copier IO.Close gave up on) is waited for; its later writes are
+// dropped.
+func (t *pipelineTap) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	return t.p.Close()
+}
+
+// tapWriter is one stream's way into the pipeline. A write is cut into
+// pieces of logging.DefaultReadSize, the size of the pipeline's own reads,
+// so that records are split exactly as when the pipeline reads the stream
+// itself (a record is never longer than one read).
+type tapWriter struct {
+	t *pipelineTap
+	s logging.Stream
+}
+
+func (w *tapWriter) Write(b []byte) (int, error) {
+	w.t.mu.RLock()
+	defer w.t.mu.RUnlock()
+	if w.t.closed {
+		return 0, io.ErrClosedPipe
+	}
+	for rest := b; len(rest) > 0; {
+		n := min(len(rest), logging.DefaultReadSize)
+		w.t.p.WriteChunk(w.s, rest[:n])
+		rest = rest[n:]
+	}
+	return len(b), nil
+}
+
+// Close ends nothing: the stream's end is the process's, and the pipeline
+// is closed once, by the tap's Close, after every copier is done.
+func (w *tapWriter) Close() error { return nil }
