@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,7 @@ type stdinSink interface {
 // attachServer is the SEQPACKET attach socket of one container.
 type attachServer struct {
 	ln       *net.UnixListener
+	rc       syscall.RawConn // ln's fd, for Broadcast's non-blocking accepts
 	dir      *os.File // O_PATH handle of the socket's directory
 	path     string   // socket path as clients name it
 	symlink  string   // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
@@ -157,8 +159,14 @@ func newAttachServer(bundle, socketDir, cuuid string, full bool, stdin stdinSink
 	}
 	ln.SetUnlinkOnClose(false)
 	_ = os.Chmod(procPath, 0o700)
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		ln.Close()
+		d.Close()
+		return nil, fmt.Errorf("attach socket: %w", err)
+	}
 	s := &attachServer{
-		ln: ln, dir: d, path: filepath.Join(dir, "attach"), symlink: symlink,
+		ln: ln, rc: rc, dir: d, path: filepath.Join(dir, "attach"), symlink: symlink,
 		stdin: stdin, closeIn: closeIn, diag: diag,
 		clients: make(map[*attachClient]struct{}),
 	}
@@ -167,6 +175,10 @@ func newAttachServer(bundle, socketDir, cuuid string, full bool, stdin stdinSink
 	return s, nil
 }
 
+// acceptLoop accepts clients as they come. Broadcast also accepts pending
+// clients (without waiting) before it sends, so a client whose connect
+// returned before the container wrote gets that output however late this
+// goroutine runs.
 func (s *attachServer) acceptLoop() {
 	defer s.wg.Done()
 	for {
@@ -179,18 +191,47 @@ func (s *attachServer) acceptLoop() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		c := &attachClient{conn: conn, ready: make(chan struct{}, 1)}
 		s.mu.Lock()
 		if s.shutdown {
 			s.mu.Unlock()
 			conn.Close()
 			return
 		}
-		s.clients[c] = struct{}{}
-		s.wg.Add(2)
+		s.addClientLocked(conn)
 		s.mu.Unlock()
-		go s.writeLoop(c)
-		go s.readLoop(c)
+	}
+}
+
+func (s *attachServer) addClientLocked(conn *net.UnixConn) {
+	c := &attachClient{conn: conn, ready: make(chan struct{}, 1)}
+	s.clients[c] = struct{}{}
+	s.wg.Add(2)
+	go s.writeLoop(c)
+	go s.readLoop(c)
+}
+
+// acceptPendingLocked accepts every queued connection without waiting.
+func (s *attachServer) acceptPendingLocked(lfd uintptr) {
+	for {
+		nfd, _, err := unix.Accept4(int(lfd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		f := os.NewFile(uintptr(nfd), "attach-client")
+		conn, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			continue
+		}
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			conn.Close()
+			continue
+		}
+		s.addClientLocked(uc)
 	}
 }
 
@@ -248,7 +289,11 @@ func (s *attachServer) readLoop(c *attachClient) {
 func (s *attachServer) Broadcast(stream byte, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.clients) == 0 || s.shutdown {
+	if s.shutdown {
+		return
+	}
+	_ = s.rc.Control(s.acceptPendingLocked)
+	if len(s.clients) == 0 {
 		return
 	}
 	for len(data) > 0 {

@@ -8,6 +8,8 @@ package conmon
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -321,7 +323,7 @@ func TestCreateLikeCRIO(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("c0ffee", 10) + "abcd"
+			id := uniqueID("c0ffee")
 			bundle := h.bundle(id, []string{"sh", "-c", "printf 'out\\ntwo\\n'; sleep 0.3; echo err >&2; sleep 0.3; printf partial; exit 3"})
 			msg, rc, syncParent := h.create(id, bundle)
 			defer syncParent.Close()
@@ -381,7 +383,7 @@ func TestCreateFailureLikeCRIO(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("bad0", 16)
+			id := uniqueID("bad0")
 			bundle := h.bundle(id, []string{"/nonexistent"})
 			msg, rc, syncParent := h.create(id, bundle)
 			syncParent.Close()
@@ -408,7 +410,7 @@ func TestExecSyncLikeCRIO(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("e1ec", 16)
+			id := uniqueID("e1ec")
 			bundle := h.bundle(id, []string{"sleep", "1000"})
 			msg, rc, syncParent := h.create(id, bundle)
 			defer syncParent.Close()
@@ -491,7 +493,7 @@ func (h *harness) execSync(id string, args, extra []string) observation {
 func TestCtlReopenAndResize(t *testing.T) {
 	testutil.RequiresRoot(t)
 	h := newHarness(t, testutil.Bin(t, "conmon-v2"), sharedRootfs(t))
-	id := strings.Repeat("c71c", 16)
+	id := uniqueID("c71c")
 	bundle := h.bundle(id, []string{"sh", "-c", "echo before; sleep 1; echo after; sleep 1000"})
 	msg, rc, syncParent := h.create(id, bundle)
 	defer syncParent.Close()
@@ -583,7 +585,7 @@ func TestSignalAndExitCommand(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("519a", 16)
+			id := uniqueID("519a")
 			bundle := h.bundle(id, []string{"sh", "-c", `trap "echo got-term; exit 9" TERM; echo up; while true; do sleep 0.1; done`})
 			marker := filepath.Join(h.dir, "exit-command-ran")
 			msg, rc, syncParent := h.create(id, bundle,
@@ -616,6 +618,10 @@ func TestSignalAndExitCommand(t *testing.T) {
 			obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
 			exited := time.Now()
 			ran := waitFile(t, marker)
+			for deadline := time.Now().Add(10 * time.Second); !strings.HasSuffix(ran, "\n") && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond) // the shell creates the file, then writes
+				ran = waitFile(t, marker)
+			}
 			t.Logf("exit command ran %v after the exit file (--exit-delay 1)", time.Since(exited))
 			obs.Sync = []string{ran}
 			obs.Log = logLines(t, logPath)
@@ -640,7 +646,7 @@ func TestExecAttachLikePodman(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("e8ec", 16)
+			id := uniqueID("e8ec")
 			bundle := h.bundle(id, []string{"sleep", "1000"})
 			msg, rc, syncParent := h.create(id, bundle)
 			defer syncParent.Close()
@@ -653,7 +659,7 @@ func TestExecAttachLikePodman(t *testing.T) {
 				waitFile(t, filepath.Join(h.exits, id))
 			}()
 
-			session := strings.Repeat("5e55", 16)
+			session := uniqueID("5e55")
 			sdir := filepath.Join(bundle, session)
 			if err := os.MkdirAll(filepath.Join(sdir, "exit"), 0o755); err != nil {
 				t.Fatal(err)
@@ -729,7 +735,7 @@ func TestOOMLikeCRIO(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("00a1", 15) + map[bool]string{true: "aaaa", false: "bbbb"}[name == "conmon"]
+			id := uniqueID("00a1")
 			limit := 16 << 20
 			bundle := h.bundle(id, []string{"sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x$x; done"},
 				func(spec map[string]any) {
@@ -766,7 +772,7 @@ func TestLogSizeMaxLikeConmon(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("512e", 16)
+			id := uniqueID("512e")
 			bundle := h.bundle(id, []string{"sh", "-c",
 				"i=10; while [ $i -lt 70 ]; do echo line-$i-xxxxxxxx; i=$((i+1)); sleep 0.01; done"})
 			msg, rc, syncParent := h.create(id, bundle, "--log-size-max", "1000")
@@ -790,4 +796,15 @@ func TestLogSizeMaxLikeConmon(t *testing.T) {
 		})
 	}
 	compare(t, got)
+}
+
+// uniqueID returns a 64-hex-digit container ID starting with prefix and
+// unique to this run, so that runs never meet each other's leftovers
+// (runc state, cgroups, journal entries).
+func uniqueID(prefix string) string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return (prefix + hex.EncodeToString(b))[:64]
 }

@@ -27,7 +27,7 @@ func TestJournaldLikeConmon(t *testing.T) {
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
-			id := strings.Repeat("10a1", 14) + strings.Repeat(string(name[len(name)-1]), 8)
+			id := uniqueID("10a1")
 			bundle := h.bundle(id, []string{"sh", "-c", "echo hello; sleep 0.2; echo err >&2; sleep 0.2; printf part"})
 			msg, rc, syncParent := h.create(id, bundle, "-l", "journald:", "--log-tag", "the-tag")
 			defer syncParent.Close()
