@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,9 +44,9 @@ type stdinSink interface {
 type attachServer struct {
 	ln       *net.UnixListener
 	rc       syscall.RawConn // ln's fd, for Broadcast's non-blocking accepts
-	dir      *os.File // O_PATH handle of the socket's directory
-	path     string   // socket path as clients name it
-	symlink  string   // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
+	dir      *os.File        // O_PATH handle of the socket's directory
+	path     string          // socket path as clients name it
+	symlink  string          // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
 	stdin    stdinSink
 	closeIn  bool // close stdin when a client sends EOF
 	diag     *Diag
