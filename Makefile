@@ -64,6 +64,13 @@ fuzz: ## run every go test -fuzz target for FUZZTIME each (default 10s)
 		done; \
 	done
 
+# The soak test's long run (the short variant runs in make test).
+SOAK_CONTAINERS ?= 100
+SOAK_LINES      ?= 1000000
+soak: build ## $(SOAK_CONTAINERS) containers x $(SOAK_LINES) numbered lines in one dense daemon, every line checked (root; minutes, ~5 GB of logs in TMPDIR)
+	CONMON_V2_SOAK=containers=$(SOAK_CONTAINERS),lines=$(SOAK_LINES) \
+	  $(GO) test -count=1 -v -timeout 90m -run '^TestSoak$$' ./integration/resilience/
+
 critest: build ## CRI conformance: critest through containerd 1.6, runc baseline vs conmon-v2 (root; see integration/critest)
 	integration/critest/critest.sh
 
