@@ -33,6 +33,10 @@ const attachMaxData = 8192
 // only holds memory while its client lags.
 const attachQueueBytes = 4 << 20
 
+// maxAttachClients bounds the clients attached at once; one more is
+// disconnected at once (it reads EOF).
+const maxAttachClients = 256
+
 // stdinSink receives what attach clients send.
 type stdinSink interface {
 	io.Writer
@@ -203,6 +207,13 @@ func (s *attachServer) acceptLoop() {
 }
 
 func (s *attachServer) addClientLocked(conn *net.UnixConn) {
+	if len(s.clients) >= maxAttachClients {
+		// Each client costs two goroutines and a queue: a flood of
+		// connections must not exhaust the monitor.
+		s.diag.Warnf("Refusing attach client: %d clients already attached", len(s.clients))
+		conn.Close()
+		return
+	}
 	c := &attachClient{conn: conn, ready: make(chan struct{}, 1)}
 	s.clients[c] = struct{}{}
 	s.wg.Add(2)
