@@ -469,6 +469,54 @@ func TestTimeoutHealth(t *testing.T) {
 	e.ok("rm", "-f", "-t", "0", id)
 }
 
+// TestLifecycle covers what Podman drives through the exit command
+// (podman container cleanup): --rm after stop, restart policies; plus
+// start -a and a container in a pod.
+func TestLifecycle(t *testing.T) {
+	e := newEnv(t)
+	id := e.detached([]string{"--rm"}, "sleep", "1000")
+	e.ok("stop", "-t", "0", id)
+	deadline := time.Now().Add(10 * time.Second)
+	for e.podman(nil, "container", "exists", id).code != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("--rm container still exists after stop")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	id = strings.TrimSpace(e.ok(append([]string{"create"}, e.runArgs(nil, "sh", "-c", "echo attached-start; exit 2")...)...))
+	r := e.podman(nil, "start", "-a", id)
+	if r.code != 2 || r.stdout != "attached-start\n" {
+		t.Fatalf("start -a: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+
+	// Restarts happen in `podman container cleanup` (the exit command),
+	// which has no --conmon and so uses containers.conf's conmon_path:
+	// the restarted runs may be monitored by /usr/bin/conmon here.
+	id = strings.TrimSpace(e.ok(append([]string{"run", "-d"}, e.runArgs([]string{"--restart", "on-failure:2"}, "sh", "-c", "echo run; exit 1")...)...))
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if got := e.inspect(id, "{{.RestartCount}} {{.State.Status}}"); got == "2 exited" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restart policy: %s", e.inspect(id, "{{.RestartCount}} {{.State.Status}}"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := e.ok("logs", id); got != "run\nrun\nrun\n" {
+		t.Fatalf("logs of a twice restarted container: %q", got)
+	}
+
+	pod := strings.TrimSpace(e.ok("pod", "create", "--infra=false"))
+	id = e.detached([]string{"--pod", pod}, "sleep", "1000")
+	e.ok("pod", "stop", "-t", "0", pod)
+	if got := e.inspect(id, "{{.State.Status}} {{.State.ExitCode}}"); got != "exited 137" {
+		t.Fatalf("container of a stopped pod: %s", got)
+	}
+	e.ok("pod", "rm", "-f", pod)
+}
+
 func TestOOMKilled(t *testing.T) {
 	e := newEnv(t)
 	id := e.detached([]string{"--memory", "10m", "--memory-swap", "10m"}, "sh", "-c",
