@@ -32,6 +32,8 @@ type conmonState struct {
 func (s *conmonSystem) Name() string { return s.name }
 
 func (s *conmonSystem) Launch(ctx context.Context, c *Container) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	exitDir := filepath.Join(c.Bundle, "exits")
 	sockDir := filepath.Join(s.env.Dir, "sock")
 	for _, d := range []string{exitDir, sockDir} {
@@ -63,7 +65,8 @@ func (s *conmonSystem) Launch(ctx context.Context, c *Container) error {
 		syncW.Close()
 		return err
 	}
-	cmd := exec.Command(s.bin, args...)
+	cmd := exec.CommandContext(ctx, s.bin, args...)
+	cmd.WaitDelay = time.Second
 	cmd.Dir = c.Bundle
 	cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4")
 	cmd.ExtraFiles = []*os.File{syncW, startR}
@@ -188,6 +191,8 @@ func (s *conmonSystem) Wait(ctx context.Context, c *Container) (int, error) {
 // legacy exec mode with --sync, which reports the exit code on the sync
 // pipe and exits with the process.
 func (s *conmonSystem) Exec(ctx context.Context, c *Container, args []string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	dir, err := os.MkdirTemp(c.Bundle, "exec")
 	if err != nil {
 		return -1, err

@@ -45,6 +45,8 @@ func (s *runcSystem) runc(ctx context.Context, args ...string) error {
 }
 
 func (s *runcSystem) Launch(ctx context.Context, c *Container) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	pidFile := filepath.Join(c.Bundle, "init.pid")
 	cmd := exec.CommandContext(ctx, s.env.Runc, "--root", s.env.RuncRoot, "create", "--bundle", c.Bundle, "--pid-file", pidFile, c.ID)
 	var st runcState

@@ -203,6 +203,8 @@ func (s *shimSystem) startShim(ctx context.Context, c *Container) (*shimConn, er
 }
 
 func (s *shimSystem) Launch(ctx context.Context, c *Container) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	sc, err := s.startShim(ctx, c)
 	if err != nil {
 		return err
@@ -252,6 +254,8 @@ func (s *shimSystem) Wait(ctx context.Context, c *Container) (int, error) {
 }
 
 func (s *shimSystem) Exec(ctx context.Context, c *Container, args []string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	st := c.priv.(*shimState)
 	spec, err := processSpec(args)
 	if err != nil {

@@ -183,6 +183,11 @@ func (e *Env) spec(c *Container) *specs.Spec {
 	return s
 }
 
+// opTimeout bounds every single operation on a system (a launch, an exec,
+// a runc or shim command), so that a hung monitor fails its figure instead
+// of stopping the run.
+const opTimeout = 2 * time.Minute
+
 // processSpec is the JSON of an exec's process, for conmon's
 // --exec-process-spec and the shim's Exec.
 func processSpec(args []string) ([]byte, error) {
@@ -196,7 +201,10 @@ func processSpec(args []string) ([]byte, error) {
 // run runs a short command (runc, a shim's start) and returns its stdout,
 // or an error carrying its stderr.
 func run(ctx context.Context, dir string, env []string, name string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = time.Second
 	cmd.Dir = dir
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
