@@ -22,8 +22,9 @@ type options struct {
 	env, logOpts                                          listFlag
 	tail                                                  int
 	timeout                                               int
-	// stopSignals gives SIGINT/SIGTERM back to their default handling
-	// context-free, for commands that forward them to a container.
+	// stopSignals stops SIGINT/SIGTERM from cancelling the command's
+	// context (without cancelling it), for commands that forward them to a
+	// container.
 	stopSignals func()
 }
 

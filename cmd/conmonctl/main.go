@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	clog "github.com/containerd/log"
@@ -175,10 +176,31 @@ func (a *app) main(ctx context.Context, args []string) int {
 		fmt.Fprintf(a.stderr, "conmonctl %s: --root must not be empty\n", name)
 		return exitUsage
 	}
-	ctx, stop := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)
-	defer stop()
-	// Commands that forward signals to a container take them over.
-	a.opts.stopSignals = stop
+	// SIGINT and SIGTERM cancel the command's context. A command that
+	// forwards signals to a container takes them over with stopSignals,
+	// which stops this watch without cancelling the context (what is still
+	// running on it, such as a pending fifo open, must go on).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	unwatch := make(chan struct{})
+	var once sync.Once
+	a.opts.stopSignals = func() {
+		once.Do(func() {
+			signal.Stop(sigc)
+			close(unwatch)
+		})
+	}
+	defer a.opts.stopSignals()
+	go func() {
+		select {
+		case <-sigc:
+			cancel()
+		case <-unwatch:
+		case <-ctx.Done():
+		}
+	}()
 	err = cmd.run(ctx, a, cmdArgs)
 	return a.report(cmd, err)
 }
