@@ -126,7 +126,9 @@ func (w *OOMWatch) run() {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		buf := make([]byte, 4096)
+		// An eventfd read takes 8 bytes, an inotify event on a watched
+		// file (no name) 16: a small buffer, as every container has one.
+		buf := make([]byte, 256)
 		for {
 			if _, err := w.f.Read(buf); err != nil {
 				return
