@@ -92,6 +92,10 @@ type IO struct {
 // shim may hold the fifo open itself), the output fifos into Stdout and
 // Stderr until the shim closes them. The copies are owned by the returned
 // IO: Wait for output, Close to stop everything.
+//
+// ctx must live as long as the process: the fifo package closes a fifo
+// whose open is still pending when ctx is cancelled (the shim opens its
+// ends only at Create or Start), and what was written to it is lost.
 func OpenIO(ctx context.Context, set *FIFOSet, streams Streams, onStdinEOF func()) (*IO, error) {
 	i := &IO{}
 	open := func(path string, flag int) (io.ReadWriteCloser, error) {
