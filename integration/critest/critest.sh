@@ -32,6 +32,7 @@
 #   CRITEST_TIMEOUT       seconds one handler's critest may take (default 480; a
 #                         serial run takes about 130 s on 2 busy cores)
 #   CRITEST_ARGS          more critest arguments, split on blanks (-ginkgo.repeat=N ...)
+#   CRITEST_DEBUG=1       containerd logs at debug level (every shim event, RPC errors)
 #   CRITEST_KEEP=1        keep the work directory (and print its path)
 #   CONMON_V2_BIN         directory of containerd-shim-conmon-v2 (default bin/)
 # Results: CACHE/last-run/{HANDLER.txt,HANDLER.json,critest-HANDLER.log,...}.
@@ -200,6 +201,7 @@ say "imgreg (pid $registry_pid) serves $(($(wc -l <"$work/logs/imgreg.out") - 1)
 last=$((${#handlers[@]} - 1))
 sed -e "s|@WORK@|$work|g" -e "s|@REGISTRY@|$registry|g" -e "s|@DEFAULT_HANDLER@|${handlers[$last]}|g" \
 	"$here/$template" >"$work/containerd/config.toml"
+[ -n "${CRITEST_DEBUG:-}" ] && printf '\n[debug]\n  level = "debug"\n' >>"$work/containerd/config.toml"
 # containerd 2.x: the registry mirrors as hosts.toml files
 for r in registry.k8s.io k8s.gcr.io gcr.io docker.io public.ecr.aws; do
 	mkdir -p "$work/certs.d/$r"
