@@ -45,8 +45,15 @@ func TestValidateID(t *testing.T) {
 }
 
 func TestNewSpec(t *testing.T) {
-	rootfs := t.TempDir()
-	s, err := NewSpec(SpecOpts{Rootfs: rootfs, Args: []string{"sh"}, Env: []string{"A=1"}, Terminal: true,
+	rootfs, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(rootfs, link); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSpec(SpecOpts{Rootfs: link, Args: []string{"sh"}, Env: []string{"A=1"}, Terminal: true,
 		Hostname: "h", MemoryLimit: 1 << 20, Annotations: map[string]string{"k": "v"}})
 	if err != nil {
 		t.Fatal(err)

@@ -41,9 +41,13 @@ func NewSpec(o SpecOpts) (*specs.Spec, error) {
 	if len(o.Args) == 0 {
 		return nil, fmt.Errorf("no command to run: %w", errdefs.ErrInvalidArgument)
 	}
+	// runc wants an absolute path without symlinks.
 	rootfs, err := filepath.Abs(o.Rootfs)
+	if err == nil {
+		rootfs, err = filepath.EvalSymlinks(rootfs)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("rootfs %q: %w", o.Rootfs, err)
+		return nil, fmt.Errorf("rootfs %s: %v: %w", o.Rootfs, err, errdefs.ErrInvalidArgument)
 	}
 	if fi, err := os.Stat(rootfs); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("rootfs %s is not a directory: %w", o.Rootfs, errdefs.ErrInvalidArgument)

@@ -242,6 +242,10 @@ func (a *app) makeSpec(rec *record, o *options, args []string, memory int64, log
 	if !filepath.IsAbs(spec.Root.Path) {
 		spec.Root.Path = filepath.Join(src, spec.Root.Path)
 	}
+	// runc wants an absolute path without symlinks.
+	if p, err := filepath.EvalSymlinks(spec.Root.Path); err == nil {
+		spec.Root.Path = p
+	}
 	if fi, err := os.Stat(spec.Root.Path); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("bundle %s: root %s is not a directory: %w", o.bundle, spec.Root.Path, errdefs.ErrInvalidArgument)
 	}

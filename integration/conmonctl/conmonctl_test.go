@@ -212,6 +212,30 @@ func TestRunAttached(t *testing.T) {
 		t.Errorf("ps after exit: %+v", e)
 	}
 	h.ok("rm", "envy")
+
+	// --bundle: a bundle made by `runc spec` (root "rootfs", relative),
+	// left as it was.
+	bundle := t.TempDir()
+	spec := exec.Command("runc", "spec")
+	spec.Dir = bundle
+	if out, err := spec.CombinedOutput(); err != nil {
+		t.Fatalf("runc spec: %v %s", err, out)
+	}
+	if err := os.Symlink(h.rootfs, filepath.Join(bundle, "rootfs")); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
+	r = h.run("run", "--rm", "--bundle", bundle, "--", "sh", "-c", "echo from the bundle; exit 3")
+	if r.code != 3 || r.stdout != "from the bundle\n" {
+		t.Errorf("run --bundle: %v", r)
+	}
+	after, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if !bytes.Equal(before, after) {
+		t.Error("run --bundle changed the bundle's config.json")
+	}
+	if entries, _ := os.ReadDir(bundle); len(entries) != 2 {
+		t.Errorf("run --bundle left files in the bundle: %v", entries)
+	}
 }
 
 func TestLifecycle(t *testing.T) {
