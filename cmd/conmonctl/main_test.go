@@ -150,3 +150,20 @@ func TestDetachReader(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSignal(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"9", 9, true}, {"KILL", 9, true}, {"SIGTERM", 15, true}, {"hup", 1, true}, {"winch", 28, true},
+		{"0", 0, false}, {"65", 0, false}, {"FROB", 0, false}, {"", 0, false},
+	}
+	for _, tc := range tests {
+		got, err := parseSignal(tc.in)
+		if (err == nil) != tc.ok || int(got) != tc.want {
+			t.Errorf("parseSignal(%q) = %d, %v", tc.in, got, err)
+		}
+	}
+}
