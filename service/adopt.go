@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -17,6 +20,44 @@ import (
 // exited and was reaped while no monitor watched it), as containerd
 // reports for a task it lost.
 const unknownExit = 255
+
+// KeeperExitDir is where a group's keeper records the exit status of the
+// containers it reaped (their daemon was dead), under the namespace's
+// state directory. It starts with a dot: no task ID does.
+func KeeperExitDir(stateDir string) string { return filepath.Join(stateDir, ".keeper-exits") }
+
+// WriteKeeperExit records that pid exited with status (atomically: a
+// reader sees the whole record or none).
+func WriteKeeperExit(dir string, pid, status int) error {
+	data := fmt.Sprintf("%d %d\n", status, time.Now().UnixNano())
+	tmp := filepath.Join(dir, "."+strconv.Itoa(pid)+".tmp")
+	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, strconv.Itoa(pid)))
+}
+
+// keeperExit returns the status the keeper recorded for pid, if it
+// exited after since (an older record is of an earlier process with the
+// same pid), and removes the record.
+func (s *Service) keeperExit(pid int, since time.Time) (int, bool) {
+	path := filepath.Join(KeeperExitDir(s.cfg.StateDir), strconv.Itoa(pid))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	_ = os.Remove(path)
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		return 0, false
+	}
+	status, err1 := strconv.Atoi(f[0])
+	at, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil || time.Unix(0, at).Before(since) {
+		return 0, false
+	}
+	return status, true
+}
 
 // Adopt takes over the tasks recorded in the state directory that no
 // service of this process serves yet and for which keep (nil: all) is
@@ -87,9 +128,17 @@ func (s *Service) adopt(rec process.Record) error {
 		}
 	}
 	now := time.Now()
+	since := p.StartedAt
+	if since.IsZero() {
+		since = p.CreatedAt
+	}
 	switch {
 	case !ps.Exists:
-		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: unknownExit, Timestamp: now})
+		status := unknownExit
+		if st, ok := s.keeperExit(p.Pid, since); ok {
+			status = st
+		}
+		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: status, Timestamp: now})
 		return nil
 	case ps.Zombie:
 		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: ps.ExitStatus, Timestamp: now})
@@ -103,13 +152,13 @@ func (s *Service) adopt(rec process.Record) error {
 	s.byPid[p.Pid] = p
 	s.recordLocked(c)
 	s.wg.Add(1)
-	go s.watchAdopted(fd, p.Pid)
+	go s.watchAdopted(fd, p.Pid, since)
 	return nil
 }
 
 // watchAdopted waits for an adopted init to exit and hands its exit to the
 // exit path, as the reaper would for a child. It stops with the service.
-func (s *Service) watchAdopted(fd, pid int) {
+func (s *Service) watchAdopted(fd, pid int, since time.Time) {
 	defer s.wg.Done()
 	defer unix.Close(fd)
 	for {
@@ -126,20 +175,35 @@ func (s *Service) watchAdopted(fd, pid int) {
 			break
 		}
 	}
-	status := unknownExit
-	if ps := process.ProcStatus(pid); ps.Exists && ps.Zombie {
-		status = ps.ExitStatus
-	} else {
-		var info unix.PidfdInfo
-		info.Mask = unix.PIDFD_INFO_EXIT
-		if unix.IoctlPidfdInfo(fd, &info) == nil && info.Mask&unix.PIDFD_INFO_EXIT != 0 {
-			w := unix.WaitStatus(info.Exit_code)
-			if w.Signaled() {
-				status = 128 + int(w.Signal())
-			} else {
-				status = w.ExitStatus()
-			}
-		}
+	status, ok := s.adoptedExit(fd, pid, since)
+	for i := 0; !ok && i < 20 && s.ctx.Err() == nil; i++ {
+		// Reaped by a keeper that has not written its record yet, on a
+		// kernel without PIDFD_INFO_EXIT.
+		time.Sleep(100 * time.Millisecond)
+		status, ok = s.adoptedExit(fd, pid, since)
+	}
+	if !ok {
+		status = unknownExit
 	}
 	s.handleExit(reaper.Exit{Pid: pid, Status: status, Timestamp: time.Now()})
+}
+
+// adoptedExit finds the exit status of an adopted process that exited:
+// from its zombie, else from the pidfd (Linux 6.15+, once reaped), else
+// from its keeper's record.
+func (s *Service) adoptedExit(fd, pid int, since time.Time) (int, bool) {
+	if ps := process.ProcStatus(pid); ps.Exists && ps.Zombie {
+		return ps.ExitStatus, true
+	}
+	var info unix.PidfdInfo
+	info.Mask = unix.PIDFD_INFO_EXIT
+	if unix.IoctlPidfdInfo(fd, &info) == nil && info.Mask&unix.PIDFD_INFO_EXIT != 0 {
+		_, _ = s.keeperExit(pid, since) // drop the keeper's record, if already written
+		w := unix.WaitStatus(info.Exit_code)
+		if w.Signaled() {
+			return 128 + int(w.Signal()), true
+		}
+		return w.ExitStatus(), true
+	}
+	return s.keeperExit(pid, since)
 }

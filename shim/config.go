@@ -60,6 +60,11 @@ type Config struct {
 	LoggerDirs []string `toml:"logger_dirs"`
 	// Debug turns on debug logging of the daemon (as -debug does).
 	Debug bool `toml:"debug"`
+	// Keeper runs each group's daemon under a keeper process that
+	// restarts it when it crashes and records the exit status of the
+	// containers that exit meanwhile (docs/resilience.md). Default off:
+	// it costs one more process per group.
+	Keeper bool `toml:"keeper"`
 }
 
 // DefaultConfig returns the settings used when no file says otherwise.

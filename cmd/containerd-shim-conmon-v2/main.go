@@ -89,6 +89,12 @@ func daemon(f shim.Flags) (err error) {
 	if err != nil {
 		return err
 	}
+	if cfg.Keeper && os.Getenv(keeperChildEnv) == "" {
+		// This process becomes the group's keeper and runs the daemon as
+		// its child, handing it fd 3 and the ready pipe.
+		return runKeeper(f, cfg, ready)
+	}
+	os.Unsetenv(keeperChildEnv)
 	level := slog.LevelInfo
 	if f.Debug || cfg.Debug {
 		level = slog.LevelDebug

@@ -145,23 +145,28 @@ func newEnv(t *testing.T) *env {
 // dense switches the env to the dense mode (grouping = "namespace": one
 // daemon for every container of the namespace), in a namespace of its own,
 // through a configuration file passed with -config by a wrapper script.
-func (e *env) dense() {
+func (e *env) dense() { e.configure("dense", "grouping = \"namespace\"\n") }
+
+// configure runs the shim with the TOML text conf (through -config and a
+// wrapper script), in a namespace of its own named after name.
+func (e *env) configure(name, toml string) {
 	t := e.t
 	t.Helper()
-	conf := filepath.Join(e.dir, "dense.toml")
-	if err := os.WriteFile(conf, []byte("grouping = \"namespace\"\n"), 0o600); err != nil {
+	conf := filepath.Join(e.dir, name+".toml")
+	if err := os.WriteFile(conf, []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wrapper := filepath.Join(e.dir, "shim-dense")
+	wrapper := filepath.Join(e.dir, "shim-"+name)
 	script := "#!/bin/sh\nexec " + e.shim + " -config " + conf + " \"$@\"\n"
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.opts = client.ShimOpts{Binary: wrapper, Namespace: "resilience-dense-" + e.suffix}
+	e.opts = client.ShimOpts{Binary: wrapper, Namespace: "resilience-" + name + "-" + e.suffix}
 	t.Cleanup(func() {
 		// The namespace's directories, once empty.
 		for _, d := range []string{"/run/conmon-v2/state/", "/run/conmon-v2/runc/"} {
 			_ = os.Remove(filepath.Join(d, e.opts.Namespace, "runc.log"))
+			_ = os.Remove(filepath.Join(d, e.opts.Namespace, ".keeper-exits"))
 			_ = os.Remove(filepath.Join(d, e.opts.Namespace))
 		}
 	})
