@@ -46,6 +46,13 @@ func TestKeeper(t *testing.T) {
 	}
 	d1 := int(info.Pid)
 	keeper := ppid(t, d1)
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", keeper)); err == nil {
+		for _, l := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") {
+				t.Logf("keeper %d %s; daemon %d RSS %d KiB", keeper, strings.Join(strings.Fields(l), " "), d1, info.RSSKB)
+			}
+		}
+	}
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", keeper)); !strings.HasPrefix(string(comm), "containerd-shim") {
 		t.Fatalf("daemon %d's parent %d is %q, not a keeper", d1, keeper, comm)
 	}
