@@ -283,8 +283,10 @@ for h in "${handlers[@]}"; do
 	say "critest $version, runtime handler $h"
 	# critest exits non-zero on any failed spec; the comparison below judges
 	rc=0
-	TMPDIR=$work/tmp PATH="$tools:$PATH" timeout "$critest_timeout" "$tools/critest" "${args[@]}" \
-		-runtime-handler="$h" -ginkgo.json-report="$work/logs/$h.json" \
+	# critest reads /etc/crictl.yaml, else the crictl.yaml in the parent of
+	# its working directory (before it parses -config): make that ours
+	(cd "$work/tmp" && TMPDIR=$work/tmp PATH="$tools:$PATH" timeout "$critest_timeout" "$tools/critest" "${args[@]}" \
+		-runtime-handler="$h" -ginkgo.json-report="$work/logs/$h.json") \
 		>"$work/logs/critest-$h.log" 2>&1 || rc=$?
 	grep -E '^(Ran [0-9]+ of|SUCCESS!|FAIL!)' "$work/logs/critest-$h.log" | sed 's/^/    /' || true
 	[ -s "$work/logs/$h.json" ] || die "critest ($h) wrote no report, exit code $rc: $(tail -20 "$work/logs/critest-$h.log")"
