@@ -53,7 +53,6 @@ type Monitor struct {
 	pipes    []*drainReader // stdout, stderr pipes (none with passthrough)
 	termOut  *drainReader   // terminal master; guarded by consMu
 	ctrPid   atomic.Int64
-	rtPid    atomic.Int64
 	oom      *oomWatcher
 	oomOnce  sync.Once
 	consMu   sync.Mutex
@@ -68,7 +67,7 @@ func NewMonitor(cfg *Config, boot *Bootstrap, r *reaper.Reaper, diag *Diag, open
 	return &Monitor{cfg: cfg, boot: boot, reaper: r, diag: diag, openLog: openLog}
 }
 
-// Broadcast implements the pipeline's tap: output goes to attach clients.
+// tap is the pipeline's tap: every chunk read goes to the attach clients.
 func (m *Monitor) tap(s logging.Stream, chunk []byte) {
 	if m.attach == nil {
 		return
@@ -487,9 +486,9 @@ func (m *Monitor) forwardSignals(ctx context.Context, sigc chan os.Signal) {
 			return
 		case s := <-sigc:
 			sig := s.(unix.Signal)
+			// Before the container's pid is known the signal is dropped
+			// (conmon forwards it to the runtime, failing the create).
 			if pid := m.ctrPid.Load(); pid > 0 {
-				_ = unix.Kill(int(pid), sig)
-			} else if pid := m.rtPid.Load(); pid > 0 {
 				_ = unix.Kill(int(pid), sig)
 			}
 		}
