@@ -93,33 +93,41 @@ func (s *Service) Adopt(ctx context.Context, keep func(process.Record) bool) ([]
 		if rec.ID != ent.Name() || (keep != nil && !keep(rec)) {
 			continue
 		}
-		if err := s.adopt(rec); err != nil {
+		c, watched, err := s.adopt(rec)
+		if err != nil {
 			s.cfg.Log.Warn("adopt", "task", rec.ID, "error", err)
 			continue
+		}
+		if c == nil {
+			continue
+		}
+		if watched {
+			s.watchOOM(c, c.Init.Pid) // as Create does: /tasks/oom again
 		}
 		adopted = append(adopted, rec.ID)
 	}
 	return adopted, nil
 }
 
-func (s *Service) adopt(rec process.Record) error {
+// adopt adds one task; watched says its init runs and is watched.
+func (s *Service) adopt(rec process.Record) (_ *process.Container, watched bool, _ error) {
 	c, err := process.Adopt(rec, s.rt, s.cfg.Log)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return fmt.Errorf("service is closed")
+		return nil, false, fmt.Errorf("service is closed")
 	}
 	if s.containers[c.ID] != nil || s.reserved[c.ID] {
-		return nil // ours already
+		return nil, false, nil // ours already
 	}
 	s.containers[c.ID] = c
 	p := c.Init
 	if p.Status == process.Stopped || p.Status == process.Deleted || p.Pid <= 0 {
 		s.recordLocked(c)
-		return nil
+		return c, false, nil
 	}
 	ps := process.ProcStatus(p.Pid)
 	if ps.Exists {
@@ -139,21 +147,21 @@ func (s *Service) adopt(rec process.Record) error {
 			status = st
 		}
 		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: status, Timestamp: now})
-		return nil
+		return c, false, nil
 	case ps.Zombie:
 		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: ps.ExitStatus, Timestamp: now})
-		return nil
+		return c, false, nil
 	}
 	fd, err := unix.PidfdOpen(p.Pid, 0)
 	if err != nil {
 		s.handleExitLocked(p, process.Exit{Pid: p.Pid, Status: unknownExit, Timestamp: now})
-		return nil
+		return c, false, nil
 	}
 	s.byPid[p.Pid] = p
 	s.recordLocked(c)
 	s.wg.Add(1)
 	go s.watchAdopted(fd, p.Pid, since)
-	return nil
+	return c, true, nil
 }
 
 // watchAdopted waits for an adopted init to exit and hands its exit to the
