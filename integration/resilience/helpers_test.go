@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 	if target := os.Getenv(probeEnv); target != "" {
 		os.Exit(probe(target))
 	}
+	if dir := os.Getenv(rootlessEnv); dir != "" {
+		os.Exit(rootlessScenario(dir))
+	}
 	os.Exit(m.Run())
 }
 
