@@ -137,6 +137,24 @@ func TestLogDrivers(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("drivers\n got %+v\nwant %+v", got, want)
 	}
+	o2, _ := Parse([]string{"-c", cid, "-u", "u", "-r", rt, "-l", "binary:/usr/libexec/conmon-v2/loggers/x", "-l", "plugin:unix:///run/conmon-v2/log-plugins/p.sock", "-l", "plugin:/usr/libexec/conmon-v2/loggers/p"})
+	cfg2, err := Validate(o2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got2, _ := LogDrivers(cfg2)
+	want2 := []LogDriver{
+		{Name: "binary", Options: map[string]string{"path": "/usr/libexec/conmon-v2/loggers/x"}},
+		{Name: "plugin", Options: map[string]string{"socket": "/run/conmon-v2/log-plugins/p.sock"}},
+		{Name: "plugin", Options: map[string]string{"path": "/usr/libexec/conmon-v2/loggers/p"}},
+	}
+	if !reflect.DeepEqual(got2, want2) {
+		t.Fatalf("drivers\n got %+v\nwant %+v", got2, want2)
+	}
+	o3, _ := Parse([]string{"-c", cid, "-u", "u", "-r", rt, "-l", "binary"})
+	if _, err := Validate(o3); err == nil || err.Error() != "[conmon:e]: binary requires a program path" {
+		t.Fatalf("-l binary: %v", err)
+	}
 	o.LogRotate, o.LogMaxFiles = true, 3
 	got, _ = LogDrivers(cfg)
 	if got[0].Options["max-files"] != "4" || got[0].Options["truncate"] != "" {

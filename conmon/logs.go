@@ -27,6 +27,8 @@ type LogDriver struct {
 //	-l syslog[:ADDRESS]         syslog, option address (udp://h:p, ...)
 //	-l fluentd[:ADDRESS]        fluentd, option address (host:port, ...)
 //	-l binary:PATH              binary, option path (the logger program)
+//	-l plugin:PATH              plugin, option path (the plugin program)
+//	-l plugin:unix:///SOCKET    plugin, option socket (a running plugin)
 //	-l none|off|null            nothing (output still reaches attach clients)
 //	-l passthrough              nothing here: the runtime gets the caller's stdio
 //
@@ -69,7 +71,11 @@ func LogDrivers(c *Config) ([]LogDriver, error) {
 				opts["address"] = s.Arg
 			}
 		case DriverBinary:
-			if s.Arg != "" {
+			opts[logging.OptPath] = s.Arg
+		case DriverPlugin:
+			if sock, ok := strings.CutPrefix(s.Arg, "unix://"); ok {
+				opts["socket"] = sock
+			} else {
 				opts[logging.OptPath] = s.Arg
 			}
 		case DriverPassthrough:
@@ -97,10 +103,26 @@ func LogMetadata(c *Config) (logging.Metadata, error) {
 	return m, nil
 }
 
+// CheckLogFiles opens and closes the file drivers (k8s-file, json-file)
+// of c, so that a bad log path fails before the monitor detaches, as
+// conmon opens its log file first. Drivers that connect somewhere or start
+// programs are only opened by the monitor itself.
+func CheckLogFiles(ctx context.Context, c *Config, reg *logging.Registry) error {
+	p, err := openLogs(ctx, c, reg, nil, func(name string) bool { return name == DriverK8sFile || name == DriverJSONFile })
+	if err != nil {
+		return err
+	}
+	return p.Close()
+}
+
 // OpenLogs builds the container's log pipeline through reg; tap (may be
 // nil) gets every chunk read, before the drivers. With no driver at all
 // the pipeline still reads the output (for the tap) and discards it.
 func OpenLogs(ctx context.Context, c *Config, reg *logging.Registry, tap func(logging.Stream, []byte)) (*logging.Pipeline, error) {
+	return openLogs(ctx, c, reg, tap, nil)
+}
+
+func openLogs(ctx context.Context, c *Config, reg *logging.Registry, tap func(logging.Stream, []byte), only func(string) bool) (*logging.Pipeline, error) {
 	meta, err := LogMetadata(c)
 	if err != nil {
 		return nil, err
@@ -111,6 +133,9 @@ func OpenLogs(ctx context.Context, c *Config, reg *logging.Registry, tap func(lo
 	}
 	var drivers []logging.Driver
 	for _, s := range specs {
+		if only != nil && !only(s.Name) {
+			continue
+		}
 		d, err := reg.Open(ctx, s.Name, logging.Info{Meta: meta, Options: s.Options, Dir: c.Bundle})
 		if err != nil {
 			for _, o := range drivers {

@@ -139,7 +139,7 @@ func (m *Monitor) Run(ctx context.Context) int {
 	rio, err := m.setupStdio()
 	if err != nil {
 		m.diag.Errorf("%v", err)
-		return m.fail(-1, "")
+		return m.fail(-1, err.Error())
 	}
 	var sock *runc.Socket
 	if cfg.Terminal {

@@ -52,6 +52,7 @@ const (
 	DriverSyslog      = "syslog"
 	DriverFluentd     = "fluentd"
 	DriverBinary      = "binary"
+	DriverPlugin      = "plugin"
 )
 
 // Config is a validated command line with conmon's defaults applied.
@@ -140,7 +141,7 @@ func (c *Config) parseLogs() error {
 		if !hasColon {
 			switch v {
 			case "k8s-file", "journald", "passthrough", "none", "off", "null",
-				DriverJSONFile, DriverSyslog, DriverFluentd, DriverBinary:
+				DriverJSONFile, DriverSyslog, DriverFluentd, DriverBinary, DriverPlugin:
 				driver, arg = v, ""
 			default:
 				driver, arg = DriverK8sFile, v
@@ -169,7 +170,11 @@ func (c *Config) parseLogs() error {
 			c.Journald = true
 		case DriverPassthrough:
 			c.Passthru = true
-		case DriverSyslog, DriverFluentd, DriverBinary:
+		case DriverSyslog, DriverFluentd:
+		case DriverBinary, DriverPlugin:
+			if arg == "" {
+				return usageColon(driver + " requires a program path")
+			}
 		default:
 			return usageColon("No such log driver " + driver)
 		}

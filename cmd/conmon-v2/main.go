@@ -16,7 +16,6 @@ import (
 	"github.com/containers/conmon-v2/internal/version"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/logging/builtin"
-	"github.com/containers/conmon-v2/logging/journald"
 	"github.com/containers/conmon-v2/reaper"
 )
 
@@ -50,16 +49,13 @@ func run() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	reg := registry()
 	if os.Getenv(conmon.EnvMonitor) == "" {
-		// Bad log options fail here, synchronously, as conmon opens its
+		// A bad log file fails here, synchronously, as conmon opens its
 		// log file before it forks.
-		p, err := conmon.OpenLogs(context.Background(), cfg, reg, nil)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "[conmon:e]: Failed to open log: %v\n", err)
+		if err := conmon.CheckLogFiles(context.Background(), cfg, builtin.Registry()); err != nil {
+			fmt.Fprintf(os.Stderr, "[conmon:e]: Failed to open log file: %v\n", err)
 			return 1
 		}
-		_ = p.Close()
 	}
 	boot, err := conmon.ReadBootstrap()
 	if err != nil {
@@ -100,6 +96,9 @@ func run() int {
 	}
 	r := reaper.New()
 	runc.Monitor = r
+	// Logger programs (binary, plugin drivers) are started and reaped
+	// through the reaper, the process's one wait loop.
+	reg := builtin.Registry(builtin.Options{Runner: r})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
@@ -108,16 +107,6 @@ func run() int {
 	cancel()
 	<-done
 	return code
-}
-
-// registry holds the log drivers conmon-v2 offers through --log-path.
-func registry() *logging.Registry {
-	reg := builtin.Registry()
-	// Drivers not (yet) in the built-in set.
-	if _, ok := reg.Resolve(journald.Name); !ok {
-		_ = reg.Register(journald.Name, journald.New)
-	}
-	return reg
 }
 
 func openLogs(reg *logging.Registry) conmon.LogOpener {
