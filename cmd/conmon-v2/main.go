@@ -15,7 +15,6 @@ import (
 	"github.com/containers/conmon-v2/conmon"
 	"github.com/containers/conmon-v2/internal/version"
 	"github.com/containers/conmon-v2/logging"
-	"github.com/containers/conmon-v2/logging/builtin"
 	"github.com/containers/conmon-v2/reaper"
 )
 
@@ -52,7 +51,7 @@ func run() int {
 	if os.Getenv(conmon.EnvMonitor) == "" {
 		// A bad log file fails here, synchronously, as conmon opens its
 		// log file before it forks.
-		if err := conmon.CheckLogFiles(context.Background(), cfg, builtin.Registry()); err != nil {
+		if err := conmon.CheckLogFiles(context.Background(), cfg, registry(nil)); err != nil {
 			fmt.Fprintf(os.Stderr, "[conmon:e]: Failed to open log file: %v\n", err)
 			return 1
 		}
@@ -98,7 +97,7 @@ func run() int {
 	runc.Monitor = r
 	// Logger programs (binary, plugin drivers) are started and reaped
 	// through the reaper, the process's one wait loop.
-	reg := builtin.Registry(builtin.Options{Runner: r})
+	reg := registry(r)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
