@@ -241,3 +241,39 @@ func TestSubscribe(t *testing.T) {
 		t.Fatalf("after Close got %d queued events, want 3", got)
 	}
 }
+
+// TestSubscriptionOverflow: a subscriber that stops reading is cut off once
+// MaxSubscriptionQueue events wait for it: it then gets one TopicOverflow
+// envelope and nothing more, and Publish never waited for it.
+func TestSubscriptionOverflow(t *testing.T) {
+	e := New("default", "", nil)
+	ctx := context.Background()
+	ch, cancel := e.Subscribe(ctx)
+	defer cancel()
+	for i := range MaxSubscriptionQueue + 10 {
+		if err := e.Publish(ctx, "/tasks/exit", exitEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var before int
+	for env := range ch {
+		if env.Topic == TopicOverflow {
+			break
+		}
+		before++
+	}
+	if before > 1 {
+		t.Fatalf("%d events before the overflow marker, want at most the one the pump held", before)
+	}
+	if err := e.Publish(ctx, "/tasks/exit", exitEvent(0)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case env, ok := <-ch:
+		if ok {
+			t.Fatalf("event after the overflow marker: %v", env.Topic)
+		}
+	case <-time.After(100 * time.Millisecond):
+		// nothing more: as wanted (not a timing assertion: any wait works)
+	}
+}

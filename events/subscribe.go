@@ -36,11 +36,23 @@ func (e *Exchange) Subscribe(ctx context.Context) (<-chan *Envelope, func()) {
 	return s.out, cancel
 }
 
-// subscription is an unbounded queue drained by its own pump goroutine,
+// MaxSubscriptionQueue bounds the events waiting for one subscriber. A
+// subscriber that falls that far behind (one that stopped reading) is cut
+// off: its queue is replaced by a single TopicOverflow envelope, after
+// which its channel gets nothing more. This bounds the memory a stuck
+// Monitor API client can make the monitor hold.
+const MaxSubscriptionQueue = 1 << 16
+
+// TopicOverflow is the topic of the last envelope of a subscription that
+// was cut off for falling behind (see MaxSubscriptionQueue).
+const TopicOverflow = "/conmon-v2/subscription-overflow"
+
+// subscription is a queue, bounded by MaxSubscriptionQueue, drained by its own pump goroutine,
 // which stops when end is called or its context is done.
 type subscription struct {
 	mu       sync.Mutex
 	queue    []*Envelope // guarded by mu
+	overflow bool        // guarded by mu; cut off: queue holds only the TopicOverflow envelope
 	once     sync.Once
 	quitOnce sync.Once
 	ready    chan struct{} // 1-buffered: the queue grew
@@ -51,7 +63,15 @@ type subscription struct {
 
 func (s *subscription) push(env *Envelope) {
 	s.mu.Lock()
-	s.queue = append(s.queue, env)
+	switch {
+	case s.overflow:
+	case len(s.queue) >= MaxSubscriptionQueue:
+		s.overflow = true
+		clear(s.queue)
+		s.queue = []*Envelope{{Namespace: env.GetNamespace(), Topic: TopicOverflow, Timestamp: env.GetTimestamp()}}
+	default:
+		s.queue = append(s.queue, env)
+	}
 	s.mu.Unlock()
 	select {
 	case s.ready <- struct{}{}:

@@ -33,6 +33,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
+	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/service"
 )
 
@@ -173,6 +174,10 @@ func (m *Monitor) Subscribe(ctx context.Context, req *conmonapi.SubscribeRequest
 		case env, ok := <-evc:
 			if !ok {
 				return nil
+			}
+			if env.GetTopic() == events.TopicOverflow {
+				return fmt.Errorf("event subscription: the client fell %d events behind and was cut off; subscribe again and List to resync: %w",
+					events.MaxSubscriptionQueue, errdefs.ErrResourceExhausted)
 			}
 			if !match(req.GetTopics(), env.GetTopic()) {
 				continue
