@@ -9,6 +9,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/containerd/errdefs"
+	"github.com/containers/conmon-v2/logging"
 )
 
 // DefaultConfigPath is read when neither the runtime options nor -config
@@ -65,6 +66,11 @@ type Config struct {
 	// containers that exit meanwhile (docs/resilience.md). Default off:
 	// it costs one more process per group.
 	Keeper bool `toml:"keeper"`
+	// Logging is the [logging] table of the same file: the defaults for
+	// container logs that annotations refine (docs/logging.md). It is kept
+	// as decoded TOML, validated by the logging package when the file is
+	// parsed, so that Encode writes it back unchanged for the daemon.
+	Logging map[string]any `toml:"logging,omitempty"`
 }
 
 // DefaultConfig returns the settings used when no file says otherwise.
@@ -98,7 +104,23 @@ func ParseConfig(name string, data []byte) (Config, error) {
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("shim config %s: %w", name, err)
 	}
+	if _, err := c.LoggingConfig(); err != nil {
+		return Config{}, fmt.Errorf("shim config %s: %w", name, err)
+	}
 	return c, nil
+}
+
+// LoggingConfig returns the container log defaults of the [logging] table,
+// or the logging package's defaults when the file has none.
+func (c Config) LoggingConfig() (logging.Config, error) {
+	if len(c.Logging) == 0 {
+		return logging.DefaultConfig(), nil
+	}
+	var b bytes.Buffer
+	if err := toml.NewEncoder(&b).Encode(map[string]any{"logging": c.Logging}); err != nil {
+		return logging.Config{}, fmt.Errorf("[logging]: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return logging.ParseConfig(b.Bytes())
 }
 
 // LoadConfig reads the file at path. A missing file is an error, except for

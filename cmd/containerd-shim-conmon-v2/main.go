@@ -23,6 +23,7 @@ import (
 
 	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/internal/version"
+	"github.com/containers/conmon-v2/logging/builtin"
 	"github.com/containers/conmon-v2/process"
 	"github.com/containers/conmon-v2/reaper"
 	"github.com/containers/conmon-v2/service"
@@ -146,9 +147,18 @@ func daemon(f shim.Flags) (err error) {
 			}
 			rt := process.NewRuncRuntime(root)
 			rt.Command = cfg.Runtime
+			stateDir := filepath.Join(cfg.StateDir, f.Namespace)
+			logDefaults, err := cfg.LoggingConfig()
+			if err != nil {
+				return nil, err
+			}
+			// Logger programs and plugins are forked through the reaper,
+			// the daemon's only wait loop.
+			logReg := builtin.Registry(builtin.Options{Runner: r, LoggerDirs: cfg.LoggerDirs})
 			svc, err := service.New(ctx, service.Config{
 				Namespace:   f.Namespace,
-				StateDir:    filepath.Join(cfg.StateDir, f.Namespace),
+				StateDir:    stateDir,
+				Logging:     service.AnnotationLogging(logReg, logDefaults, stateDir),
 				Publisher:   exchange,
 				Reaper:      r,
 				Runtime:     rt,
