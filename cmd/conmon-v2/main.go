@@ -20,9 +20,12 @@ import (
 
 func main() {
 	conmon.Trampoline()
-	// One monitor per container: keep it small. Two Ps so a thread locked
-	// for a Pdeathsig child never starves the rest.
-	runtime.GOMAXPROCS(2)
+	// One monitor per container: keep it small. The detached monitor
+	// starts with GOMAXPROCS=1 in its environment (conmon.Daemonize); a
+	// --sync monitor (CRI-O's ExecSync) is short-lived and keeps two.
+	if os.Getenv(conmon.EnvMonitor) == "" {
+		runtime.GOMAXPROCS(2)
+	}
 	debug.SetGCPercent(50)
 	debug.SetMemoryLimit(16 << 20)
 	os.Exit(run())

@@ -590,7 +590,7 @@ func TestSignalAndExitCommand(t *testing.T) {
 			marker := filepath.Join(h.dir, "exit-command-ran")
 			msg, rc, syncParent := h.create(id, bundle,
 				"--exit-command", "/bin/sh", "--exit-command-arg", "-c",
-				"--exit-command-arg", `echo "$0 $EXITCMD_ENV" > `+marker, "--exit-command-arg", "arg0",
+				"--exit-command-arg", `echo "$0 $EXITCMD_ENV [${GOMAXPROCS-unset}]" > `+marker, "--exit-command-arg", "arg0",
 				"--exit-delay", "1")
 			defer syncParent.Close()
 			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
@@ -626,7 +626,13 @@ func TestSignalAndExitCommand(t *testing.T) {
 			obs.Sync = []string{ran}
 			obs.Log = logLines(t, logPath)
 			h.runcCmd("delete", "-f", id)
-			if obs.ExitFile != "9" || ran != "arg0 from-env\n" {
+			// The caller's environment, unchanged (conmon-v2 runs itself
+			// with GOMAXPROCS=1 and must not pass that on).
+			want := "arg0 from-env [unset]\n"
+			if v, ok := os.LookupEnv("GOMAXPROCS"); ok {
+				want = "arg0 from-env [" + v + "]\n"
+			}
+			if obs.ExitFile != "9" || ran != want {
 				t.Fatalf("exit file %q (want 9), exit command wrote %q", obs.ExitFile, ran)
 			}
 			got[name] = obs
