@@ -530,7 +530,7 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 				continue // not up yet, or gone: look again at the next tick
 			}
 			sctx, cancel := context.WithCancel(ctx)
-			evc, _, err := s.Subscribe(sctx)
+			evc, errc, err := s.Subscribe(sctx)
 			if err != nil {
 				cancel()
 				s.Close()
@@ -541,6 +541,11 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 			go func() {
 				defer s.Close()
 				defer func() {
+					// A stream cut off (the shim's queue for a client that
+					// fell behind overflowed) is said so, then resubscribed.
+					if err := <-errc; err != nil {
+						fmt.Fprintf(a.stderr, "conmonctl events: %s; subscribing again\n", cleanError(err))
+					}
 					select {
 					case ended <- addr:
 					case <-sctx.Done():
