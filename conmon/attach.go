@@ -27,11 +27,18 @@ const (
 // into 8193-byte buffers and SEQPACKET truncates longer messages.
 const attachMaxData = 8192
 
-// attachQueueBytes bounds the output queued for one client. A client that
-// falls this far behind is disconnected: the container's output must never
-// wait for an attach client (its bytes are in the logs anyway). The queue
-// only holds memory while its client lags.
+// attachQueueBytes bounds the output queued for one client. The queue only
+// holds memory while its client lags.
 const attachQueueBytes = 4 << 20
+
+// attachStallGrace is how long the container's output may wait for a
+// client whose queue is full and that has taken nothing from it meanwhile.
+// A client that keeps reading, however slowly, is never dropped: the
+// output waits for it as conmon's does (podman run | slow-reader gets every
+// line). A client that reads nothing for this long is disconnected, so a
+// stuck or vanished client can never stall the container for longer (its
+// bytes are in the logs anyway).
+const attachStallGrace = 10 * time.Second
 
 // maxAttachClients bounds the clients attached at once; one more is
 // disconnected at once (it reads EOF).
@@ -46,24 +53,27 @@ type stdinSink interface {
 
 // attachServer is the SEQPACKET attach socket of one container.
 type attachServer struct {
-	ln       *net.UnixListener
-	rc       syscall.RawConn // ln's fd, for Broadcast's non-blocking accepts
-	dir      *os.File        // O_PATH handle of the socket's directory
-	path     string          // socket path as clients name it
-	symlink  string          // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
-	stdin    stdinSink
-	closeIn  bool // close stdin when a client sends EOF
-	diag     *Diag
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	clients  map[*attachClient]struct{} // guarded by mu
-	shutdown bool                       // guarded by mu
+	ln      *net.UnixListener
+	rc      syscall.RawConn // ln's fd, for Broadcast's non-blocking accepts
+	dir     *os.File        // O_PATH handle of the socket's directory
+	path    string          // socket path as clients name it
+	symlink string          // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
+	stdin   stdinSink
+	closeIn bool // close stdin when a client sends EOF
+	diag    *Diag
+	// stallGrace is attachStallGrace; tests shorten it.
+	stallGrace time.Duration
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	clients    map[*attachClient]struct{} // guarded by mu
+	shutdown   bool                       // guarded by mu
 }
 
 type attachClient struct {
 	conn    *net.UnixConn
 	dropped atomic.Bool   // disconnected by the server: its EOF is not the client's
 	ready   chan struct{} // signalled when q grows or closes
+	taken   chan struct{} // signalled when the writer takes q: progress
 
 	mu     sync.Mutex
 	q      [][]byte // messages not yet written; guarded by mu
@@ -71,18 +81,37 @@ type attachClient struct {
 	closed bool     // no more messages; guarded by mu
 }
 
-// push queues msg unless that would exceed the client's budget.
-func (c *attachClient) push(msg []byte) bool {
-	c.mu.Lock()
-	if c.queued+len(msg) > attachQueueBytes {
+// push queues msg. When the queue is full it waits for the client's writer
+// to take the queue, as long as the writer keeps making progress at least
+// once per grace; it returns false when the client made no progress for a
+// whole grace (the caller disconnects it).
+func (c *attachClient) push(msg []byte, grace time.Duration) bool {
+	var timer *time.Timer
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return true
+		}
+		if c.queued+len(msg) <= attachQueueBytes {
+			c.q = append(c.q, msg)
+			c.queued += len(msg)
+			c.mu.Unlock()
+			c.signal()
+			return true
+		}
 		c.mu.Unlock()
-		return false
+		if timer == nil {
+			timer = time.NewTimer(grace)
+			defer timer.Stop()
+		}
+		select {
+		case <-c.taken:
+			timer.Reset(grace)
+		case <-timer.C:
+			return false
+		}
 	}
-	c.q = append(c.q, msg)
-	c.queued += len(msg)
-	c.mu.Unlock()
-	c.signal()
-	return true
 }
 
 func (c *attachClient) close() {
@@ -109,6 +138,10 @@ func (c *attachClient) next() (msgs [][]byte, ok bool) {
 			c.q = nil
 			c.queued = 0
 			c.mu.Unlock()
+			select {
+			case c.taken <- struct{}{}:
+			default:
+			}
 			return msgs, true
 		}
 		closed := c.closed
@@ -171,7 +204,7 @@ func newAttachServer(bundle, socketDir, cuuid string, full bool, stdin stdinSink
 	}
 	s := &attachServer{
 		ln: ln, rc: rc, dir: d, path: filepath.Join(dir, "attach"), symlink: symlink,
-		stdin: stdin, closeIn: closeIn, diag: diag,
+		stdin: stdin, closeIn: closeIn, diag: diag, stallGrace: attachStallGrace,
 		clients: make(map[*attachClient]struct{}),
 	}
 	s.wg.Add(1)
@@ -214,7 +247,7 @@ func (s *attachServer) addClientLocked(conn *net.UnixConn) {
 		conn.Close()
 		return
 	}
-	c := &attachClient{conn: conn, ready: make(chan struct{}, 1)}
+	c := &attachClient{conn: conn, ready: make(chan struct{}, 1), taken: make(chan struct{}, 1)}
 	s.clients[c] = struct{}{}
 	s.wg.Add(2)
 	go s.writeLoop(c)
@@ -295,8 +328,9 @@ func (s *attachServer) readLoop(c *attachClient) {
 }
 
 // Broadcast sends data read from the container to every client, in
-// messages of at most 8192 data bytes prefixed with the stream id. It never
-// blocks: a client whose queue is full is disconnected.
+// messages of at most 8192 data bytes prefixed with the stream id. A client
+// whose queue is full makes it wait while that client keeps reading; one
+// that reads nothing for attachStallGrace is disconnected.
 func (s *attachServer) Broadcast(stream byte, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -314,7 +348,7 @@ func (s *attachServer) Broadcast(stream byte, data []byte) {
 		copy(msg[1:], data[:n])
 		data = data[n:]
 		for c := range s.clients {
-			if !c.push(msg) {
+			if !c.push(msg, s.stallGrace) {
 				s.diag.Warnf("Attach client too slow, disconnecting it")
 				c.dropped.Store(true)
 				delete(s.clients, c)

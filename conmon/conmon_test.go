@@ -300,6 +300,7 @@ func TestAttachFramingAndSlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.stallGrace = 300 * time.Millisecond
 	dial := func() *net.UnixConn {
 		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: filepath.Join(dir, "attach"), Net: "unixpacket"})
 		if err != nil {
@@ -352,8 +353,8 @@ func TestAttachFramingAndSlowClient(t *testing.T) {
 	big := strings.Repeat("x", 20000)
 	s.Broadcast(attachStdout, []byte(big))
 	s.Broadcast(attachStderr, []byte("err\n"))
-	// Enough output to overflow the slow client's queue: Broadcast must
-	// not block on it.
+	// Enough output to overflow the slow client's queue: Broadcast waits
+	// one grace for it, then drops it and goes on.
 	done := make(chan struct{})
 	go func() {
 		chunk := []byte(strings.Repeat("y", 8192))
@@ -376,6 +377,55 @@ func TestAttachFramingAndSlowClient(t *testing.T) {
 	slow.Close()
 	if _, err := os.Stat(filepath.Join(dir, "attach")); !os.IsNotExist(err) {
 		t.Fatalf("attach socket left behind: %v", err)
+	}
+}
+
+// A client that reads slowly but steadily is never dropped: the output
+// waits for it (conmon's behaviour for podman run | slow-reader), so it gets
+// every byte even though far more than its queue's budget goes through.
+func TestAttachSlowReaderGetsEverything(t *testing.T) {
+	dir := t.TempDir()
+	s, err := newAttachServer(dir, "", "", true, &bufStdin{}, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.stallGrace = 2 * time.Second
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: filepath.Join(dir, "attach"), Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	total := 3*attachQueueBytes + 12345
+	got := make(chan int, 1)
+	go func() {
+		n, buf := 0, make([]byte, 8193)
+		for i := 0; ; i++ {
+			m, err := c.Read(buf)
+			if err != nil || m == 0 {
+				break
+			}
+			n += m - 1
+			if i%64 == 0 {
+				time.Sleep(time.Millisecond) // slow, but always making progress
+			}
+		}
+		got <- n
+	}()
+	chunk := []byte(strings.Repeat("z", 8192))
+	for sent := 0; sent < total; {
+		n := min(len(chunk), total-sent)
+		s.Broadcast(attachStdout, chunk[:n])
+		sent += n
+	}
+	s.Close(5 * time.Second)
+	s.Unlink()
+	select {
+	case n := <-got:
+		if n != total {
+			t.Fatalf("slow reader got %d bytes, want %d", n, total)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("slow reader never finished")
 	}
 }
 
