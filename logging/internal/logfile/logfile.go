@@ -70,9 +70,10 @@ type File struct {
 
 	mu     sync.Mutex
 	f      *os.File
-	size   int64  // bytes in the current file
-	total  int64  // bytes written over the File's life (GlobalSizeMax)
-	buf    []byte // batch; buf[off:] is not written yet
+	size   int64   // bytes in the current file
+	total  int64   // bytes written over the File's life (GlobalSizeMax)
+	buf    []byte  // batch; buf[off:] is not written yet; nil between reads when all was written
+	bufp   *[]byte // the pooled buffer buf came from; nil when buf is nil
 	off    int
 	capped bool
 	torn   bool        // the file ends inside an entry whose rest starts buf[off:]
@@ -109,7 +110,7 @@ func Open(opts Options, enc Encoder) (*File, error) {
 	if opts.FsyncInterval <= 0 {
 		opts.FsyncInterval = time.Second
 	}
-	lf := &File{opts: opts, enc: enc, buf: make([]byte, 0, opts.FlushAt+2*logging.DefaultReadSize)}
+	lf := &File{opts: opts, enc: enc}
 	if err := lf.openLocked(); err != nil {
 		return nil, err
 	}
@@ -164,6 +165,9 @@ func (lf *File) Append(r *logging.Record) error {
 	defer lf.mu.Unlock()
 	if lf.closed {
 		return os.ErrClosed
+	}
+	if lf.buf == nil {
+		lf.takeBufLocked()
 	}
 	start := len(lf.buf)
 	lf.buf = lf.enc.Encode(lf.buf, r)
@@ -378,8 +382,46 @@ func (lf *File) Flush() error {
 	err := lf.writeLocked(len(lf.buf))
 	if err != nil {
 		lf.shedLocked()
+	} else {
+		lf.releaseBufLocked()
 	}
 	return err
+}
+
+// batchCap is the capacity of a pooled batch buffer: a full batch plus two
+// reads' worth of entries.
+const batchCap = 64<<10 + 2*logging.DefaultReadSize
+
+// batchPool lends batch buffers to files while a read's entries are being
+// written: the pipeline flushes after every read, so an idle container's
+// log holds no buffer (docs/memory.md: 80 KiB per container otherwise). It
+// is a cache, not state: any buffer can serve any file.
+var batchPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, batchCap)
+	return &b
+}}
+
+// takeBufLocked gives lf a batch buffer for the coming entries.
+func (lf *File) takeBufLocked() {
+	if need := lf.opts.FlushAt + 2*logging.DefaultReadSize; need > batchCap {
+		lf.buf = make([]byte, 0, need) // an unusual FlushAt: not pooled
+		return
+	}
+	lf.bufp = batchPool.Get().(*[]byte)
+	lf.buf = (*lf.bufp)[:0]
+}
+
+// releaseBufLocked returns the batch buffer once everything in it is
+// written; held data (a refusing disk) keeps it.
+func (lf *File) releaseBufLocked() {
+	if lf.buf == nil || lf.off != len(lf.buf) {
+		return
+	}
+	if lf.bufp != nil && cap(lf.buf) <= 2*batchCap {
+		*lf.bufp = lf.buf[:0]
+		batchPool.Put(lf.bufp)
+	}
+	lf.buf, lf.bufp, lf.off = nil, nil, 0
 }
 
 // Reopen writes the batch and reopens Path, creating it if it was renamed
@@ -454,6 +496,9 @@ func (lf *File) Close() error {
 		lf.lost(bytes.Count(lf.buf[lf.off:], []byte{'\n'}), held)
 	}
 	lf.closed = true
+	if err == nil {
+		lf.releaseBufLocked()
+	}
 	if lf.f != nil {
 		err = errors.Join(err, lf.f.Close())
 		lf.f = nil
