@@ -353,6 +353,22 @@ func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, 
 	return pid, pio, nil
 }
 
+// SharesPIDNamespace reports whether the container has no PID namespace
+// of its own: its spec joins an existing one (a pod's, by path) or has
+// none (the host's). Then init's exit does not end the container's other
+// processes, and they keep its output pipes open.
+func (c *Container) SharesPIDNamespace() bool {
+	if c.Spec == nil || c.Spec.Linux == nil {
+		return true
+	}
+	for _, ns := range c.Spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace {
+			return ns.Path != ""
+		}
+	}
+	return true
+}
+
 // Kill signals the container's init (all: every process of the container).
 func (c *Container) Kill(ctx context.Context, sig uint32, all bool) error {
 	if err := c.rt.Kill(ctx, c.ID, int(sig), &runc.KillOpts{All: all}); err != nil {

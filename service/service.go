@@ -302,6 +302,9 @@ func (s *Service) handleExitLocked(p *process.Process, e process.Exit) {
 		return
 	}
 	if p.Init {
+		if c.SharesPIDNamespace() {
+			s.killRestLocked(c)
+		}
 		if s.killing[c.ID] > 0 && !s.execsBusyLocked(c) {
 			// A Kill of init is still waiting for the runtime: its answer
 			// must reach the client before the exit does, or containerd
@@ -326,6 +329,24 @@ func (s *Service) handleExitLocked(p *process.Process, e process.Exit) {
 	}
 	s.finishExitLocked(c, p, e)
 	s.maybeFinishInitLocked(c)
+}
+
+// killRestLocked kills what is left of a container whose init exited and
+// that has no PID namespace of its own (a pod's shared one, or the host's):
+// the kernel does not do it, and a survivor (nginx's worker) holds the
+// output pipes open, so the container's IO would never end (critest F1 in
+// integration/critest/FINDINGS.md). The runtime call runs off the service
+// lock, owned by the service's WaitGroup.
+func (s *Service) killRestLocked(c *process.Container) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Kill(ctx, 9, true); err != nil && !errdefs.IsNotFound(err) {
+			s.cfg.Log.Warn("killing the rest of a container after its init exited", "task", c.ID, "error", err)
+		}
+	}()
 }
 
 // maybeFinishInitLocked publishes a deferred init exit once no exec of c
