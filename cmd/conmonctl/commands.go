@@ -17,6 +17,7 @@ import (
 // options are the targets of every command's flags.
 type options struct {
 	detach, interactive, tty, rm, force, noStream, follow bool
+	timestamps                                            bool
 	name, group, rootfs, bundle, logDriver, signal        string
 	since, memory, user, workdir                          string
 	env, logOpts                                          listFlag
@@ -48,7 +49,7 @@ conmonctl run -it --rootfs ./rootfs -- sh`,
 		},
 		{name: "ps", args: "[--json]", summary: "list containers: name, group, status, pid, exit code, uptime, shim pid",
 			example: "conmonctl ps\nconmonctl ps --json | jq -r '.[] | select(.status==\"running\") | .name'", run: cmdPs},
-		{name: "logs", args: "[-f] [--since T] [--tail N] NAME", summary: "print a container's logs (its k8s-file or json-file, else the shim's log cache)",
+		{name: "logs", args: "[-f] [-t] [--since T] [--tail N] NAME", summary: "print a container's logs (its k8s-file or json-file, else the shim's log cache)",
 			example: "conmonctl logs --tail 10 web\nconmonctl logs -f --since 5m web", run: cmdLogs},
 		{name: "exec", args: "[-i] [-t] NAME [--] CMD [ARG...]", summary: "run a command in a running container; exits with its code",
 			example: "conmonctl exec web -- cat /etc/hostname\nconmonctl exec -it web -- sh", stopAtArg: true, runsProcess: true, run: cmdExec},
@@ -62,6 +63,10 @@ conmonctl run -it --rootfs ./rootfs -- sh`,
 			example: "conmonctl wait web; echo $?", runsProcess: true, run: cmdWait},
 		{name: "rm", args: "[-f] NAME...", summary: "remove stopped containers (-f: kill running ones first)",
 			example: "conmonctl rm web\nconmonctl rm -f $(conmonctl ps --json | jq -r '.[].name')", run: cmdRm},
+		{name: "top", args: "NAME", summary: "list the processes of a container (pids, as the host sees them, and their commands)",
+			example: "conmonctl top web", run: cmdTop},
+		{name: "update", args: "--memory BYTES NAME...", summary: "change the resources of running containers",
+			example: "conmonctl update --memory 128m web", run: cmdUpdate},
 		{name: "pause", args: "NAME...", summary: "freeze every process of a container", example: "conmonctl pause web", run: cmdPause},
 		{name: "resume", args: "NAME...", summary: "thaw a paused container", example: "conmonctl resume web", run: cmdResume},
 		{name: "stats", args: "[--no-stream] [NAME...]", summary: "live CPU, memory and pids of containers (all running ones by default)",
@@ -121,6 +126,10 @@ func bindFlags(m map[string]*command, o *options) {
 		fs.BoolVar(&o.follow, "f", false, "follow: keep printing new lines until the container exits")
 		fs.StringVar(&o.since, "since", "", "only lines since `T` (RFC 3339 time, or a duration like 10m)")
 		fs.IntVar(&o.tail, "tail", -1, "only the last `N` lines")
+		fs.BoolVar(&o.timestamps, "t", false, "prefix each line with its time (RFC 3339, UTC)")
+	}
+	m["update"].flags = func(fs *flag.FlagSet) {
+		fs.StringVar(&o.memory, "memory", "", "new memory limit in `BYTES` (k, m, g suffixes accepted)")
 	}
 	m["exec"].flags = func(fs *flag.FlagSet) {
 		fs.BoolVar(&o.interactive, "i", false, "connect standard input")

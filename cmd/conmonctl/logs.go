@@ -15,16 +15,17 @@ import (
 )
 
 type logQuery struct {
-	since  time.Time
-	tail   int // -1: all
-	follow bool
+	since      time.Time
+	tail       int // -1: all
+	follow     bool
+	timestamps bool
 }
 
 func cmdLogs(ctx context.Context, a *app, args []string) error {
 	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
 		return err
 	}
-	q := logQuery{tail: a.opts.tail, follow: a.opts.follow}
+	q := logQuery{tail: a.opts.tail, follow: a.opts.follow, timestamps: a.opts.timestamps}
 	if a.opts.since != "" {
 		t, err := parseSince(a.opts.since, time.Now())
 		if err != nil {
@@ -110,11 +111,18 @@ func followLog(ctx context.Context, a *app, r *record, q logQuery, exited <-chan
 		Follow: q.follow,
 		Done:   exited,
 	}
+	atLineStart := map[logging.Stream]bool{logging.Stdout: true, logging.Stderr: true}
 	err := logging.ReadLogs(ctx, opts, func(rec *logging.Record) error {
 		w := a.stdout
 		if rec.Stream == logging.Stderr {
 			w = a.stderr
 		}
+		if q.timestamps && atLineStart[rec.Stream] {
+			if _, err := fmt.Fprintf(w, "%s ", rec.Time.UTC().Format(time.RFC3339Nano)); err != nil {
+				return err
+			}
+		}
+		atLineStart[rec.Stream] = !rec.Partial
 		if _, err := w.Write(rec.Line); err != nil {
 			return err
 		}

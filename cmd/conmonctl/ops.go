@@ -14,6 +14,7 @@ import (
 
 	apievents "github.com/containerd/containerd/api/events"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
@@ -888,4 +889,71 @@ func (d *detachReader) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+func cmdTop(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
+		return err
+	}
+	r, err := a.store().find(args[0])
+	if err != nil {
+		return err
+	}
+	s, err := a.connect(ctx, r)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	cctx, cancel := withTimeout(ctx)
+	defer cancel()
+	pids, err := s.Pids(cctx, r.ID)
+	if err != nil {
+		return err
+	}
+	type proc struct {
+		Pid     uint32 `json:"pid"`
+		Command string `json:"command"`
+	}
+	procs := make([]proc, 0, len(pids))
+	for _, pid := range pids {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		procs = append(procs, proc{Pid: pid, Command: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))})
+	}
+	if a.json {
+		return printJSON(a, procs)
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PID\tCOMMAND")
+	for _, p := range procs {
+		fmt.Fprintf(w, "%d\t%s\n", p.Pid, p.Command)
+	}
+	return w.Flush()
+}
+
+func cmdUpdate(ctx context.Context, a *app, args []string) error {
+	if err := needArgs(args, 1, -1, "container NAME"); err != nil {
+		return err
+	}
+	memory, err := parseBytes(a.opts.memory)
+	if err != nil {
+		return usagef("--memory %q: %v", a.opts.memory, err)
+	}
+	if memory == 0 {
+		return usagef("nothing to update: give --memory")
+	}
+	res := &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &memory}}
+	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
+		s, err := a.connect(ctx, r)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		cctx, cancel := withTimeout(ctx)
+		defer cancel()
+		if err := s.Update(cctx, r.ID, res, nil); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, r.Name)
+		return nil
+	})
 }

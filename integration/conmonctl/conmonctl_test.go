@@ -308,6 +308,18 @@ func TestLifecycle(t *testing.T) {
 	if out := h.ok("stats", "--no-stream"); !strings.Contains(out, "MEM USAGE / LIMIT") || !strings.Contains(out, "web") {
 		t.Errorf("stats table:\n%s", out)
 	}
+	// update, seen by stats; top lists the container's processes.
+	h.ok("update", "--memory", "96m", "web")
+	if err := json.Unmarshal([]byte(h.ok("stats", "--no-stream", "--json", "web")), &stats); err != nil || len(stats) != 1 || stats[0].MemoryLimit != 96<<20 {
+		t.Errorf("stats after update --memory 96m: %+v %v", stats, err)
+	}
+	if out := h.ok("top", "web"); !strings.Contains(out, strconv.Itoa(e.Pid)) || !strings.Contains(out, "sh -c") {
+		t.Errorf("top:\n%s", out)
+	}
+	// logs -t: each line starts with its time.
+	if r := h.run("logs", "-t", "--tail", "2", "web"); r.code != 0 || !strings.HasPrefix(r.stdout, time.Now().UTC().Format("2006-01-02T")) {
+		t.Errorf("logs -t: %v", r)
+	}
 
 	// shims
 	var shims []struct {
@@ -737,7 +749,7 @@ func shimPids() []int {
 
 func TestHelpAndCompletion(t *testing.T) {
 	h := newHarness(t)
-	cmds := []string{"run", "ps", "logs", "exec", "attach", "kill", "stop", "wait", "rm", "pause", "resume", "stats", "events", "shims", "completion"}
+	cmds := []string{"run", "ps", "logs", "exec", "attach", "kill", "stop", "wait", "rm", "pause", "resume", "stats", "events", "shims", "top", "update", "completion"}
 	top := h.ok("help")
 	for _, c := range cmds {
 		if !strings.Contains(top, "\n  "+c+" ") {
