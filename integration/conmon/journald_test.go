@@ -2,14 +2,11 @@ package conmon
 
 import (
 	"encoding/json"
-	"os"
 	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/internal/testutil"
 )
@@ -21,7 +18,8 @@ import (
 // writes, and journald's own fields are left out.
 func TestJournaldLikeConmon(t *testing.T) {
 	testutil.RequiresRoot(t)
-	journaldEnsure(t)
+	testutil.NeedCommand(t, "journalctl")
+	testutil.Journald(t)
 	rootfs := sharedRootfs(t)
 	got := map[string][]map[string]string{}
 	for name, bin := range monitors(t) {
@@ -86,44 +84,4 @@ func journalEntries(t *testing.T, id string, n int) []map[string]string {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// journaldEnsure makes sure a systemd-journald answers on the native
-// socket, starting /lib/systemd/systemd-journald standalone when none
-// does. A running one (another test's) is reused; one started here is
-// stopped at cleanup.
-func journaldEnsure(t *testing.T) {
-	t.Helper()
-	const bin = "/lib/systemd/systemd-journald"
-	testutil.NeedCommand(t, "journalctl")
-	if journaldAlive() {
-		return
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s missing (install systemd): %v", bin, err)
-	}
-	cmd := exec.Command(bin)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(unix.SIGTERM)
-		_ = cmd.Wait()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !journaldAlive() {
-		if time.Now().After(deadline) {
-			t.Fatal("systemd-journald did not open its socket within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func journaldAlive() bool {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	return unix.Sendmsg(fd, nil, nil, &unix.SockaddrUnix{Name: "/run/systemd/journal/socket"}, 0) == nil
 }

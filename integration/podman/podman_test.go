@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/containers/conmon-v2/internal/testutil"
 )
 
@@ -434,7 +432,7 @@ func TestLogDrivers(t *testing.T) {
 		}
 	})
 	t.Run("journald", func(t *testing.T) {
-		journaldEnsure(t)
+		testutil.Journald(t)
 		id := e.detached([]string{"--log-driver", "journald"}, "sh", "-c", "echo to-journal; echo err-journal >&2")
 		e.ok("wait", id)
 		deadline := time.Now().Add(10 * time.Second)
@@ -528,43 +526,4 @@ func TestOOMKilled(t *testing.T) {
 	if oom := e.inspect(id, "{{.State.OOMKilled}}"); oom != "true" {
 		t.Fatalf("OOMKilled %s, want true", oom)
 	}
-}
-
-// journaldEnsure makes sure a systemd-journald answers on the native
-// socket, starting /lib/systemd/systemd-journald standalone when none
-// does (PID 1 is not systemd here). Idempotent: a running journald, ours
-// or another test's, is reused; one started here is stopped at cleanup.
-func journaldEnsure(t *testing.T) {
-	t.Helper()
-	const bin = "/lib/systemd/systemd-journald"
-	if journaldAlive() {
-		return
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s missing (install systemd): %v", bin, err)
-	}
-	cmd := exec.Command(bin)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(unix.SIGTERM)
-		_ = cmd.Wait()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !journaldAlive() {
-		if time.Now().After(deadline) {
-			t.Fatal("systemd-journald did not open its socket within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func journaldAlive() bool {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	return unix.Sendmsg(fd, nil, nil, &unix.SockaddrUnix{Name: "/run/systemd/journal/socket"}, 0) == nil
 }
