@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 )
 
 // runcSystem is the floor: runc alone, no monitor at all. The container's
@@ -117,10 +116,10 @@ func (s *runcSystem) Wait(ctx context.Context, c *Container) (int, error) {
 		// its own (cat has no children).
 		err := st.cat.Wait()
 		if ps := st.cat.ProcessState; ps != nil {
+			// Not ru_maxrss: cat was forked (vfork) from the harness, and
+			// the kernel carries the harness's peak into the child's
+			// maxrss at exec. Its peak RSS is sampled from VmHWM instead.
 			c.Final = &monStat{CPU: ps.UserTime().Seconds() + ps.SystemTime().Seconds()}
-			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-				c.Final.PeakRSS = uint64(ru.Maxrss) * 1024
-			}
 		}
 		st.cat = nil
 		if err != nil {
