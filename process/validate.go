@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/containers/conmon-v2/logging/binary"
 )
 
 // maxIDLength is containerd's limit for identifiers.
@@ -167,7 +169,7 @@ func checkLogger(path string, dirs []string) error {
 	if len(dirs) == 0 {
 		return fmt.Errorf("binary logger %q refused: no logger directories are allowed: %w", path, errdefs.ErrInvalidArgument)
 	}
-	real, err := filepath.EvalSymlinks(path)
+	real, inside, err := binary.ResolveInDirs(path, dirs)
 	if err != nil {
 		return fmt.Errorf("binary logger %q: %v: %w", path, err, errdefs.ErrInvalidArgument)
 	}
@@ -178,14 +180,8 @@ func checkLogger(path string, dirs []string) error {
 	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("binary logger %q is not an executable file: %w", path, errdefs.ErrInvalidArgument)
 	}
-	for _, d := range dirs {
-		rd, err := filepath.EvalSymlinks(d)
-		if err != nil {
-			continue
-		}
-		if filepath.Dir(real) == rd || strings.HasPrefix(real, rd+string(filepath.Separator)) {
-			return nil
-		}
+	if !inside {
+		return fmt.Errorf("binary logger %q is not under an allowed logger directory %v: %w", path, dirs, errdefs.ErrInvalidArgument)
 	}
-	return fmt.Errorf("binary logger %q is not under an allowed logger directory %v: %w", path, dirs, errdefs.ErrInvalidArgument)
+	return nil
 }

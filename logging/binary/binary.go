@@ -199,29 +199,46 @@ func allowed(path string, dirs []string) (string, error) {
 	if !filepath.IsAbs(path) {
 		return "", refuse("not an absolute path")
 	}
-	resolved, err := filepath.EvalSymlinks(path)
+	resolved, inside, err := ResolveInDirs(path, dirs)
 	if err != nil {
 		return "", refuse(err.Error())
+	}
+	if !inside {
+		return "", refuse(fmt.Sprintf("not inside an allowed directory (%s)", strings.Join(dirs, ", ")))
+	}
+	fi, err := os.Stat(resolved)
+	if err != nil {
+		return "", refuse(err.Error())
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return "", refuse("not an executable file")
+	}
+	return resolved, nil
+}
+
+// ResolveInDirs resolves path through symlinks and reports whether the
+// result lies strictly below one of dirs, each resolved too, so that a link
+// inside an allowed directory cannot lead out of it (GHSA-xhf5-7wjv-pqxp).
+// A directory that does not exist allows nothing. err is the resolution's
+// own error, for the caller to classify and name path in; the allow-list
+// checks of the binary and plugin drivers and of binary:// stdio share it.
+func ResolveInDirs(path string, dirs []string) (resolved string, inside bool, err error) {
+	resolved, err = filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", false, err
 	}
 	for _, dir := range dirs {
 		rdir, err := filepath.EvalSymlinks(dir)
 		if err != nil {
-			continue // an allowed directory that does not exist allows nothing
+			continue
 		}
 		rel, err := filepath.Rel(rdir, resolved)
 		if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
 			continue
 		}
-		fi, err := os.Stat(resolved)
-		if err != nil {
-			return "", refuse(err.Error())
-		}
-		if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
-			return "", refuse("not an executable file")
-		}
-		return resolved, nil
+		return resolved, true, nil
 	}
-	return "", refuse(fmt.Sprintf("not inside an allowed directory (%s)", strings.Join(dirs, ", ")))
+	return resolved, false, nil
 }
 
 func (d *Driver) closePipes() {

@@ -54,6 +54,7 @@ import (
 
 	loggingv1 "github.com/containers/conmon-v2/api/logging/v1"
 	"github.com/containers/conmon-v2/logging"
+	"github.com/containers/conmon-v2/logging/binary"
 )
 
 // Name is the driver's registry name.
@@ -231,32 +232,24 @@ func allowed(what, path string, dirs []string, executable bool) (string, error) 
 	if !filepath.IsAbs(path) {
 		return "", refuse("not an absolute path")
 	}
-	resolved, err := filepath.EvalSymlinks(path)
+	resolved, inside, err := binary.ResolveInDirs(path, dirs)
 	if err != nil {
 		return "", refuse(err.Error())
 	}
-	for _, dir := range dirs {
-		rdir, err := filepath.EvalSymlinks(dir)
-		if err != nil {
-			continue
-		}
-		rel, err := filepath.Rel(rdir, resolved)
-		if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
-			continue
-		}
-		fi, err := os.Stat(resolved)
-		if err != nil {
-			return "", refuse(err.Error())
-		}
-		switch {
-		case executable && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0):
-			return "", refuse("not an executable file")
-		case !executable && fi.Mode()&os.ModeSocket == 0:
-			return "", refuse("not a socket")
-		}
-		return resolved, nil
+	if !inside {
+		return "", refuse(fmt.Sprintf("not inside an allowed directory (%s)", strings.Join(dirs, ", ")))
 	}
-	return "", refuse(fmt.Sprintf("not inside an allowed directory (%s)", strings.Join(dirs, ", ")))
+	fi, err := os.Stat(resolved)
+	if err != nil {
+		return "", refuse(err.Error())
+	}
+	switch {
+	case executable && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0):
+		return "", refuse("not an executable file")
+	case !executable && fi.Mode()&os.ModeSocket == 0:
+		return "", refuse("not a socket")
+	}
+	return resolved, nil
 }
 
 // connect starts or dials the plugin and opens the container's handle.
