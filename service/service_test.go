@@ -512,8 +512,12 @@ func TestKillAnsweredBeforeExit(t *testing.T) {
 	h.start(t, "c1", "")
 	before := len(h.pub.wait(t, 0))
 	var during []string
+	var onKill func()
+	var once sync.Once // the service's own kill of the rest (killRestLocked) comes later
 	h.rt.mu.Lock()
-	h.rt.onKill = func(string, int) {
+	h.rt.onKill = func(string, int) { once.Do(func() { onKill() }) }
+	h.rt.mu.Unlock()
+	onKill = func() {
 		h.exits.exit(t, int(pid), 137) // reaped while runc kill still runs
 		// Events go out through a queue: give a wrongly published exit
 		// time to arrive.
@@ -530,7 +534,6 @@ func TestKillAnsweredBeforeExit(t *testing.T) {
 			break
 		}
 	}
-	h.rt.mu.Unlock()
 	if _, err := h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 9}); err != nil {
 		t.Fatal(err)
 	}
