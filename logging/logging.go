@@ -84,9 +84,11 @@ type Syncer interface {
 }
 
 // Flusher is implemented by drivers that batch writes in memory. A Pipeline
-// calls Flush after it has written every record of one read, so that nothing
-// stays in memory while the container is idle. Flush may be called
-// concurrently with Write. A Flush error means the data is still held and
+// calls Flush after it has written every record of a read that emptied the
+// pipe, and at most FlushDelay after the records of a read that filled its
+// buffer (more is then likely to follow, and batching them saves a write
+// each), so that nothing stays in memory while the container is idle. Flush
+// may be called concurrently with Write. A Flush error means the data is still held and
 // will be retried at the next Write or Flush; data the driver had to give up
 // is reported through Loser, not through errors.
 type Flusher interface {

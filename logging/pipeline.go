@@ -204,6 +204,11 @@ type Pipeline struct {
 	closeErr  error
 	closed    atomic.Bool
 
+	lateMu      sync.Mutex
+	lateTimer   *time.Timer // the delayed flush of flushLater; guarded by lateMu
+	lateArmed   bool        // lateTimer will fire; guarded by lateMu
+	lateStopped bool        // Close is flushing and closing the drivers; guarded by lateMu
+
 	bufPool   sync.Pool // *[]byte of opts.ReadSize
 	statePool sync.Pool // *readState for WriteChunk
 
@@ -307,7 +312,10 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			p.writeChunk(s, buf[:n], st)
+			// A read that filled the buffer is most likely followed by
+			// more: its records ride with the next read's batch instead of
+			// costing a write of their own (at most FlushDelay later).
+			p.writeChunk(s, buf[:n], st, n < len(buf))
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isClosedPTY(err) && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -328,12 +336,27 @@ func isClosedPTY(err error) bool { return errors.Is(err, syscall.EIO) }
 // and with the readers, but not after Close. p does not keep chunk.
 func (p *Pipeline) WriteChunk(s Stream, chunk []byte) {
 	st := p.statePool.Get().(*readState)
-	p.writeChunk(s, chunk, st)
+	p.writeChunk(s, chunk, st, true)
 	st.rec = Record{}
 	p.statePool.Put(st)
 }
 
-func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
+// WriteChunks logs b as consecutive reads of stream s of at most ReadSize
+// bytes each (so records are cut exactly as ReadFrom would cut them) and
+// flushes the drivers once, after the last piece: for front ends that read
+// more than ReadSize at a time. The same rules as WriteChunk apply.
+func (p *Pipeline) WriteChunks(s Stream, b []byte) {
+	st := p.statePool.Get().(*readState)
+	for len(b) > 0 {
+		n := min(len(b), p.opts.ReadSize)
+		p.writeChunk(s, b[:n], st, n == len(b))
+		b = b[n:]
+	}
+	st.rec = Record{}
+	p.statePool.Put(st)
+}
+
+func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool) {
 	if p.opts.Tap != nil {
 		p.opts.Tap(s, chunk)
 	}
@@ -360,7 +383,45 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState) {
 	} else {
 		p.push(t.stage)
 	}
-	p.flush()
+	if flush {
+		p.flush()
+	} else {
+		p.flushLater()
+	}
+}
+
+// FlushDelay bounds how long records of a read that filled the read buffer
+// may wait in a driver's batch for the next read's before they are flushed.
+const FlushDelay = 50 * time.Millisecond
+
+// flushLater arms the delayed flush, unless it is armed already.
+func (p *Pipeline) flushLater() {
+	if p.queue != nil {
+		return // the writer goroutine flushes when it runs dry
+	}
+	p.lateMu.Lock()
+	defer p.lateMu.Unlock()
+	if p.lateArmed || p.lateStopped {
+		return
+	}
+	p.lateArmed = true
+	if p.lateTimer == nil {
+		p.lateTimer = time.AfterFunc(FlushDelay, p.lateFlush)
+	} else {
+		p.lateTimer.Reset(FlushDelay)
+	}
+}
+
+// lateFlush is the delayed flush; it runs on the timer's goroutine (drivers'
+// Flush may run concurrently with Write). Close stops the timer.
+func (p *Pipeline) lateFlush() {
+	p.lateMu.Lock()
+	defer p.lateMu.Unlock()
+	p.lateArmed = false
+	if p.lateStopped {
+		return
+	}
+	_ = p.flushDrivers() // a failure is counted per driver, and retried
 }
 
 // tally counts one read's records, so that the shared counters are updated
@@ -564,6 +625,14 @@ func (p *Pipeline) CloseContext(ctx context.Context) error {
 				}
 			}
 		}
+		// No delayed flush may run from here on: the drivers are flushed,
+		// synced and closed below (a running one is waited for).
+		p.lateMu.Lock()
+		p.lateStopped = true
+		if p.lateTimer != nil {
+			p.lateTimer.Stop()
+		}
+		p.lateMu.Unlock()
 		var errs []error
 		if err := p.flushDrivers(); err != nil {
 			errs = append(errs, err)

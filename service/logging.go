@@ -99,11 +99,8 @@ func (w *tapWriter) Write(b []byte) (int, error) {
 	if w.t.closed {
 		return 0, io.ErrClosedPipe
 	}
-	for rest := b; len(rest) > 0; {
-		n := min(len(rest), logging.DefaultReadSize)
-		w.t.p.WriteChunk(w.s, rest[:n])
-		rest = rest[n:]
-	}
+	// Cut into pieces of the pipeline's read size, flushed once at the end.
+	w.t.p.WriteChunks(w.s, b)
 	return len(b), nil
 }
 
