@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -435,7 +436,10 @@ func TestExecSyncLikeCRIO(t *testing.T) {
 				t.Fatalf("exec sync timeout: rc %d, sync %q", o2.RC, o2.Sync)
 			}
 			obs.Sync = append(o1.Sync, o2.Sync...)
-			obs.Log = o1.Log
+			// stdout and stderr are two pipes: which of "eo" and "ee" is
+			// read first is a race in either monitor, so compare them as a
+			// set.
+			obs.Log = slices.Sorted(slices.Values(o1.Log))
 			obs.RC = o1.RC*1000 + o2.RC
 			got[name] = obs
 		})
