@@ -169,6 +169,24 @@ func (a *app) shimOpts() client.ShimOpts {
 }
 
 // connect dials the shim of r.
+// connectOne is the start of a command on exactly one container: it checks
+// that args name one, finds its record and connects to its shim. The
+// caller closes the shim.
+func (a *app) connectOne(ctx context.Context, args []string) (*record, *client.Shim, error) {
+	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
+		return nil, nil, err
+	}
+	r, err := a.store().find(args[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := a.connect(ctx, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, s, nil
+}
+
 func (a *app) connect(ctx context.Context, r *record) (*client.Shim, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -311,14 +311,7 @@ func stopTask(ctx context.Context, s *client.Shim, id string, timeout time.Durat
 }
 
 func cmdWait(ctx context.Context, a *app, args []string) error {
-	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
-		return err
-	}
-	r, err := a.store().find(args[0])
-	if err != nil {
-		return err
-	}
-	s, err := a.connect(ctx, r)
+	r, s, err := a.connectOne(ctx, args)
 	if err != nil {
 		return err
 	}
@@ -779,14 +772,7 @@ func cmdExec(ctx context.Context, a *app, args []string) error {
 }
 
 func cmdAttach(ctx context.Context, a *app, args []string) error {
-	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
-		return err
-	}
-	r, err := a.store().find(args[0])
-	if err != nil {
-		return err
-	}
-	s, err := a.connect(ctx, r)
+	r, s, err := a.connectOne(ctx, args)
 	if err != nil {
 		return err
 	}
@@ -892,14 +878,7 @@ func (d *detachReader) Read(p []byte) (int, error) {
 }
 
 func cmdTop(ctx context.Context, a *app, args []string) error {
-	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
-		return err
-	}
-	r, err := a.store().find(args[0])
-	if err != nil {
-		return err
-	}
-	s, err := a.connect(ctx, r)
+	r, s, err := a.connectOne(ctx, args)
 	if err != nil {
 		return err
 	}
