@@ -134,7 +134,12 @@ func serveStream(t *testing.T, l net.Listener, octet bool, msgs chan string) {
 			if err != nil {
 				return
 			}
-			go func() {
+			// One connection at a time, each read to its end: after a
+			// Reopen the driver closes the old connection before it dials
+			// the next, so a serial receiver sees records in the order
+			// they were written. (Across concurrent connections the
+			// order is the receiver's choice, not the driver's.)
+			func() {
 				defer c.Close()
 				br := bufio.NewReader(c)
 				for {
