@@ -14,6 +14,8 @@ import (
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/containers/conmon-v2/shim/drain"
 )
 
 // TaskService is what the daemon serves: the task API plus the two
@@ -64,6 +66,13 @@ type Daemon struct {
 	// overlap, and none starts once Serve returns.
 	OnQuiet    func()
 	QuietDelay time.Duration
+	// Handed are connections a previous daemon handed over (live upgrade,
+	// package drain): the server serves them before accepting new ones,
+	// each from its pending bytes.
+	Handed []drain.Conn
+	// Drain, if set, gets the drain.Listener the server serves (wrapping
+	// Listener) before it serves: the live upgrade freezes it there.
+	Drain func(*drain.Listener)
 }
 
 // Serve runs the daemon until its last task is gone (Shutdown on an empty
@@ -114,7 +123,7 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		interceptor = quiet.interceptor(interceptor)
 	}
 	srv, err := ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithServerHandshaker(drain.Handshaker(ttrpc.UnixSocketRequireSameUser())),
 		ttrpc.WithUnaryServerInterceptor(interceptor),
 	)
 	if err != nil {
@@ -134,8 +143,12 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		d.Register(srv, svc)
 	}
 
+	listener := drain.NewListener(d.Listener, d.Handed)
+	if d.Drain != nil {
+		d.Drain(listener)
+	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, d.Listener) }()
+	go func() { served <- srv.Serve(ctx, listener) }()
 	d.ready(nil)
 	log.Info("serving", "socket", d.SocketPath)
 	if quiet != nil {

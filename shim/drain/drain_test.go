@@ -1,0 +1,450 @@
+package drain
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// The test service: Echo(d) answers {Seconds: d.Seconds, Nanos: server id};
+// Block(d) reports d.Seconds on gate.started, waits for gate.release, and
+// answers like Echo.
+const testService = "drain.test.v1.Test"
+
+type gate struct {
+	started chan int64
+	release chan struct{}
+}
+
+func newGate() *gate {
+	return &gate{started: make(chan int64, 16), release: make(chan struct{})}
+}
+
+type testServer struct {
+	srv *ttrpc.Server
+	l   *Listener
+}
+
+// serve runs a ttrpc server with id on l until the test ends.
+func serve(t *testing.T, id int32, l *Listener, g *gate) *testServer {
+	t.Helper()
+	srv, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(Handshaker(ttrpc.UnixSocketRequireSameUser())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := func(unmarshal func(any) error) (*durationpb.Duration, error) {
+		var d durationpb.Duration
+		if err := unmarshal(&d); err != nil {
+			return nil, err
+		}
+		return &durationpb.Duration{Seconds: d.Seconds, Nanos: id}, nil
+	}
+	srv.RegisterService(testService, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+		"Echo": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			return answer(unmarshal)
+		},
+		"Block": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			resp, err := answer(unmarshal)
+			if err != nil {
+				return nil, err
+			}
+			g.started <- resp.Seconds
+			select {
+			case <-g.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return resp, nil
+		},
+	}})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), l) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+			t.Errorf("server %d: %v", id, err)
+		}
+	})
+	return &testServer{srv: srv, l: l}
+}
+
+func listen(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, sock
+}
+
+func dial(t *testing.T, sock string) *ttrpc.Client {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := ttrpc.NewClient(c)
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+type result struct {
+	seconds int64
+	server  int32
+	err     error
+}
+
+func call(ctx context.Context, cl *ttrpc.Client, method string, n int64) result {
+	var resp durationpb.Duration
+	err := cl.Call(ctx, testService, method, &durationpb.Duration{Seconds: n}, &resp)
+	return result{seconds: resp.Seconds, server: resp.Nanos, err: err}
+}
+
+func goCall(ctx context.Context, cl *ttrpc.Client, method string, n int64) <-chan result {
+	ch := make(chan result, 1)
+	go func() { ch <- call(ctx, cl, method, n) }()
+	return ch
+}
+
+// want checks that a call returned n, answered by server.
+func want(t *testing.T, what string, r result, n int64, server int32) {
+	t.Helper()
+	if r.err != nil {
+		t.Fatalf("%s: %v", what, r.err)
+	}
+	if r.seconds != n || r.server != server {
+		t.Fatalf("%s: got %d from server %d, want %d from server %d", what, r.seconds, r.server, n, server)
+	}
+}
+
+// waitFor polls cond (under l.mu) until it holds.
+func waitFor(t *testing.T, l *Listener, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		ok := cond()
+		l.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type freezeResult struct {
+	conns []Conn
+	err   error
+}
+
+func goFreeze(ctx context.Context, l *Listener) <-chan freezeResult {
+	ch := make(chan freezeResult, 1)
+	go func() {
+		conns, err := l.Freeze(ctx)
+		ch <- freezeResult{conns, err}
+	}()
+	return ch
+}
+
+// handover builds a second server from a frozen first one's connections
+// and a duplicate of its listening socket.
+func handover(t *testing.T, old *Listener, conns []Conn, g *gate) *testServer {
+	t.Helper()
+	lf, err := old.ListenerFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rebuild the conns from descriptor numbers, as the new binary would
+	// (a dup stands for the inherited descriptor: two os.Files must not
+	// own one number).
+	handed := make([]Conn, len(conns))
+	for i, c := range conns {
+		fd, err := unix.Dup(int(c.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.File.Close()
+		handed[i] = ConnFromFD(fd, c.Pending)
+	}
+	return serve(t, 2, NewListener(ln, handed), g)
+}
+
+func TestFreezeHandover(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newGate()
+	ln, sock := listen(t)
+	s1 := serve(t, 1, NewListener(ln, nil), g)
+	cl := dial(t, sock)
+
+	want(t, "echo before", call(ctx, cl, "Echo", 1), 1, 1)
+	blocked := goCall(ctx, cl, "Block", 2)
+	<-g.started
+
+	frozen := goFreeze(ctx, s1.l)
+	waitFor(t, s1.l, "frozen", func() bool { return s1.l.frozen })
+	// Sent while frozen with a request in flight: read into the buffer
+	// (the reader still reads, for the data of streams in flight) and
+	// handed over as pending bytes.
+	pending := goCall(ctx, cl, "Echo", 3)
+	waitFor(t, s1.l, "the request read", func() bool { return s1.l.conns[0].w > s1.l.conns[0].r })
+	select {
+	case r := <-frozen:
+		t.Fatalf("Freeze returned with a request in flight: %v", r.err)
+	default:
+	}
+	// A connection made while frozen waits in the backlog.
+	late := dial(t, sock)
+	lateCall := goCall(ctx, late, "Echo", 4)
+
+	close(g.release)
+	want(t, "request in flight at Freeze", <-blocked, 2, 1)
+	fr := <-frozen
+	if fr.err != nil {
+		t.Fatal(fr.err)
+	}
+	if len(fr.conns) != 1 || len(fr.conns[0].Pending) == 0 {
+		t.Fatalf("Freeze: want 1 connection with pending bytes, got %d: %+v", len(fr.conns), fr.conns)
+	}
+	// Sent after Freeze: stays in the socket.
+	afterFreeze := goCall(ctx, cl, "Echo", 5)
+
+	handover(t, s1.l, fr.conns, g)
+	want(t, "pending request", <-pending, 3, 2)
+	want(t, "request after Freeze", <-afterFreeze, 5, 2)
+	want(t, "connection made while frozen", <-lateCall, 4, 2)
+	want(t, "same connection, new request", call(ctx, cl, "Echo", 6), 6, 2)
+	want(t, "new connection", call(ctx, dial(t, sock), "Echo", 7), 7, 2)
+}
+
+// frame builds a ttrpc request frame for testService.
+func frame(t *testing.T, stream uint32, method string, n int64) []byte {
+	t.Helper()
+	payload, err := proto.Marshal(&durationpb.Duration{Seconds: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := proto.Marshal(&ttrpc.Request{Service: testService, Method: method, Payload: payload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, headerLen, headerLen+len(req))
+	binary.BigEndian.PutUint32(b[0:4], uint32(len(req)))
+	binary.BigEndian.PutUint32(b[4:8], stream)
+	b[8] = typeRequest
+	return append(b, req...)
+}
+
+// readResponse reads one response frame from a raw connection.
+func readResponse(t *testing.T, c net.Conn) (stream uint32, r result) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var hb [headerLen]byte
+	if _, err := io.ReadFull(c, hb[:]); err != nil {
+		t.Fatal(err)
+	}
+	h := parseHeader(hb[:])
+	body := make([]byte, h.length)
+	if _, err := io.ReadFull(c, body); err != nil {
+		t.Fatal(err)
+	}
+	if h.typ != typeResponse {
+		t.Fatalf("stream %d: frame type %d, want a response", h.stream, h.typ)
+	}
+	var resp ttrpc.Response
+	if err := proto.Unmarshal(body, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Status != nil && resp.Status.Code != 0 {
+		t.Fatalf("stream %d: status %v", h.stream, resp.Status)
+	}
+	var d durationpb.Duration
+	if err := proto.Unmarshal(resp.Payload, &d); err != nil {
+		t.Fatal(err)
+	}
+	return h.stream, result{seconds: d.Seconds, server: d.Nanos}
+}
+
+// TestPipelinedSplit writes requests back to back, one of them split in
+// the middle of its header, so that the handover cuts the byte stream
+// between and inside frames: each request is answered once.
+func TestPipelinedSplit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newGate()
+	ln, sock := listen(t)
+	s1 := serve(t, 1, NewListener(ln, nil), g)
+	raw, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+
+	if _, err := raw.Write(frame(t, 1, "Block", 10)); err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+	frozen := goFreeze(ctx, s1.l)
+	waitFor(t, s1.l, "frozen", func() bool { return s1.l.frozen })
+
+	f3, f5, f7 := frame(t, 3, "Echo", 30), frame(t, 5, "Echo", 50), frame(t, 7, "Echo", 70)
+	first := append(append([]byte(nil), f3...), f5[:4]...) // f5 cut inside its header
+	if _, err := raw.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s1.l, "the pipelined bytes read", func() bool {
+		c := s1.l.conns[0]
+		return c.w-c.r == len(first)
+	})
+	close(g.release)
+	fr := <-frozen
+	if fr.err != nil {
+		t.Fatal(fr.err)
+	}
+	if len(fr.conns) != 1 || !bytes.Equal(fr.conns[0].Pending, first) {
+		t.Fatalf("Freeze: want 1 connection with %d pending bytes, got %+v", len(first), fr.conns)
+	}
+	if _, err := raw.Write(append(append([]byte(nil), f5[4:]...), f7...)); err != nil {
+		t.Fatal(err)
+	}
+	handover(t, s1.l, fr.conns, g)
+
+	got := map[uint32]result{}
+	for range 4 {
+		stream, r := readResponse(t, raw)
+		if _, dup := got[stream]; dup {
+			t.Fatalf("stream %d answered twice", stream)
+		}
+		got[stream] = r
+	}
+	for stream, w := range map[uint32]result{1: {10, 1, nil}, 3: {30, 2, nil}, 5: {50, 2, nil}, 7: {70, 2, nil}} {
+		if got[stream] != w {
+			t.Errorf("stream %d: got %+v, want %+v", stream, got[stream], w)
+		}
+	}
+	// Nothing more is in flight anywhere: a new request is the next frame.
+	if _, err := raw.Write(frame(t, 9, "Echo", 90)); err != nil {
+		t.Fatal(err)
+	}
+	if stream, r := readResponse(t, raw); stream != 9 || r != (result{90, 2, nil}) {
+		t.Fatalf("after the handover: stream %d %+v, want stream 9 answered by server 2", stream, r)
+	}
+}
+
+func TestFreezeTimeoutThaws(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newGate()
+	ln, sock := listen(t)
+	s1 := serve(t, 1, NewListener(ln, nil), g)
+	cl := dial(t, sock)
+	blocked := goCall(ctx, cl, "Block", 1)
+	<-g.started
+
+	fctx, fcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer fcancel()
+	frozen := goFreeze(fctx, s1.l)
+	waitFor(t, s1.l, "frozen", func() bool { return s1.l.frozen })
+	during := goCall(ctx, cl, "Echo", 2)
+	fr := <-frozen
+	if !errors.Is(fr.err, context.DeadlineExceeded) || fr.conns != nil {
+		t.Fatalf("Freeze with a request that does not end: got %v, %d conns; want the deadline's error", fr.err, len(fr.conns))
+	}
+	t.Log(fr.err)
+	want(t, "request sent during the failed freeze", <-during, 2, 1)
+	want(t, "new connection after thaw", call(ctx, dial(t, sock), "Echo", 3), 3, 1)
+	close(g.release)
+	want(t, "request in flight", <-blocked, 1, 1)
+
+	// A second Freeze works once nothing is in flight.
+	conns, err := s1.l.Freeze(ctx)
+	if err != nil || len(conns) != 2 {
+		t.Fatalf("second freeze: %d conns, %v; want 2", len(conns), err)
+	}
+	for _, c := range conns {
+		c.File.Close()
+	}
+	s1.l.Thaw()
+	want(t, "after thaw", call(ctx, cl, "Echo", 4), 4, 1)
+}
+
+func TestFreezeDropsClosedPeer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newGate()
+	ln, sock := listen(t)
+	s1 := serve(t, 1, NewListener(ln, nil), g)
+	keep, gone := dial(t, sock), dial(t, sock)
+	want(t, "kept", call(ctx, keep, "Echo", 1), 1, 1)
+	want(t, "closed", call(ctx, gone, "Echo", 2), 2, 1)
+	gone.Close()
+	conns, err := s1.l.Freeze(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(conns) != 1 {
+		t.Fatalf("got %d connections, want 1 (the closed one dropped)", len(conns))
+	}
+	handover(t, s1.l, conns, g)
+	want(t, "kept connection", call(ctx, keep, "Echo", 3), 3, 2)
+}
+
+// TestFrameWriterSplits feeds frames cut at every pair of places.
+func TestFrameWriterSplits(t *testing.T) {
+	var all []byte
+	frames := []header{{3, 1, typeResponse, 0}, {0, 3, typeData, flagRemoteClosed}, {5, 5, typeData, 0}, {2, 7, typeResponse, 0}}
+	for _, h := range frames {
+		b := make([]byte, headerLen+h.length)
+		binary.BigEndian.PutUint32(b[0:4], h.length)
+		binary.BigEndian.PutUint32(b[4:8], h.stream)
+		b[8], b[9] = h.typ, h.flags
+		all = append(all, b...)
+	}
+	for cut1 := 0; cut1 <= len(all); cut1++ {
+		for cut2 := cut1; cut2 <= len(all); cut2++ {
+			var w frameWriter
+			var got []header
+			done := func(h header) { got = append(got, h) }
+			w.feed(all[:cut1], done)
+			w.feed(all[cut1:cut2], done)
+			w.feed(all[cut2:], done)
+			if len(got) != len(frames) {
+				t.Fatalf("cuts %d,%d: %d frames, want %d", cut1, cut2, len(got), len(frames))
+			}
+			for i := range got {
+				if got[i] != frames[i] {
+					t.Fatalf("cuts %d,%d: frame %d = %+v, want %+v", cut1, cut2, i, got[i], frames[i])
+				}
+			}
+		}
+	}
+	closing := 0
+	for _, h := range frames {
+		if h.closesStream() {
+			closing++
+		}
+	}
+	if closing != 3 {
+		t.Fatalf("closing frames: %d, want 3", closing)
+	}
+}
