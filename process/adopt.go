@@ -68,6 +68,34 @@ func Adopt(rec Record, rt Runtime, log *slog.Logger) (*Container, error) {
 	return c, nil
 }
 
+// Restore rebuilds a task from its record in the monitor it was handed to
+// by a live upgrade (the same process after execve): unlike Adopt, its
+// processes are still this process's children, so execs keep their state
+// and pid (their exits reach the reaper), and init's exit held back for
+// its execs comes back. The caller restores their IO (RestoreIO) and
+// registers the live pids before its wait loop runs.
+func Restore(rec Record, rt Runtime, log *slog.Logger) (*Container, error) {
+	c, err := Adopt(rec, rt, log)
+	if err != nil {
+		return nil, err
+	}
+	for id, x := range rec.Execs {
+		xs, err := ParseStatus(x.Status)
+		if err != nil {
+			return nil, fmt.Errorf("record of exec %q of %q: %w", id, rec.ID, err)
+		}
+		p := adoptProcess(rec.ID, x, false, xs)
+		p.ID = id
+		p.Spec = x.Spec
+		c.Execs[id] = p
+	}
+	if rec.InitExitDeferred != nil {
+		e := *rec.InitExitDeferred
+		c.InitExitDeferred = &e
+	}
+	return c, nil
+}
+
 func adoptProcess(containerID string, r Record, init bool, st Status) *Process {
 	p := newProcess(containerID, r.ID, init, r.Stdio)
 	p.Pid = r.Pid
@@ -90,6 +118,7 @@ func adoptProcess(containerID string, r Record, init bool, st Status) *Process {
 type ProcState struct {
 	Exists    bool
 	Zombie    bool
+	PPid      int    // parent (field 4)
 	StartTime uint64 // clock ticks after boot (field 22)
 	// ExitStatus is the exit code of a zombie (field 52, as a shell
 	// reports it: 128+signal for a signal).
@@ -111,6 +140,9 @@ func ProcStatus(pid int) ProcState {
 	ps := ProcState{Exists: true}
 	if len(f) > 0 {
 		ps.Zombie = string(f[0]) == "Z" || string(f[0]) == "X"
+	}
+	if len(f) > 1 {
+		ps.PPid, _ = strconv.Atoi(string(f[1]))
 	}
 	if len(f) > 19 {
 		ps.StartTime, _ = strconv.ParseUint(string(f[19]), 10, 64)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,9 +73,20 @@ type IO struct {
 	stdinCl bool
 
 	dests   [3][]io.WriteCloser // by logging.Stream (1 stdout, 2 stderr)
+	fifos   [3]io.WriteCloser   // the client's FIFO among dests, for a handover
 	shared  *refCloser          // file:// destination shared by both streams
 	logger  *binaryLogger
 	copiers sync.WaitGroup
+
+	// Suspend and Resume (a handover to a new monitor), guarded by mu.
+	srcs       [3]io.Reader     // what each stream's copier reads
+	closeSrc   [3]bool          // the copier closes its source at the end
+	copying    [3]chan struct{} // closed when that copier returned
+	ended      [3]bool          // the stream reached its end (EOF)
+	suspended  bool             // copiers parked
+	stdinFifo  *os.File         // the parked stdin copier's FIFO
+	stdinEnded bool             // the process got its stdin EOF
+	parking    atomic.Bool      // copiers stop at a deadline without closing anything
 }
 
 // NewIO opens the destinations of cfg.Stdio and prepares what the runtime
@@ -148,11 +160,9 @@ func (i *IO) openDests() error {
 			if s.path == "" || (s.stream == logging.Stderr && st.Terminal) {
 				continue
 			}
-			f, err := fifo.OpenFifo(i.ctx, s.path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
-			if err != nil {
-				return fmt.Errorf("%s %q: %v: %w", s.stream, s.path, err, errdefs.ErrInvalidArgument)
+			if err := i.openFifoDest(s.stream, s.path); err != nil {
+				return err
 			}
-			i.dests[s.stream] = append(i.dests[s.stream], f)
 		}
 	case SchemeFile:
 		p := st.URI.Path
@@ -183,6 +193,18 @@ func (i *IO) openDests() error {
 			i.dests[logging.Stderr] = append(i.dests[logging.Stderr], l.err)
 		}
 	}
+	return nil
+}
+
+// openFifoDest opens the client's FIFO for stream: without waiting for
+// its reader (writes wait for it instead).
+func (i *IO) openFifoDest(stream logging.Stream, path string) error {
+	f, err := fifo.OpenFifo(i.ctx, path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("%s %q: %v: %w", stream, path, err, errdefs.ErrInvalidArgument)
+	}
+	i.dests[stream] = append(i.dests[stream], f)
+	i.fifos[stream] = f
 	return nil
 }
 
@@ -238,13 +260,23 @@ func (i *IO) Start(ctx context.Context) error {
 		i.pty = pty
 		i.stdinW = pty
 		i.mu.Unlock()
-		i.copyOut(logging.Stdout, pty, false)
 	} else if i.pio != nil {
 		i.mu.Lock()
 		if i.cfg.Stdio.Stdin != "" {
 			i.stdinW = i.pio.Stdin()
 		}
 		i.mu.Unlock()
+	}
+	return i.startCopying(nil)
+}
+
+// startCopying starts a copier for each output stream that has
+// destinations, and the stdin copier (from fifo, the client's FIFO already
+// opened, when not nil).
+func (i *IO) startCopying(fifo *os.File) error {
+	if i.pty != nil {
+		i.copyOut(logging.Stdout, i.pty, false)
+	} else if i.pio != nil {
 		if r := i.pio.Stdout(); r != nil && len(i.dests[logging.Stdout]) > 0 {
 			i.copyOut(logging.Stdout, r, true)
 		}
@@ -253,18 +285,32 @@ func (i *IO) Start(ctx context.Context) error {
 		}
 	}
 	i.mu.Lock()
-	var err error
-	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed {
-		if i.stdin, err = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil); err == nil {
-			i.stdin.start()
+	defer i.mu.Unlock()
+	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed && !i.stdinEnded {
+		sc, err := newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil, fifo)
+		if err != nil {
+			return err
 		}
+		i.stdin = sc
+		sc.start()
+	} else if fifo != nil {
+		_ = fifo.Close()
 	}
-	i.mu.Unlock()
-	return err
+	return nil
 }
 
-// copyBufSize is the size of one read of a process's output.
-const copyBufSize = 32 << 10
+// copyBufSize is the size of one read of a process's output: a busy
+// stream costs a read(2), a wake-up and a batch of log records per
+// copyBufSize (the logging tap cuts it into records of at most
+// logging.DefaultReadSize, as conmon's 8 KiB reads would).
+const copyBufSize = 128 << 10
+
+// busyPipeSize is what a stream's pipe is grown to (F_SETPIPE_SZ) once a
+// read finds it full: the writer then blocks, and the copier wakes, once
+// per busyPipeSize rather than per 64 KiB. A pipe that never fills keeps
+// the kernel's default, so quiet containers do not count against the
+// user's pipe pages (fs.pipe-user-pages-soft). Failing is harmless.
+const busyPipeSize = 1 << 20
 
 // copyBufs holds the read buffers of the output copiers. A copier takes a
 // buffer only once its stream is readable and gives it back after the
@@ -278,12 +324,21 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // from a pty whose slave side is gone). A destination that fails is
 // dropped and the others keep receiving: a vanished client must not stop
 // the logging pipeline.
+//
+// A copier stops without closing anything when its read hits the deadline
+// Suspend sets (parking): every byte it read is then written, and the rest
+// waits in the pipe for Resume or for the monitor the IO is handed to.
 func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 	dests := i.dests[stream]
 	read := readerOf(r)
+	done := make(chan struct{})
+	i.mu.Lock()
+	i.srcs[stream], i.closeSrc[stream], i.copying[stream] = r, closeSrc, done
+	i.mu.Unlock()
 	i.copiers.Add(1)
 	go func() {
 		defer i.copiers.Done()
+		defer close(done)
 		alive := make([]bool, len(dests))
 		for k := range alive {
 			alive[k] = true
@@ -306,12 +361,18 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 				copyBufs.Put(bp)
 			}
 			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) && i.parking.Load() {
+					return // parked by Suspend: sources and destinations stay open
+				}
 				if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrClosed) {
 					i.cfg.Log.Warn("reading container output", "container", i.cfg.ID, "stream", stream.String(), "error", err)
 				}
 				break
 			}
 		}
+		i.mu.Lock()
+		i.ended[stream] = true
+		i.mu.Unlock()
 		for _, d := range dests {
 			_ = d.Close()
 		}
@@ -350,6 +411,17 @@ func readerOf(r io.Reader) func() (*[]byte, int, error) {
 	if !nonblock {
 		return plain // the poller cannot wait for it
 	}
+	pipeSize := -1 // not asked yet; 0: not a pipe, or not to be grown
+	grow := func(fd uintptr, n int) {
+		if pipeSize < 0 {
+			pipeSize, _ = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0)
+			pipeSize = max(pipeSize, 0)
+		}
+		if pipeSize > 0 && n >= pipeSize && pipeSize < busyPipeSize {
+			_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, busyPipeSize)
+			pipeSize = 0 // grown, or refused: try once
+		}
+	}
 	return func() (*[]byte, int, error) {
 		var (
 			bp   *[]byte
@@ -368,6 +440,9 @@ func readerOf(r io.Reader) func() (*[]byte, int, error) {
 				copyBufs.Put(bp)
 				bp = nil
 				return false // wait in the poller, holding no buffer
+			}
+			if n > 0 {
+				grow(fd, n)
 			}
 			return true
 		})

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // RecordFile is the name of a task's record inside its state directory.
@@ -26,6 +28,12 @@ type Record struct {
 	CreatedAt  time.Time         `json:"created_at"`
 	StartedAt  *time.Time        `json:"started_at,omitempty"`
 	Execs      map[string]Record `json:"execs,omitempty"`
+	// Spec is an exec's process spec (needed to start it after a live
+	// upgrade).
+	Spec *specs.Process `json:"spec,omitempty"`
+	// InitExitDeferred is init's exit while it is held back for its
+	// execs (Container.InitExitDeferred).
+	InitExitDeferred *Exit `json:"init_exit_deferred,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -45,6 +53,7 @@ func processRecord(p *Process) Record {
 		ExitedAt:   timePtr(p.ExitedAt),
 		CreatedAt:  p.CreatedAt,
 		StartedAt:  timePtr(p.StartedAt),
+		Spec:       p.Spec,
 	}
 }
 
@@ -53,6 +62,7 @@ func (c *Container) Record() Record {
 	r := processRecord(c.Init)
 	r.Namespace = c.Namespace
 	r.Bundle = c.Bundle
+	r.InitExitDeferred = c.InitExitDeferred
 	if len(c.Execs) > 0 {
 		r.Execs = make(map[string]Record, len(c.Execs))
 		for id, e := range c.Execs {

@@ -1,6 +1,7 @@
 package process
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -35,18 +36,26 @@ type stdinCopier struct {
 	f       *os.File // nil until opened
 	closing bool     // CloseIO asked: drain, then EOF
 	stopped bool     // IO.Close: stop now
+	parked  bool     // a handover: stop now, keep the FIFO and the process's stdin open
+	ended   bool     // the copier gave the process its EOF (the client closed, or CloseIO)
 	opened  chan struct{}
 	done    chan struct{}
 }
 
-func newStdinCopier(path string, dst io.WriteCloser, pty bool) (*stdinCopier, error) {
-	h, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("stdin FIFO %q: %w", path, err)
+// newStdinCopier returns a copier of the FIFO at path into dst. opened,
+// if not nil, is that FIFO already opened for reading (non-blocking), as a
+// previous monitor handed it over; the copier then owns it.
+func newStdinCopier(path string, dst io.WriteCloser, pty bool, opened *os.File) (*stdinCopier, error) {
+	h := -1
+	if opened == nil {
+		var err error
+		if h, err = unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0); err != nil {
+			return nil, fmt.Errorf("stdin FIFO %q: %w", path, err)
+		}
 	}
 	return &stdinCopier{
 		path: path, handle: h, via: fmt.Sprintf("/proc/self/fd/%d", h),
-		dst: dst, pty: pty, opened: make(chan struct{}), done: make(chan struct{}),
+		dst: dst, pty: pty, f: opened, opened: make(chan struct{}), done: make(chan struct{}),
 	}, nil
 }
 
@@ -54,18 +63,27 @@ func (c *stdinCopier) start() {
 	go c.release()
 	go func() {
 		defer close(c.done)
-		fd, err := unix.Open(c.via, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err == nil {
-			err = unix.SetNonblock(fd, true)
-			if err != nil {
-				_ = unix.Close(fd)
+		var err error
+		c.mu.Lock()
+		have := c.f != nil
+		c.mu.Unlock()
+		if !have {
+			var fd int
+			fd, err = unix.Open(c.via, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err == nil {
+				err = unix.SetNonblock(fd, true)
+				if err != nil {
+					_ = unix.Close(fd)
+				}
+			}
+			if err == nil {
+				c.mu.Lock()
+				c.f = os.NewFile(uintptr(fd), c.path)
+				c.mu.Unlock()
 			}
 		}
 		c.mu.Lock()
-		if err == nil {
-			c.f = os.NewFile(uintptr(fd), c.path)
-		}
-		stopped, closing := c.stopped, c.closing
+		stopped, closing := c.stopped || c.parked, c.closing
 		close(c.opened)
 		c.mu.Unlock()
 		switch {
@@ -92,7 +110,7 @@ func (c *stdinCopier) copy() {
 			continue
 		}
 		c.mu.Lock()
-		closing, stopped := c.closing, c.stopped
+		closing, stopped := c.closing, c.stopped || c.parked
 		c.mu.Unlock()
 		if errors.Is(err, os.ErrDeadlineExceeded) && closing && !stopped {
 			c.drain(buf)
@@ -124,8 +142,11 @@ func (c *stdinCopier) drain(buf []byte) {
 // finish gives the process its EOF and releases the FIFO.
 func (c *stdinCopier) finish() {
 	c.mu.Lock()
-	stopped := c.stopped
+	stopped, parked := c.stopped, c.parked
 	c.mu.Unlock()
+	if parked {
+		return // the FIFO and the process's stdin go on in a new copier
+	}
 	if !stopped {
 		if c.pty {
 			_, _ = c.dst.Write([]byte{4}) // ^D: the line discipline's EOF
@@ -134,6 +155,7 @@ func (c *stdinCopier) finish() {
 		}
 	}
 	c.mu.Lock()
+	c.ended = !stopped
 	if c.f != nil {
 		_ = c.f.Close()
 	}
@@ -143,7 +165,40 @@ func (c *stdinCopier) finish() {
 // release closes the O_PATH handle once the copier is done with it.
 func (c *stdinCopier) release() {
 	<-c.done
-	_ = unix.Close(c.handle)
+	if c.handle >= 0 {
+		_ = unix.Close(c.handle)
+	}
+}
+
+// park stops the copier for a handover without delivering an EOF: the
+// client's FIFO (opened for reading: its writer gets no EPIPE) and the
+// process's stdin stay open. It returns the FIFO, which the caller then
+// owns (nil when the copier had already ended: the process got its EOF).
+// Bytes the client wrote that the copier had not read stay in the FIFO.
+// It fails when the copier does not stop before ctx is done (a write into
+// a process that does not read its stdin); the copier then parks later.
+func (c *stdinCopier) park(ctx context.Context) (*os.File, error) {
+	c.mu.Lock()
+	c.parked = true
+	f := c.f
+	c.mu.Unlock()
+	if f != nil {
+		_ = f.SetReadDeadline(time.Now())
+	} else {
+		c.unblockOpen()
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("stdin copier of %q busy writing to the process: %w", c.path, ctx.Err())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended || c.f == nil {
+		return nil, nil
+	}
+	_ = c.f.SetReadDeadline(time.Time{})
+	return c.f, nil
 }
 
 // unblockOpen lets a pending open of the FIFO return by opening the

@@ -27,7 +27,7 @@ func TestStdinCloseDelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pr.Close()
-	c, err := newStdinCopier(path, pw, false)
+	c, err := newStdinCopier(path, pw, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestStdinClientEOF(t *testing.T) {
 	path := newTestFifo(t)
 	pr, pw, _ := os.Pipe()
 	defer pr.Close()
-	c, err := newStdinCopier(path, pw, false)
+	c, err := newStdinCopier(path, pw, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestStdinNeverOpened(t *testing.T) {
 	for _, closeIO := range []bool{true, false} {
 		path := newTestFifo(t)
 		pr, pw, _ := os.Pipe()
-		c, err := newStdinCopier(path, pw, false)
+		c, err := newStdinCopier(path, pw, false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,7 +109,7 @@ func TestStdinFifoRemoved(t *testing.T) {
 	path := newTestFifo(t)
 	pr, pw, _ := os.Pipe()
 	defer pr.Close()
-	c, err := newStdinCopier(path, pw, false)
+	c, err := newStdinCopier(path, pw, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -108,6 +108,8 @@ type Service struct {
 	early      map[int]reaper.Exit      // exits of unknown pids while starting > 0
 	oom        map[string]*process.OOMWatch
 	closed     bool
+	frozen     bool        // a live upgrade is under way (Freeze)
+	stopExits  func() bool // stops the exit loop; false if it was stopped already
 
 	// killPid, watchOOMFn and statsFn are process.KillPid, WatchOOM and Stats;
 	// unit tests replace them since their pids are not real.
@@ -190,8 +192,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		statsFn:    process.Stats,
 	}
 	s.events.start(sctx)
-	s.wg.Add(1)
-	go s.exitLoop()
+	s.startExitLoop()
 	return s, nil
 }
 
@@ -226,11 +227,12 @@ func (s *Service) Empty() bool {
 }
 
 // exitLoop is the one consumer of the reaper subscription: exits are
-// handled one at a time, in reap order.
-func (s *Service) exitLoop() {
+// handled one at a time, in reap order. It stops with ctx (the service's,
+// or a handover's stop: see Frozen.Commit).
+func (s *Service) exitLoop(ctx context.Context) {
 	defer s.wg.Done()
 	for {
-		e, err := s.exits.Recv(s.ctx)
+		e, err := s.exits.Recv(ctx)
 		if err != nil {
 			return
 		}

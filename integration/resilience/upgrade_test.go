@@ -1,0 +1,246 @@
+package resilience
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/containers/conmon-v2/client"
+)
+
+// counterScript prints 1, 2, 3, ... one number a line, about 5000 lines a
+// second, until it is killed.
+const counterScript = `i=0; while :; do i=$((i+1)); echo $i; if [ $((i % 50)) = 0 ]; then usleep 10000; fi; done`
+
+// TestLiveUpgrade: a dense daemon serves two containers that print
+// numbered lines without pause (one into a k8s-file log, one into the
+// client's FIFOs and a k8s-file log) and an exec that does the same into
+// FIFOs. The daemon is upgraded in place twice (SIGHUP). Then:
+//   - it has the same pid, and the test's ttrpc connection, opened before,
+//     still serves (no reconnect);
+//   - every number is in every log and FIFO output once and in order;
+//   - the exec started before the upgrades is killed after them and its
+//     exit (137) is reported, as are the containers' (137);
+//   - the daemon's log says how long each handover kept it from serving.
+func TestLiveUpgrade(t *testing.T) {
+	e := newEnv(t)
+	e.dense()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	logDir := filepath.Join(e.dir, "logs")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon's own log: the bundle's log FIFO of its first container.
+	daemonLog := &syncBuffer{}
+	firstBundle := filepath.Join(e.dir, "up0-"+e.suffix)
+	if err := os.MkdirAll(firstBundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logFifo := filepath.Join(firstBundle, "log")
+	if err := unix.Mkfifo(logFifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lf, err := os.OpenFile(logFifo, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	go func() {
+		sc := bufio.NewScanner(lf)
+		for sc.Scan() {
+			fmt.Fprintln(daemonLog, sc.Text())
+		}
+	}()
+
+	kfile := func(i int) map[string]string {
+		return map[string]string{
+			client.LogAnnotationPrefix + "driver": "k8s-file",
+			client.LogAnnotationPrefix + "path":   filepath.Join(logDir, fmt.Sprintf("up%d.log", i)),
+		}
+	}
+	tasks := []*task{
+		e.start(ctx, "up0", []string{"sh", "-c", counterScript}, false, kfile(0)),
+		e.start(ctx, "up1", []string{"sh", "-c", counterScript}, true, kfile(1)),
+	}
+	s := tasks[0].shim // the connection that must survive
+	before, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// An exec printing numbers into FIFOs.
+	execOut := &syncBuffer{}
+	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execIO, err := client.OpenIO(ctx, fifos, client.Streams{Stdout: execOut}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer execIO.Close()
+	proc := &specs.Process{Args: []string{"sh", "-c", counterScript}, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin"}}
+	if err := s.Exec(ctx, tasks[1].id, "counter", proc, fifos.Stdio); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, tasks[1].id, "counter"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Probe: Info on the same connection in a loop; the longest call is
+	// the gap a client sees.
+	var (
+		mu      sync.Mutex
+		longest time.Duration
+		calls   int
+	)
+	stopProbe := make(chan struct{})
+	probed := make(chan struct{})
+	go func() {
+		defer close(probed)
+		for {
+			select {
+			case <-stopProbe:
+				return
+			default:
+			}
+			t0 := time.Now()
+			_, err := s.Info(ctx)
+			d := time.Since(t0)
+			mu.Lock()
+			calls++
+			if err == nil {
+				longest = max(longest, d)
+			}
+			mu.Unlock()
+			if err != nil {
+				t.Errorf("Info during the upgrades: %v", err)
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+
+	started := before.StartedAt
+	for round := 1; round <= 2; round++ {
+		time.Sleep(time.Second) // output flows meanwhile
+		if err := syscall.Kill(int(before.Pid), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, func() error {
+			info, err := s.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if info.Pid != before.Pid {
+				t.Fatalf("round %d: daemon pid %d, was %d", round, info.Pid, before.Pid)
+			}
+			if !info.StartedAt.After(started) {
+				return fmt.Errorf("round %d: daemon not upgraded yet (started %v)", round, info.StartedAt)
+			}
+			started = info.StartedAt
+			return nil
+		})
+		t.Logf("round %d: upgraded in place, pid %d", round, before.Pid)
+	}
+	time.Sleep(time.Second)
+	close(stopProbe)
+	<-probed
+
+	// Every task still there, running, on the old connection.
+	for _, tk := range tasks {
+		st, err := s.State(ctx, tk.id, "")
+		if err != nil {
+			t.Fatalf("state of %s after the upgrades: %v", tk.id, err)
+		}
+		if st.Status != client.Running {
+			t.Fatalf("%s is %v after the upgrades", tk.id, st.Status)
+		}
+	}
+	// The exec's exit is reported after the upgrades.
+	if err := s.Kill(ctx, tasks[1].id, "counter", uint32(unix.SIGKILL), false); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.Wait(ctx, tasks[1].id, "counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Status != 137 {
+		t.Errorf("exec exited %d, want 137", w.Status)
+	}
+	if _, err := s.Delete(ctx, tasks[1].id, "counter"); err != nil {
+		t.Errorf("delete exec: %v", err)
+	}
+	for _, tk := range tasks {
+		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
+			t.Fatal(err)
+		}
+		w, err := s.Wait(ctx, tk.id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.Status != 137 {
+			t.Errorf("%s exited %d, want 137", tk.id, w.Status)
+		}
+	}
+	if tasks[1].io != nil && !tasks[1].io.Wait(10*time.Second) {
+		t.Errorf("%s: FIFO output did not end", tasks[1].id)
+	}
+	if !execIO.Wait(10 * time.Second) {
+		t.Errorf("exec: FIFO output did not end")
+	}
+	for _, tk := range tasks {
+		tk.remove(t)
+	}
+
+	for i := range tasks {
+		n, _ := checkSeqLog(t, filepath.Join(logDir, fmt.Sprintf("up%d.log", i)), -1)
+		t.Logf("up%d.log: %d numbers in order", i, n)
+		if n < 1000 {
+			t.Errorf("up%d.log: only %d numbers", i, n)
+		}
+	}
+	checkSeqText(t, "up1 FIFO", tasks[1].out.String())
+	checkSeqText(t, "exec FIFO", execOut.String())
+
+	mu.Lock()
+	t.Logf("longest Info call during the upgrades: %v (%d calls)", longest, calls)
+	mu.Unlock()
+	for _, line := range strings.Split(daemonLog.String(), "\n") {
+		if strings.Contains(line, "upgrade:") {
+			t.Log("daemon: " + line)
+		}
+	}
+}
+
+// checkSeqText checks raw output that should hold "1\n2\n...": every
+// number once and in order (the last line may be cut by the kill).
+func checkSeqText(t *testing.T, what, out string) {
+	t.Helper()
+	lines := strings.Split(out, "\n")
+	if len(lines) > 0 {
+		lines = lines[:len(lines)-1] // after the last newline: cut or empty
+	}
+	for k, l := range lines {
+		if l != strconv.Itoa(k+1) {
+			t.Errorf("%s: line %d is %q, want %d", what, k+1, l, k+1)
+			return
+		}
+	}
+	t.Logf("%s: %d numbers in order", what, len(lines))
+	if len(lines) < 1000 {
+		t.Errorf("%s: only %d numbers", what, len(lines))
+	}
+}

@@ -1,0 +1,385 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/containers/conmon-v2/process"
+)
+
+// A live upgrade (docs/resilience.md §5) hands the service to a new binary
+// in the same process (execve keeps the pid, so the containers stay its
+// children):
+//
+//	f, err := svc.Freeze(ctx)  // stop every copier at a clean point
+//	fds, err := f.FDs()        // the descriptors the new binary needs
+//	... describe them to the new binary; on any error f.Thaw() ...
+//	f.Commit(ctx, stopReaper)  // point of no return: flush, records
+//	... execve ...
+//
+// and in the new binary, before its wait loop runs:
+//
+//	svc.Restore(ctx, fds)
+
+// TaskFDs are one task's descriptors in a handover, by process.
+type TaskFDs struct {
+	ID    string                   `json:"id"`
+	Init  process.IOFDs            `json:"init"`
+	Execs map[string]process.IOFDs `json:"execs,omitempty"`
+}
+
+// Close closes every descriptor of t.
+func (t TaskFDs) Close() {
+	t.Init.Close()
+	for _, x := range t.Execs {
+		x.Close()
+	}
+}
+
+// List returns every descriptor of t.
+func (t TaskFDs) List() []int {
+	out := t.Init.List()
+	for _, x := range t.Execs {
+		out = append(out, x.List()...)
+	}
+	return out
+}
+
+// startExitLoop runs the exit loop until the service closes or stopExits.
+func (s *Service) startExitLoop() {
+	ctx, cancel := context.WithCancel(s.ctx)
+	done := make(chan struct{})
+	s.wg.Add(1)
+	go func() {
+		defer close(done)
+		s.exitLoop(ctx)
+	}()
+	var once sync.Once
+	s.stopExits = func() bool {
+		first := false
+		once.Do(func() { first = true })
+		cancel()
+		<-done
+		return first
+	}
+}
+
+// Frozen is the service stopped for a handover: Freeze's result.
+type Frozen struct {
+	s         *Service
+	ios       []*process.IO
+	committed bool
+}
+
+// Freeze stops the output and stdin copiers of every process at a clean
+// point (process.IO.Suspend): what they read is written to the
+// destinations and the logging pipelines, the rest waits in the pipes.
+// The caller has stopped the requests first (the server's listener is
+// frozen). Unavailable when a request still changes a task (a create,
+// start or delete in flight); then nothing is frozen.
+func (s *Service) Freeze(ctx context.Context) (*Frozen, error) {
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return nil, fmt.Errorf("freeze: service is closed: %w", errdefs.ErrFailedPrecondition)
+	case s.frozen:
+		s.mu.Unlock()
+		return nil, fmt.Errorf("freeze: a handover is under way already: %w", errdefs.ErrFailedPrecondition)
+	case len(s.reserved) > 0 || len(s.deleting) > 0 || s.starting > 0 || len(s.killing) > 0:
+		s.mu.Unlock()
+		return nil, fmt.Errorf("freeze: a create, start, kill or delete is in flight: %w", errdefs.ErrUnavailable)
+	}
+	s.frozen = true
+	f := &Frozen{s: s}
+	for _, c := range s.containers {
+		if c.Init.IO != nil {
+			f.ios = append(f.ios, c.Init.IO)
+		}
+		for _, x := range c.Execs {
+			if x.IO != nil {
+				f.ios = append(f.ios, x.IO)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for k, io := range f.ios {
+		if err := io.Suspend(ctx); err != nil {
+			for _, done := range f.ios[:k] {
+				done.Resume()
+			}
+			s.mu.Lock()
+			s.frozen = false
+			s.mu.Unlock()
+			return nil, fmt.Errorf("freeze: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// Thaw undoes Freeze: copying resumes. Not after Commit.
+func (f *Frozen) Thaw() {
+	if f.committed {
+		return
+	}
+	for _, io := range f.ios {
+		io.Resume()
+	}
+	f.s.mu.Lock()
+	f.s.frozen = false
+	f.s.mu.Unlock()
+}
+
+// FDs duplicates (close-on-exec) the descriptors of every task's stdio
+// that the new binary needs. The caller owns them (TaskFDs.Close when the
+// handover is called off).
+func (f *Frozen) FDs() (_ []TaskFDs, retErr error) {
+	s := f.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []TaskFDs
+	defer func() {
+		if retErr != nil {
+			for _, t := range out {
+				t.Close()
+			}
+		}
+	}()
+	for _, c := range s.containers {
+		t := TaskFDs{ID: c.ID}
+		if c.Init.IO != nil {
+			fds, err := c.Init.IO.HandoverFDs()
+			if err != nil {
+				return nil, err
+			}
+			t.Init = fds
+		}
+		for id, x := range c.Execs {
+			if x.IO == nil {
+				continue
+			}
+			fds, err := x.IO.HandoverFDs()
+			if err != nil {
+				return nil, err
+			}
+			if t.Execs == nil {
+				t.Execs = make(map[string]process.IOFDs)
+			}
+			t.Execs[id] = fds
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// Commit is the point of no return, once the descriptors are duplicated
+// and described: it closes every process's IO here (the logging pipelines
+// are flushed and their drivers closed; the pipes and FIFOs stay open
+// through the duplicates), then calls stopReaper, which stops the
+// process's wait loop (an exit from then on waits as a zombie for the new
+// binary's), handles the exits already reaped, writes every task's record
+// and gives the queued events up to grace to reach the publisher. The
+// caller then flushes the publisher and execs.
+func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
+	s := f.s
+	f.committed = true
+	// Logger programs of the pipelines are waited for through the reaper:
+	// close before it stops.
+	for _, io := range f.ios {
+		io.Close()
+	}
+	stopReaper()
+	s.stopExits()
+	drained, cancel := context.WithCancel(context.Background())
+	cancel()
+	for {
+		e, err := s.exits.Recv(drained) // what is queued, without waiting
+		if err != nil {
+			break
+		}
+		s.handleExit(e)
+	}
+	s.mu.Lock()
+	for _, c := range s.containers {
+		s.recordLocked(c)
+	}
+	watches := s.oom
+	s.oom = make(map[string]*process.OOMWatch)
+	s.mu.Unlock()
+	for _, w := range watches {
+		w.Stop()
+	}
+	s.events.close(grace)
+}
+
+// Restore takes over the tasks a previous binary of this process handed
+// over in a live upgrade: each is rebuilt from its record, its processes'
+// stdio from the descriptors (a task's logging pipeline is opened anew
+// from its spec), and its live processes are registered for their exits,
+// which the reaper delivers. Call it before the reaper's loop runs: an
+// exit during the handover waits as a zombie and is then delivered here,
+// not dropped. A process that is not this process's child (a task adopted
+// after a crash) is watched as Adopt does. It returns the IDs restored;
+// a task that cannot be restored is logged and its descriptors closed.
+func (s *Service) Restore(ctx context.Context, tasks []TaskFDs) ([]string, error) {
+	var restored []string
+	var errs []error
+	for _, t := range tasks {
+		if err := s.restore(ctx, t); err != nil {
+			s.cfg.Log.Error("restore after upgrade", "task", t.ID, "error", err)
+			errs = append(errs, fmt.Errorf("task %q: %w", t.ID, err))
+			continue
+		}
+		restored = append(restored, t.ID)
+	}
+	return restored, errors.Join(errs...)
+}
+
+func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
+	owned := true
+	defer func() {
+		if owned {
+			t.Close()
+		}
+	}()
+	rec, err := process.ReadRecord(s.cfg.StateDir, t.ID)
+	if err != nil {
+		return fmt.Errorf("record: %w", err)
+	}
+	if rec.ID != t.ID {
+		return fmt.Errorf("record names task %q: %w", rec.ID, errdefs.ErrInvalidArgument)
+	}
+	if live(rec.Status) && rec.Pid > 0 && !ourChild(rec.Pid) {
+		// Adopted by the previous binary after a crash (no stdio, watched
+		// through a pidfd): the same again.
+		c, watched, err := s.adopt(rec)
+		if err != nil {
+			return err
+		}
+		if watched {
+			s.watchOOM(c, c.Init.Pid)
+		}
+		return nil
+	}
+	c, err := process.Restore(rec, s.rt, s.cfg.Log)
+	if err != nil {
+		return err
+	}
+	ioCfg := func(p *process.Process) (process.IOConfig, error) {
+		st, err := process.ParseStdio(p.Stdio, s.cfg.LoggerDirs)
+		if err != nil {
+			return process.IOConfig{}, err
+		}
+		return process.IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: s.starter, Log: s.cfg.Log}, nil
+	}
+	owned = false
+	var closers []*process.IO
+	defer func() {
+		if retErr != nil {
+			for _, io := range closers {
+				io.Close()
+			}
+		}
+	}()
+	if fds := t.Init.List(); len(fds) > 0 {
+		cfg, err := ioCfg(c.Init)
+		if err != nil {
+			t.Close()
+			return err
+		}
+		if s.cfg.Logging != nil {
+			tap, err := s.cfg.Logging(ctx, c.ID, c.Namespace, c.Spec)
+			if err != nil {
+				t.Close()
+				return fmt.Errorf("logging: %w", err)
+			}
+			if tap != nil {
+				cfg.Tap = tap
+			}
+		}
+		pio, err := process.RestoreIO(ctx, cfg, t.Init)
+		if err != nil {
+			for _, x := range t.Execs {
+				x.Close()
+			}
+			if cfg.Tap != nil {
+				_ = cfg.Tap.Close()
+			}
+			return err
+		}
+		c.Init.IO = pio
+		closers = append(closers, pio)
+	}
+	for id, fds := range t.Execs {
+		x := c.Execs[id]
+		if x == nil {
+			fds.Close()
+			continue
+		}
+		cfg, err := ioCfg(x)
+		if err == nil {
+			x.IO, err = process.RestoreIO(ctx, cfg, fds)
+		} else {
+			fds.Close()
+		}
+		if err != nil {
+			s.cfg.Log.Error("restore after upgrade: exec stdio", "task", c.ID, "exec", id, "error", err)
+			continue
+		}
+		closers = append(closers, x.IO)
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("service is closed: %w", errdefs.ErrFailedPrecondition)
+	}
+	if s.containers[c.ID] != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("task exists already: %w", errdefs.ErrAlreadyExists)
+	}
+	s.containers[c.ID] = c
+	watch := false
+	if c.InitExitDeferred == nil && live(c.Init.Status.String()) && c.Init.Pid > 0 {
+		s.byPid[c.Init.Pid] = c.Init
+		watch = true
+	}
+	now := time.Now()
+	for _, x := range c.Execs {
+		if !live(x.Status.String()) || x.Pid <= 0 {
+			continue
+		}
+		if ourChild(x.Pid) {
+			s.byPid[x.Pid] = x
+		} else {
+			// Not ours (it was reaped elsewhere): its status is lost.
+			s.handleExitLocked(x, process.Exit{Pid: x.Pid, Status: unknownExit, Timestamp: now})
+		}
+	}
+	s.maybeFinishInitLocked(c)
+	s.recordLocked(c)
+	s.mu.Unlock()
+	if watch {
+		s.watchOOM(c, c.Init.Pid)
+	}
+	return nil
+}
+
+// live reports whether a process in this recorded status has a pid that
+// may still run (or wait, exited, as a zombie).
+func live(status string) bool {
+	st, err := process.ParseStatus(status)
+	return err == nil && (st == process.Created || st == process.Running || st == process.Paused)
+}
+
+// ourChild reports whether pid is this process's child (a zombie too).
+func ourChild(pid int) bool {
+	ps := process.ProcStatus(pid)
+	return ps.Exists && ps.PPid == os.Getpid()
+}
