@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -29,6 +30,11 @@ type ShimInfo struct {
 	// counts (for leak checks).
 	Goroutines uint32
 	FDs        uint32
+	// ExecAt is when the running binary started serving (StartedAt until
+	// a live upgrade; the pid and StartedAt survive one). Binary is its
+	// path.
+	ExecAt time.Time
+	Binary string
 }
 
 // Info asks the shim about itself.
@@ -41,7 +47,48 @@ func (s *Shim) Info(ctx context.Context) (ShimInfo, error) {
 		Pid: r.GetPid(), Group: r.GetGroup(), Namespace: r.GetNamespace(), Version: r.GetVersion(),
 		StartedAt: unixNano(r.GetStartedAt()), RSSKB: r.GetRssKb(), PSSKB: r.GetPssKb(), Tasks: r.GetTasks(),
 		Goroutines: r.GetGoroutines(), FDs: r.GetFds(),
+		ExecAt: unixNano(r.GetExecAt()), Binary: r.GetBinary(),
 	}, nil
+}
+
+// Upgrade asks the shim to hand over, in place, to binary (an absolute
+// path; "" = the shim's own binary as it is now on disk, e.g. after a
+// package upgrade). It returns the path the shim will execute once it has
+// checked it and started the handover; the shim keeps its pid, its
+// containers and this connection. Requests sent from then on are answered
+// by the new binary once it serves: WaitUpgraded tells when.
+func (s *Shim) Upgrade(ctx context.Context, binary string) (string, error) {
+	r, err := s.monitor.Upgrade(ctx, &conmonapi.UpgradeRequest{Binary: binary})
+	if err != nil {
+		return "", native("upgrade", s.address, err)
+	}
+	return r.GetBinary(), nil
+}
+
+// WaitUpgraded polls Info until a binary started after before.ExecAt
+// answers (before is the shim's Info from before the Upgrade call), and
+// returns its Info. Requests sent during the handover wait for the new
+// binary; the polling only bounds each call, so that ctx decides.
+func (s *Shim) WaitUpgraded(ctx context.Context, before ShimInfo) (ShimInfo, error) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := s.Info(cctx)
+		cancel()
+		if err == nil && info.ExecAt.After(before.ExecAt) {
+			return info, nil
+		}
+		if ctx.Err() != nil || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
+			if err == nil {
+				err = fmt.Errorf("upgrade %s: the shim still runs the binary started at %s: %w",
+					s.address, before.ExecAt.Format(time.RFC3339Nano), context.Cause(ctx))
+			}
+			return ShimInfo{}, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // TaskInfo is one task a shim serves.

@@ -1,8 +1,9 @@
 // Package monitor serves conmon-v2's own API, conmon.v1.Monitor
 // (api/conmon/v1), next to the task service on a shim's ttrpc socket: Info
 // (the shim's pid, group and memory), List (its tasks with status and
-// times) and Subscribe (its events, for clients without containerd, such
-// as conmonctl and package client).
+// times), Subscribe (its events, for clients without containerd, such
+// as conmonctl and package client) and Upgrade (a live upgrade, through
+// the daemon's hook).
 //
 // Wiring, in the shim's main, once the ttrpc server and the task service
 // exist:
@@ -13,6 +14,7 @@
 //		Group:     group,               // shim.GroupKey(cfg, id, annotations)
 //		Namespace: f.Namespace,
 //		Version:   version.Version,
+//		Upgrade:   upgrader.Upgrade,    // a monitor.UpgradeFunc, or nil
 //	}))
 package monitor
 
@@ -22,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -31,6 +34,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 
 	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/events"
@@ -57,11 +61,31 @@ type Config struct {
 	Namespace string
 	Version   string
 	// Pid and StartedAt default to this process and New's call time.
+	// After a live upgrade the new binary may keep StartedAt from the
+	// handover; ExecAt (default: New's call time) and Binary (default:
+	// os.Executable) always describe the running binary.
 	Pid       int
 	StartedAt time.Time
+	ExecAt    time.Time
+	Binary    string
 	// Proc is the procfs root, for tests; default /proc.
 	Proc string
+	// Upgrade, if set, is the daemon's live upgrade (re-exec in place).
+	// Without it Upgrade answers NotImplemented.
+	Upgrade UpgradeFunc
 }
+
+// UpgradeFunc starts a live upgrade of the daemon to binary, an absolute
+// path that ResolveBinary accepted. It is the hook of both the Upgrade
+// request and the daemon's SIGHUP.
+//
+// It returns once the upgrade is under way (or with the error that keeps
+// it from starting), without waiting for the handover: the request's
+// answer must be written before the daemon freezes its connections, since
+// drain.Listener.Freeze waits for every request in flight, Upgrade
+// included. ctx is the request's: it ends when the answer is sent, so the
+// handover must not use it.
+type UpgradeFunc func(ctx context.Context, binary string) error
 
 // Monitor implements conmonapi.MonitorService.
 type Monitor struct {
@@ -75,8 +99,15 @@ func New(cfg Config) *Monitor {
 	if cfg.Pid == 0 {
 		cfg.Pid = os.Getpid()
 	}
+	now := time.Now()
 	if cfg.StartedAt.IsZero() {
-		cfg.StartedAt = time.Now()
+		cfg.StartedAt = now
+	}
+	if cfg.ExecAt.IsZero() {
+		cfg.ExecAt = now
+	}
+	if cfg.Binary == "" {
+		cfg.Binary, _ = os.Executable()
 	}
 	if cfg.Proc == "" {
 		cfg.Proc = "/proc"
@@ -104,6 +135,11 @@ func (e edge) List(ctx context.Context, r *conmonapi.ListRequest) (*conmonapi.Li
 	return resp, errgrpc.ToGRPC(err)
 }
 
+func (e edge) Upgrade(ctx context.Context, r *conmonapi.UpgradeRequest) (*conmonapi.UpgradeResponse, error) {
+	resp, err := e.m.Upgrade(ctx, r)
+	return resp, errgrpc.ToGRPC(err)
+}
+
 func (e edge) Subscribe(ctx context.Context, r *conmonapi.SubscribeRequest, ss conmonapi.Monitor_SubscribeServer) error {
 	return errgrpc.ToGRPC(e.m.Subscribe(ctx, r, ss))
 }
@@ -123,6 +159,8 @@ func (m *Monitor) Info(ctx context.Context, _ *conmonapi.InfoRequest) (*conmonap
 		// in the shim itself (m.cfg.Pid is then our pid).
 		Goroutines: uint32(runtime.NumGoroutine()),
 		Fds:        openFDs(m.cfg.Proc, m.cfg.Pid),
+		ExecAt:     m.cfg.ExecAt.UnixNano(),
+		Binary:     m.cfg.Binary,
 	}
 	if m.cfg.Tasks != nil {
 		r.Tasks = uint32(len(m.cfg.Tasks.List(ctx)))
@@ -152,6 +190,73 @@ func (m *Monitor) List(ctx context.Context, _ *conmonapi.ListRequest) (*conmonap
 		})
 	}
 	return out, nil
+}
+
+// Upgrade checks the requested binary (ResolveBinary) and hands it to the
+// daemon's upgrade hook. The answer means the upgrade is under way: the
+// daemon then finishes the requests in flight and executes the binary in
+// place; the client's connection stays open and its next requests are
+// answered by the new binary.
+func (m *Monitor) Upgrade(ctx context.Context, req *conmonapi.UpgradeRequest) (*conmonapi.UpgradeResponse, error) {
+	if m.cfg.Upgrade == nil {
+		return nil, fmt.Errorf("upgrade: live upgrade not available in this mode: %w", errdefs.ErrNotImplemented)
+	}
+	binary, err := ResolveBinary(req.GetBinary())
+	if err != nil {
+		return nil, err
+	}
+	if err := m.cfg.Upgrade(ctx, binary); err != nil {
+		return nil, fmt.Errorf("upgrade to %s: %w", binary, err)
+	}
+	return &conmonapi.UpgradeResponse{Binary: binary, Pid: uint32(m.cfg.Pid)}, nil
+}
+
+// ResolveBinary returns the binary a live upgrade may execute: binary, or,
+// when it is empty, the running executable's path (read again from disk:
+// a package upgrade replaces the file, and /proc/self/exe then names the
+// deleted one), with symbolic links resolved so that what is checked is
+// what runs. It must be an absolute path to a regular file that the
+// daemon may execute, owned by root or by the daemon's effective uid, and
+// writable by neither group nor others: whoever could write it would run
+// code as the daemon. The error names the binary and the failed rule
+// (errdefs classes: InvalidArgument, NotFound, PermissionDenied).
+func ResolveBinary(binary string) (string, error) {
+	if binary == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("upgrade binary: the running binary's path: %v: %w", err, errdefs.ErrNotFound)
+		}
+		binary = self
+	}
+	if !filepath.IsAbs(binary) {
+		return "", fmt.Errorf("upgrade binary %q: not an absolute path: %w", binary, errdefs.ErrInvalidArgument)
+	}
+	real, err := filepath.EvalSymlinks(binary)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return "", fmt.Errorf("upgrade binary %q: no such file: %w", binary, errdefs.ErrNotFound)
+		}
+		return "", fmt.Errorf("upgrade binary %q: %v: %w", binary, err, errdefs.ErrInvalidArgument)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(real, &st); err != nil {
+		return "", fmt.Errorf("upgrade binary %q: %v: %w", real, err, errdefs.ErrInvalidArgument)
+	}
+	mode := st.Mode
+	switch {
+	case mode&unix.S_IFMT != unix.S_IFREG:
+		return "", fmt.Errorf("upgrade binary %q: not a regular file: %w", real, errdefs.ErrInvalidArgument)
+	case mode&0o111 == 0:
+		return "", fmt.Errorf("upgrade binary %q: not executable (mode %04o): %w", real, mode&0o7777, errdefs.ErrInvalidArgument)
+	case st.Uid != 0 && int(st.Uid) != os.Geteuid():
+		return "", fmt.Errorf("upgrade binary %q: owned by uid %d, neither root nor the shim's uid %d: %w", real, st.Uid, os.Geteuid(), errdefs.ErrPermissionDenied)
+	case mode&0o022 != 0:
+		return "", fmt.Errorf("upgrade binary %q: writable by group or others (mode %04o): %w", real, mode&0o7777, errdefs.ErrPermissionDenied)
+	}
+	if err := unix.Access(real, unix.X_OK); err != nil {
+		return "", fmt.Errorf("upgrade binary %q: the shim may not execute it: %v: %w", real, err, errdefs.ErrPermissionDenied)
+	}
+	return real, nil
 }
 
 // Subscribe streams events whose topic starts with one of req.Topics (all

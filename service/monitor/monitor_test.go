@@ -2,9 +2,11 @@ package monitor
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -179,5 +181,121 @@ func TestBadTopicAndMissingParts(t *testing.T) {
 	}
 	if !errdefs.IsInvalidArgument(err) {
 		t.Errorf("Subscribe with a bad topic: %v, want InvalidArgument", err)
+	}
+}
+
+func TestResolveBinary(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // not subject to the umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := file("good", 0o755)
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	otherOwner := file("other", 0o755)
+	if os.Geteuid() == 0 {
+		if err := os.Chown(otherOwner, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	selfReal, _ := filepath.EvalSymlinks(self)
+	tests := []struct {
+		name, binary, want string
+		class              func(error) bool
+	}{
+		{"absolute regular executable", good, good, nil},
+		{"symbolic link resolved", link, good, nil},
+		{"empty: the running binary", "", selfReal, nil},
+		{"relative", "bin/shim", "", errdefs.IsInvalidArgument},
+		{"missing", filepath.Join(dir, "nope"), "", errdefs.IsNotFound},
+		{"directory", dir, "", errdefs.IsInvalidArgument},
+		{"not executable", file("plain", 0o644), "", errdefs.IsInvalidArgument},
+		{"group-writable", file("gw", 0o775), "", errdefs.IsPermissionDenied},
+		{"world-writable", file("ww", 0o757), "", errdefs.IsPermissionDenied},
+	}
+	if os.Geteuid() == 0 {
+		tests = append(tests, struct {
+			name, binary, want string
+			class              func(error) bool
+		}{"owned by another user", otherOwner, "", errdefs.IsPermissionDenied})
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ResolveBinary(tc.binary)
+			if tc.class == nil {
+				if err != nil || got != tc.want {
+					t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+				}
+				return
+			}
+			if err == nil || !tc.class(err) {
+				t.Fatalf("got %q, %v; want an error of the right class", got, err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func TestUpgrade(t *testing.T) {
+	ctx := context.Background()
+	if _, err := serve(t, New(Config{})).Upgrade(ctx, ""); !errdefs.IsNotImplemented(err) {
+		t.Errorf("Upgrade without a hook: %v, want NotImplemented", err)
+	}
+
+	bin := filepath.Join(t.TempDir(), "shim")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls []string
+	hookErr := error(nil)
+	m := New(Config{Upgrade: func(ctx context.Context, binary string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, binary)
+		return hookErr
+	}})
+	s := serve(t, m)
+	got, err := s.Upgrade(ctx, bin)
+	if err != nil || got != bin {
+		t.Fatalf("Upgrade(%s) = %q, %v", bin, got, err)
+	}
+	if _, err := s.Upgrade(ctx, "relative/shim"); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("Upgrade of a relative path: %v, want InvalidArgument", err)
+	}
+	mu.Lock()
+	hookErr = fmt.Errorf("one is under way: %w", errdefs.ErrFailedPrecondition)
+	mu.Unlock()
+	if _, err := s.Upgrade(ctx, bin); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "under way") {
+		t.Errorf("Upgrade refused by the hook: %v, want its FailedPrecondition", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[0] != bin || calls[1] != bin {
+		t.Errorf("hook calls %q, want the checked binary twice (not the relative one)", calls)
+	}
+
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ExecAt.IsZero() || info.Binary == "" {
+		t.Errorf("Info: exec_at %v binary %q, want both set", info.ExecAt, info.Binary)
 	}
 }

@@ -416,8 +416,14 @@ type InfoResponse struct {
 	// goroutines and fds are the shim's goroutine and open descriptor
 	// counts, for leak checks (both return to a baseline when its
 	// containers are gone).
-	Goroutines    uint32 `protobuf:"varint,9,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
-	Fds           uint32 `protobuf:"varint,10,opt,name=fds,proto3" json:"fds,omitempty"`
+	Goroutines uint32 `protobuf:"varint,9,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
+	Fds        uint32 `protobuf:"varint,10,opt,name=fds,proto3" json:"fds,omitempty"`
+	// exec_at is when the running binary started serving: started_at until
+	// a live upgrade, the time of the latest handover after one (the pid
+	// and started_at stay).
+	ExecAt int64 `protobuf:"varint,11,opt,name=exec_at,json=execAt,proto3" json:"exec_at,omitempty"`
+	// binary is the path of the running binary.
+	Binary        string `protobuf:"bytes,12,opt,name=binary,proto3" json:"binary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -522,6 +528,122 @@ func (x *InfoResponse) GetFds() uint32 {
 	return 0
 }
 
+func (x *InfoResponse) GetExecAt() int64 {
+	if x != nil {
+		return x.ExecAt
+	}
+	return 0
+}
+
+func (x *InfoResponse) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+type UpgradeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// binary is the absolute path of the new binary; empty means the
+	// running binary's path, read again from disk (after a package
+	// upgrade replaced it). It must be a regular, executable file owned by
+	// root or by the shim's user, and writable by no one else.
+	Binary        string `protobuf:"bytes,1,opt,name=binary,proto3" json:"binary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeRequest) Reset() {
+	*x = UpgradeRequest{}
+	mi := &file_monitor_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeRequest) ProtoMessage() {}
+
+func (x *UpgradeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeRequest.ProtoReflect.Descriptor instead.
+func (*UpgradeRequest) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UpgradeRequest) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+type UpgradeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// binary is the path the shim will execute.
+	Binary string `protobuf:"bytes,1,opt,name=binary,proto3" json:"binary,omitempty"`
+	// pid is the shim's process id, which the upgrade keeps.
+	Pid           uint32 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeResponse) Reset() {
+	*x = UpgradeResponse{}
+	mi := &file_monitor_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeResponse) ProtoMessage() {}
+
+func (x *UpgradeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeResponse.ProtoReflect.Descriptor instead.
+func (*UpgradeResponse) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UpgradeResponse) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+func (x *UpgradeResponse) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
 var File_monitor_proto protoreflect.FileDescriptor
 
 const file_monitor_proto_rawDesc = "" +
@@ -554,7 +676,7 @@ const file_monitor_proto_rawDesc = "" +
 	"\bterminal\x18\n" +
 	" \x01(\bR\bterminal\x12\x14\n" +
 	"\x05execs\x18\v \x01(\rR\x05execs\"\r\n" +
-	"\vInfoRequest\"\x83\x02\n" +
+	"\vInfoRequest\"\xb4\x02\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1c\n" +
@@ -569,11 +691,19 @@ const file_monitor_proto_rawDesc = "" +
 	"goroutines\x18\t \x01(\rR\n" +
 	"goroutines\x12\x10\n" +
 	"\x03fds\x18\n" +
-	" \x01(\rR\x03fds2\xbc\x01\n" +
+	" \x01(\rR\x03fds\x12\x17\n" +
+	"\aexec_at\x18\v \x01(\x03R\x06execAt\x12\x16\n" +
+	"\x06binary\x18\f \x01(\tR\x06binary\"(\n" +
+	"\x0eUpgradeRequest\x12\x16\n" +
+	"\x06binary\x18\x01 \x01(\tR\x06binary\";\n" +
+	"\x0fUpgradeResponse\x12\x16\n" +
+	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\rR\x03pid2\xfe\x01\n" +
 	"\aMonitor\x12?\n" +
 	"\tSubscribe\x12\x1b.conmon.v1.SubscribeRequest\x1a\x13.conmon.v1.Envelope0\x01\x127\n" +
 	"\x04List\x12\x16.conmon.v1.ListRequest\x1a\x17.conmon.v1.ListResponse\x127\n" +
-	"\x04Info\x12\x16.conmon.v1.InfoRequest\x1a\x17.conmon.v1.InfoResponseB6Z4github.com/containers/conmon-v2/api/conmon/v1;conmonb\x06proto3"
+	"\x04Info\x12\x16.conmon.v1.InfoRequest\x1a\x17.conmon.v1.InfoResponse\x12@\n" +
+	"\aUpgrade\x12\x19.conmon.v1.UpgradeRequest\x1a\x1a.conmon.v1.UpgradeResponseB6Z4github.com/containers/conmon-v2/api/conmon/v1;conmonb\x06proto3"
 
 var (
 	file_monitor_proto_rawDescOnce sync.Once
@@ -587,7 +717,7 @@ func file_monitor_proto_rawDescGZIP() []byte {
 	return file_monitor_proto_rawDescData
 }
 
-var file_monitor_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_monitor_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_monitor_proto_goTypes = []any{
 	(*SubscribeRequest)(nil), // 0: conmon.v1.SubscribeRequest
 	(*Envelope)(nil),         // 1: conmon.v1.Envelope
@@ -596,17 +726,21 @@ var file_monitor_proto_goTypes = []any{
 	(*Task)(nil),             // 4: conmon.v1.Task
 	(*InfoRequest)(nil),      // 5: conmon.v1.InfoRequest
 	(*InfoResponse)(nil),     // 6: conmon.v1.InfoResponse
+	(*UpgradeRequest)(nil),   // 7: conmon.v1.UpgradeRequest
+	(*UpgradeResponse)(nil),  // 8: conmon.v1.UpgradeResponse
 }
 var file_monitor_proto_depIdxs = []int32{
 	4, // 0: conmon.v1.ListResponse.tasks:type_name -> conmon.v1.Task
 	0, // 1: conmon.v1.Monitor.Subscribe:input_type -> conmon.v1.SubscribeRequest
 	2, // 2: conmon.v1.Monitor.List:input_type -> conmon.v1.ListRequest
 	5, // 3: conmon.v1.Monitor.Info:input_type -> conmon.v1.InfoRequest
-	1, // 4: conmon.v1.Monitor.Subscribe:output_type -> conmon.v1.Envelope
-	3, // 5: conmon.v1.Monitor.List:output_type -> conmon.v1.ListResponse
-	6, // 6: conmon.v1.Monitor.Info:output_type -> conmon.v1.InfoResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
+	7, // 4: conmon.v1.Monitor.Upgrade:input_type -> conmon.v1.UpgradeRequest
+	1, // 5: conmon.v1.Monitor.Subscribe:output_type -> conmon.v1.Envelope
+	3, // 6: conmon.v1.Monitor.List:output_type -> conmon.v1.ListResponse
+	6, // 7: conmon.v1.Monitor.Info:output_type -> conmon.v1.InfoResponse
+	8, // 8: conmon.v1.Monitor.Upgrade:output_type -> conmon.v1.UpgradeResponse
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -623,7 +757,7 @@ func file_monitor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_monitor_proto_rawDesc), len(file_monitor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

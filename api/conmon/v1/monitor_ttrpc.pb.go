@@ -11,6 +11,7 @@ type MonitorService interface {
 	Subscribe(context.Context, *SubscribeRequest, Monitor_SubscribeServer) error
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
+	Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error)
 }
 
 type Monitor_SubscribeServer interface {
@@ -43,6 +44,13 @@ func RegisterMonitorService(srv *ttrpc.Server, svc MonitorService) {
 				}
 				return svc.Info(ctx, &req)
 			},
+			"Upgrade": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UpgradeRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Upgrade(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"Subscribe": {
@@ -64,6 +72,7 @@ type MonitorClient interface {
 	Subscribe(context.Context, *SubscribeRequest) (Monitor_SubscribeClient, error)
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
+	Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error)
 }
 
 type monitorClient struct {
@@ -116,6 +125,14 @@ func (c *monitorClient) List(ctx context.Context, req *ListRequest) (*ListRespon
 func (c *monitorClient) Info(ctx context.Context, req *InfoRequest) (*InfoResponse, error) {
 	var resp InfoResponse
 	if err := c.client.Call(ctx, "conmon.v1.Monitor", "Info", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *monitorClient) Upgrade(ctx context.Context, req *UpgradeRequest) (*UpgradeResponse, error) {
+	var resp UpgradeResponse
+	if err := c.client.Call(ctx, "conmon.v1.Monitor", "Upgrade", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
