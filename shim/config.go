@@ -66,6 +66,9 @@ type Config struct {
 	// containers that exit meanwhile (docs/resilience.md). Default off:
 	// it costs one more process per group.
 	Keeper bool `toml:"keeper"`
+	// Limits is the [limits] table: how many requests the daemon serves
+	// at once (limit.go, docs/containerd.md).
+	Limits Limits `toml:"limits"`
 	// Logging is the [logging] table of the same file: the defaults for
 	// container logs that annotations refine (docs/logging.md). It is kept
 	// as decoded TOML, validated by the logging package when the file is
@@ -82,6 +85,7 @@ func DefaultConfig() Config {
 		StateDir:    "/run/conmon-v2/state",
 		SocketDir:   "/run/conmon-v2/s",
 		LoggerDirs:  []string{"/usr/libexec/conmon-v2/loggers", "/usr/local/libexec/conmon-v2/loggers"},
+		Limits:      DefaultLimits(),
 	}
 }
 
@@ -166,7 +170,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("logger_dirs entry %q must be an absolute path: %w", d, errdefs.ErrInvalidArgument)
 		}
 	}
-	return nil
+	return c.Limits.Validate()
 }
 
 // Encode returns c as TOML, for ConfigEnv.

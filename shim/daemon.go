@@ -66,6 +66,8 @@ type Daemon struct {
 	// overlap, and none starts once Serve returns.
 	OnQuiet    func()
 	QuietDelay time.Duration
+	// Limits bound the requests served at once (zero: DefaultLimits).
+	Limits Limits
 	// Handed are connections a previous daemon handed over (live upgrade,
 	// package drain): the server serves them before accepting new ones,
 	// each from its pending bytes.
@@ -122,9 +124,10 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		defer quiet.stop()
 		interceptor = quiet.interceptor(interceptor)
 	}
+	limits := newLimiter(d.Limits)
 	srv, err := ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(drain.Handshaker(ttrpc.UnixSocketRequireSameUser())),
-		ttrpc.WithUnaryServerInterceptor(interceptor),
+		ttrpc.WithServerHandshaker(limits.handshaker(drain.Handshaker(ttrpc.UnixSocketRequireSameUser()))),
+		ttrpc.WithUnaryServerInterceptor(limits.interceptor(interceptor)),
 	)
 	if err != nil {
 		d.ready(err)
