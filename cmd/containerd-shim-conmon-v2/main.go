@@ -21,7 +21,6 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
-	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/internal/version"
 	"github.com/containers/conmon-v2/logging/builtin"
 	"github.com/containers/conmon-v2/process"
@@ -29,6 +28,7 @@ import (
 	"github.com/containers/conmon-v2/service"
 	"github.com/containers/conmon-v2/service/monitor"
 	"github.com/containers/conmon-v2/shim"
+	"github.com/containers/conmon-v2/shim/drain"
 )
 
 func main() {
@@ -86,11 +86,23 @@ func daemon(f shim.Flags) (err error) {
 	}()
 
 	tune()
-	cfg, err := daemonConfig(f)
+	// A live upgrade: this binary was exec'd by the previous one in the
+	// same process, which described what it hands over.
+	h, err := readHandover()
 	if err != nil {
 		return err
 	}
-	if cfg.Keeper && os.Getenv(keeperChildEnv) == "" {
+	self, _ := os.Executable() // the default binary of a later upgrade
+	var cfg shim.Config
+	if h != nil {
+		cfg, err = shim.ParseConfig("from the previous binary (live upgrade)", []byte(h.Config))
+	} else {
+		cfg, err = daemonConfig(f)
+	}
+	if err != nil {
+		return err
+	}
+	if cfg.Keeper && os.Getenv(keeperChildEnv) == "" && h == nil {
 		// This process becomes the group's keeper and runs the daemon as
 		// its child, handing it fd 3 and the ready pipe.
 		return runKeeper(f, cfg, ready)
@@ -110,7 +122,20 @@ func daemon(f shim.Flags) (err error) {
 	group := os.Getenv(shim.GroupEnv)
 	os.Unsetenv(shim.ConfigEnv)
 	os.Unsetenv(shim.GroupEnv)
-	l, sockPath, err := daemonListener(f)
+	var (
+		l        net.Listener
+		sockPath string
+		handed   []drain.Conn
+	)
+	if h != nil {
+		group = h.Group
+		l, sockPath, err = handedListener(h)
+		for _, c := range h.Conns {
+			handed = append(handed, drain.ConnFromFD(c.FD, c.Pending))
+		}
+	} else {
+		l, sockPath, err = daemonListener(f)
+	}
 	if err != nil {
 		return err
 	}
@@ -124,14 +149,21 @@ func daemon(f shim.Flags) (err error) {
 
 	sigCtx, stopSignals := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stopSignals()
-	reapCtx, stopReaper := context.WithCancel(context.Background())
-	reaped := make(chan struct{})
-	go func() {
-		defer close(reaped)
-		r.Run(reapCtx)
-	}()
+	// The wait loop. After a live upgrade it starts only once the handed
+	// tasks are restored: an exit during the handover waits as a zombie
+	// until their pids are known.
+	reaping := &reaperLoop{r: r}
+	defer reaping.stop()
+	if h == nil {
+		reaping.start()
+	}
 
-	exchange := events.New(f.Namespace, os.Getenv(shim.TTRPCAddressEnv), log)
+	exchange := newEventHub(f.Namespace, os.Getenv(shim.TTRPCAddressEnv), log)
+	up := &upgrader{log: log, self: self, version: version.Version, config: cfg.Encode(), group: group,
+		sockPath: sockPath, hub: exchange, reaper: reaping}
+	hupCtx, stopHup := context.WithCancel(context.Background())
+	defer stopHup()
+	go onSIGHUP(hupCtx, up, log)
 	var tasks *service.Service
 	d := shim.Daemon{
 		Log:        log,
@@ -171,6 +203,14 @@ func daemon(f shim.Flags) (err error) {
 			if err != nil {
 				return nil, err
 			}
+			if h != nil {
+				// Before the wait loop runs (see above).
+				restored, err := svc.Restore(ctx, h.Tasks)
+				if err != nil {
+					log.Error("upgrade: tasks not restored", "error", err)
+				}
+				log.Info("upgrade: tasks restored", "tasks", restored)
+			}
 			// A daemon of this group that died (kill -9, OOM) left its
 			// tasks' records: take back those of our group.
 			adopted, err := svc.Adopt(ctx, func(rec process.Record) bool {
@@ -182,8 +222,18 @@ func daemon(f shim.Flags) (err error) {
 			} else if len(adopted) > 0 {
 				log.Info("adopted the tasks of a previous daemon", "tasks", adopted)
 			}
+			reaping.start() // after Restore: see above
 			tasks = svc
+			up.setService(svc)
 			return svc, nil
+		},
+		Handed: handed,
+		Drain: func(dl *drain.Listener) {
+			up.setListener(dl)
+			if h != nil {
+				log.Info("upgrade: serving again", "from", h.From, "tasks", len(h.Tasks), "connections", len(h.Conns),
+					"gap", time.Since(h.FrozenAt).String())
+			}
 		},
 		Register: func(srv *ttrpc.Server, _ shim.TaskService) {
 			monitor.Register(srv, monitor.New(monitor.Config{
@@ -207,8 +257,7 @@ func daemon(f shim.Flags) (err error) {
 		log.Error("events", "error", cerr)
 	}
 	cancel()
-	stopReaper()
-	<-reaped
+	reaping.stop()
 	if err != nil {
 		log.Error("daemon", "error", err)
 		return err
@@ -239,6 +288,36 @@ func moveLog(bundle string) {
 	}
 	defer f.Close()
 	_ = unix.Dup3(int(f.Fd()), 2, 0)
+}
+
+// onSIGHUP upgrades the daemon in place, to the binary it was started
+// from (replaced meanwhile by a package upgrade), on every SIGHUP, until
+// ctx ends.
+func onSIGHUP(ctx context.Context, up *upgrader, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, unix.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := up.Upgrade(ctx, ""); err != nil {
+				log.Error("upgrade on SIGHUP", "error", err)
+			}
+		}
+	}
+}
+
+// handedListener is the listening socket a previous binary handed over.
+func handedListener(h *handover) (net.Listener, string, error) {
+	lf := os.NewFile(uintptr(h.Listener), "listener")
+	l, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("handed listener: %w", err)
+	}
+	return l, h.SocketPath, nil
 }
 
 // daemonListener returns the socket inherited from start (fd 3), or, when
