@@ -20,6 +20,8 @@ type options struct {
 	timestamps                                            bool
 	name, group, rootfs, bundle, logDriver, signal        string
 	since, memory, user, workdir                          string
+	binary                                                string // shims upgrade --binary
+	all                                                   bool   // shims upgrade --all
 	env, logOpts                                          listFlag
 	tail                                                  int
 	timeout                                               int
@@ -73,8 +75,9 @@ conmonctl run -it --rootfs ./rootfs -- sh`,
 			example: "conmonctl stats --no-stream\nconmonctl stats web", run: cmdStats},
 		{name: "events", args: "[--json]", summary: "stream the task events of every shim (create, start, exit, oom, ...)",
 			example: "conmonctl events &\nconmonctl run --rm --rootfs ./rootfs -- true", run: cmdEvents},
-		{name: "shims", args: "[--json]", summary: "list shim processes: pid, group, containers served, RSS and PSS",
-			example: "conmonctl shims\nconmonctl shims --json", run: cmdShims},
+		{name: "shims", args: "[--json] | upgrade [--binary PATH] (GROUP...|--all)",
+			summary: "list shim processes: pid, group, containers served, RSS and PSS; upgrade: hand shims over to a new binary in place (same pid, containers and connections kept)",
+			example: "conmonctl shims\nconmonctl shims --json\nconmonctl shims upgrade --all\nconmonctl shims upgrade --binary /usr/local/bin/containerd-shim-conmon-v2 pod1", run: cmdShims},
 		{name: "completion", args: "bash", summary: "print a shell completion script",
 			example: "conmonctl completion bash > /etc/bash_completion.d/conmonctl\nsource <(conmonctl completion bash)", run: cmdCompletion},
 		{name: "help", args: "[COMMAND]", summary: "print help for conmonctl or a command", example: "conmonctl help run", run: nil},
@@ -145,6 +148,10 @@ func bindFlags(m map[string]*command, o *options) {
 	}
 	m["rm"].flags = func(fs *flag.FlagSet) {
 		fs.BoolVar(&o.force, "f", false, "kill the container first if it runs")
+	}
+	m["shims"].flags = func(fs *flag.FlagSet) {
+		fs.StringVar(&o.binary, "binary", "", "with upgrade: the new shim binary `PATH` (default: each shim's own binary, as it is now on disk)")
+		fs.BoolVar(&o.all, "all", false, "with upgrade: every shim")
 	}
 	m["stats"].flags = func(fs *flag.FlagSet) {
 		fs.BoolVar(&o.noStream, "no-stream", false, "print one sample and exit")

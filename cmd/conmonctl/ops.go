@@ -653,8 +653,13 @@ type shimEntry struct {
 }
 
 func cmdShims(ctx context.Context, a *app, args []string) error {
-	if err := needArgs(args, 0, 0, ""); err != nil {
+	wd, _ := os.Getwd()
+	sa, err := parseShimsArgs(args, a.opts.binary, a.opts.all, wd)
+	if err != nil {
 		return err
+	}
+	if sa.upgrade {
+		return cmdShimsUpgrade(ctx, a, sa)
 	}
 	recs, err := a.store().list()
 	if err != nil {
