@@ -92,7 +92,10 @@ func daemon(f shim.Flags) (err error) {
 	if err != nil {
 		return err
 	}
-	self, _ := os.Executable() // the default binary of a later upgrade
+	startedAt := time.Now()
+	if h != nil && !h.StartedAt.IsZero() {
+		startedAt = h.StartedAt
+	}
 	var cfg shim.Config
 	if h != nil {
 		cfg, err = shim.ParseConfig("from the previous binary (live upgrade)", []byte(h.Config))
@@ -159,7 +162,7 @@ func daemon(f shim.Flags) (err error) {
 	}
 
 	exchange := newEventHub(f.Namespace, os.Getenv(shim.TTRPCAddressEnv), log)
-	up := &upgrader{log: log, self: self, version: version.Version, config: cfg.Encode(), group: group,
+	up := &upgrader{log: log, startedAt: startedAt, version: version.Version, config: cfg.Encode(), group: group,
 		sockPath: sockPath, hub: exchange, reaper: reaping}
 	hupCtx, stopHup := context.WithCancel(context.Background())
 	defer stopHup()
@@ -242,6 +245,8 @@ func daemon(f shim.Flags) (err error) {
 				Group:     group,
 				Namespace: f.Namespace,
 				Version:   version.Version,
+				StartedAt: up.startedAt, // the daemon's, kept across upgrades
+				Upgrade:   up.Upgrade,
 			}))
 		},
 	}
@@ -302,7 +307,11 @@ func onSIGHUP(ctx context.Context, up *upgrader, log *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if err := up.Upgrade(ctx, ""); err != nil {
+			binary, err := monitor.ResolveBinary("")
+			if err == nil {
+				err = up.Upgrade(ctx, binary)
+			}
+			if err != nil {
 				log.Error("upgrade on SIGHUP", "error", err)
 			}
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/reaper"
 	"github.com/containers/conmon-v2/service"
+	"github.com/containers/conmon-v2/service/monitor"
 	"github.com/containers/conmon-v2/shim/drain"
 )
 
@@ -49,6 +50,8 @@ type handover struct {
 	FrozenAt time.Time `json:"frozen_at"`
 	// From is the version of the binary that handed over.
 	From string `json:"from"`
+	// StartedAt is when the daemon started (before its first upgrade).
+	StartedAt time.Time `json:"started_at"`
 	// Config is the daemon's configuration (TOML), as start resolved it;
 	// Group the group key it serves.
 	Config string `json:"config"`
@@ -252,14 +255,14 @@ func (h *eventHub) Close(ctx context.Context) error { return h.flush(ctx) }
 
 // upgrader performs a live upgrade of the daemon.
 type upgrader struct {
-	log      *slog.Logger
-	self     string // the binary run when none is named: this one's path at start-up
-	version  string
-	config   []byte
-	group    string
-	sockPath string
-	hub      *eventHub
-	reaper   *reaperLoop
+	log       *slog.Logger
+	startedAt time.Time // the daemon's start, handed on
+	version   string
+	config    []byte
+	group     string
+	sockPath  string
+	hub       *eventHub
+	reaper    *reaperLoop
 	// freezeTimeout bounds the wait for requests in flight and copiers.
 	freezeTimeout time.Duration
 
@@ -281,18 +284,16 @@ func (u *upgrader) setService(s *service.Service) {
 	u.mu.Unlock()
 }
 
-// Upgrade is the Monitor API's hook: it checks binary ("" = the binary
-// this daemon was started from, which a package upgrade has replaced) and
-// starts the handover, then returns. The answer must be sent before the
+// Upgrade is the monitor.UpgradeFunc of the Monitor API's Upgrade and of
+// SIGHUP: it starts the handover to binary (resolved and checked by
+// monitor.ResolveBinary) and returns. The answer must be sent before the
 // handover: the drain waits for every request in flight, this one
 // included. A failure after this point is logged and the daemon keeps
-// serving; a client sees the upgrade done when Info reports a new
-// started_at (and the new version).
+// serving; a client sees the upgrade done when Info reports a new exec_at
+// (client.Shim.WaitUpgraded).
 func (u *upgrader) Upgrade(ctx context.Context, binary string) error {
-	if binary == "" {
-		binary = u.self
-	}
-	if err := checkBinary(binary); err != nil {
+	binary, err := monitor.ResolveBinary(binary)
+	if err != nil {
 		return err
 	}
 	u.mu.Lock()
@@ -314,19 +315,6 @@ func (u *upgrader) Upgrade(ctx context.Context, binary string) error {
 		u.mu.Unlock()
 	}()
 	return nil
-}
-
-// checkBinary refuses a binary that execve would refuse, before anything
-// is frozen.
-func checkBinary(binary string) error {
-	st, err := os.Stat(binary)
-	if err != nil {
-		return fmt.Errorf("upgrade binary: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-		return fmt.Errorf("upgrade binary %q is not an executable file: %w", binary, errdefs.ErrInvalidArgument)
-	}
-	return unix.Access(binary, unix.X_OK)
 }
 
 // run is the handover. Up to the commit every step can be undone: it
@@ -392,6 +380,7 @@ func (u *upgrader) run(binary string) (retErr error) {
 		Version:    handoverVersion,
 		FrozenAt:   start,
 		From:       u.version,
+		StartedAt:  u.startedAt,
 		Config:     string(u.config),
 		Group:      u.group,
 		Listener:   fdOf(lf),

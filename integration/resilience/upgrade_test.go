@@ -135,28 +135,7 @@ func TestLiveUpgrade(t *testing.T) {
 		}
 	}()
 
-	started := before.StartedAt
-	for round := 1; round <= 2; round++ {
-		time.Sleep(time.Second) // output flows meanwhile
-		if err := syscall.Kill(int(before.Pid), syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 30*time.Second, func() error {
-			info, err := s.Info(ctx)
-			if err != nil {
-				return err
-			}
-			if info.Pid != before.Pid {
-				t.Fatalf("round %d: daemon pid %d, was %d", round, info.Pid, before.Pid)
-			}
-			if !info.StartedAt.After(started) {
-				return fmt.Errorf("round %d: daemon not upgraded yet (started %v)", round, info.StartedAt)
-			}
-			started = info.StartedAt
-			return nil
-		})
-		t.Logf("round %d: upgraded in place, pid %d", round, before.Pid)
-	}
+	upgradeTwice(ctx, t, s, before, time.Second)
 	time.Sleep(time.Second)
 	close(stopProbe)
 	<-probed
@@ -377,26 +356,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	started := before.StartedAt
 	for round := 1; round <= 2; round++ {
 		time.Sleep(500 * time.Millisecond)
-		if err := syscall.Kill(int(before.Pid), syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 30*time.Second, func() error {
-			info, err := s.Info(ctx)
-			if err != nil {
-				return err
-			}
-			if info.Pid != before.Pid {
-				t.Fatalf("shim pid %d, was %d", info.Pid, before.Pid)
-			}
-			if !info.StartedAt.After(started) {
-				return fmt.Errorf("not upgraded yet")
-			}
-			started = info.StartedAt
-			return nil
-		})
+		before = upgradeOnce(ctx, t, s, before, round)
 		if st := status(); st != "RUNNING" {
 			t.Fatalf("round %d: task up is %q after the upgrade", round, st)
 		}
@@ -427,4 +389,43 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Fatal(err)
 	}
 	checkSeqText(t, "file:// log", string(data))
+}
+
+// upgradeTwice upgrades the daemon s talks to in place twice, pause
+// apart: by SIGHUP, then by the Monitor API's Upgrade on s.
+func upgradeTwice(ctx context.Context, t *testing.T, s *client.Shim, before client.ShimInfo, pause time.Duration) {
+	t.Helper()
+	for round := 1; round <= 2; round++ {
+		time.Sleep(pause) // output flows meanwhile
+		before = upgradeOnce(ctx, t, s, before, round)
+	}
+}
+
+// upgradeOnce upgrades the daemon, by SIGHUP in round 1 and by the
+// Monitor API's Upgrade on s after, and waits until the new binary
+// answers on s. The pid and StartedAt must not change.
+func upgradeOnce(ctx context.Context, t *testing.T, s *client.Shim, before client.ShimInfo, round int) client.ShimInfo {
+	t.Helper()
+	if round == 1 {
+		if err := syscall.Kill(int(before.Pid), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	} else if _, err := s.Upgrade(ctx, ""); err != nil {
+		t.Fatalf("round %d: Upgrade: %v", round, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	info, err := s.WaitUpgraded(wctx, before)
+	if err != nil {
+		t.Fatalf("round %d: %v", round, err)
+	}
+	if info.Pid != before.Pid || !info.StartedAt.Equal(before.StartedAt) {
+		t.Fatalf("round %d: daemon pid %d started %v, was %d started %v", round, info.Pid, info.StartedAt, before.Pid, before.StartedAt)
+	}
+	how := "SIGHUP"
+	if round > 1 {
+		how = "Monitor API Upgrade"
+	}
+	t.Logf("round %d (%s): upgraded in place, pid %d, binary %s", round, how, info.Pid, info.Binary)
+	return info
 }
