@@ -67,6 +67,42 @@ func serve(t *testing.T, id int32, l *Listener, g *gate) *testServer {
 			}
 			return resp, nil
 		},
+	}, Streams: map[string]ttrpc.Stream{
+		// Watch streams {Seconds: n, Nanos: id} and, after the gate,
+		// {Seconds: n+1}, then ends.
+		"Watch": {StreamingServer: true, Handler: func(ctx context.Context, ss ttrpc.StreamServer) (any, error) {
+			var d durationpb.Duration
+			if err := ss.RecvMsg(&d); err != nil {
+				return nil, err
+			}
+			if err := ss.SendMsg(&durationpb.Duration{Seconds: d.Seconds, Nanos: id}); err != nil {
+				return nil, err
+			}
+			g.started <- d.Seconds
+			select {
+			case <-g.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return nil, ss.SendMsg(&durationpb.Duration{Seconds: d.Seconds + 1, Nanos: id})
+		}},
+		// Sum adds the seconds the client streams, and answers once it
+		// closes its side.
+		"Sum": {StreamingClient: true, Handler: func(ctx context.Context, ss ttrpc.StreamServer) (any, error) {
+			var sum int64
+			for {
+				var d durationpb.Duration
+				if err := ss.RecvMsg(&d); errors.Is(err, io.EOF) {
+					return &durationpb.Duration{Seconds: sum, Nanos: id}, nil
+				} else if err != nil {
+					return nil, err
+				}
+				sum += d.Seconds
+				if sum == 1 {
+					g.started <- sum
+				}
+			}
+		}},
 	}})
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(context.Background(), l) }()
@@ -235,6 +271,69 @@ func TestFreezeHandover(t *testing.T) {
 	want(t, "connection made while frozen", <-lateCall, 4, 2)
 	want(t, "same connection, new request", call(ctx, cl, "Echo", 6), 6, 2)
 	want(t, "new connection", call(ctx, dial(t, sock), "Echo", 7), 7, 2)
+}
+
+// TestFreezeWaitsForStreams: a server stream is in flight until the frame
+// that closes it; a client stream gets its data while frozen, so that it
+// can finish.
+func TestFreezeWaitsForStreams(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newGate()
+	ln, sock := listen(t)
+	s1 := serve(t, 1, NewListener(ln, nil), g)
+	cl := dial(t, sock)
+
+	watch, err := cl.NewStream(ctx, &ttrpc.StreamDesc{StreamingServer: true}, testService, "Watch", &durationpb.Duration{Seconds: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d durationpb.Duration
+	if err := watch.RecvMsg(&d); err != nil || d.Seconds != 10 {
+		t.Fatalf("first message of the server stream: %v %v", &d, err)
+	}
+	<-g.started
+	sum, err := cl.NewStream(ctx, &ttrpc.StreamDesc{StreamingClient: true}, testService, "Sum", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sum.SendMsg(&durationpb.Duration{Seconds: 1}); err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+
+	frozen := goFreeze(ctx, s1.l)
+	waitFor(t, s1.l, "frozen", func() bool { return s1.l.frozen })
+	// The client stream's data while frozen is delivered.
+	for _, n := range []int64{2, 3} {
+		if err := sum.SendMsg(&durationpb.Duration{Seconds: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sum.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sum.RecvMsg(&d); err != nil || d.Seconds != 6 || d.Nanos != 1 {
+		t.Fatalf("client stream finished while frozen: %v %v, want 6 from server 1", &d, err)
+	}
+	select {
+	case r := <-frozen:
+		t.Fatalf("Freeze returned with a server stream open: %v", r.err)
+	default:
+	}
+	close(g.release)
+	if err := watch.RecvMsg(&d); err != nil || d.Seconds != 11 {
+		t.Fatalf("last message of the server stream: %v %v", &d, err)
+	}
+	if err := watch.RecvMsg(&d); !errors.Is(err, io.EOF) {
+		t.Fatalf("end of the server stream: %v, want EOF", err)
+	}
+	fr := <-frozen
+	if fr.err != nil || len(fr.conns) != 1 {
+		t.Fatalf("Freeze: %d conns, %v", len(fr.conns), fr.err)
+	}
+	handover(t, s1.l, fr.conns, g)
+	want(t, "after the streams", call(ctx, cl, "Echo", 20), 20, 2)
 }
 
 // frame builds a ttrpc request frame for testService.
@@ -446,5 +545,54 @@ func TestFrameWriterSplits(t *testing.T) {
 	}
 	if closing != 3 {
 		t.Fatalf("closing frames: %d, want 3", closing)
+	}
+}
+
+// BenchmarkEcho measures a unary round trip through a plain listener and
+// through a Listener (the frame parsing on both sides).
+func BenchmarkEcho(b *testing.B) {
+	for _, wrap := range []bool{false, true} {
+		name := "plain"
+		if wrap {
+			name = "drain"
+		}
+		b.Run(name, func(b *testing.B) {
+			sock := filepath.Join(b.TempDir(), "s")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var l net.Listener = ln
+			if wrap {
+				l = NewListener(ln, nil)
+			}
+			srv, err := ttrpc.NewServer()
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv.RegisterService(testService, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+				"Echo": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+					var d durationpb.Duration
+					err := unmarshal(&d)
+					return &d, err
+				},
+			}})
+			go srv.Serve(context.Background(), l)
+			defer srv.Close()
+			c, err := net.Dial("unix", sock)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cl := ttrpc.NewClient(c)
+			defer cl.Close()
+			ctx := context.Background()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var resp durationpb.Duration
+				if err := cl.Call(ctx, testService, "Echo", &durationpb.Duration{Seconds: int64(i)}, &resp); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
