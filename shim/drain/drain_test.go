@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"testing"
@@ -355,33 +357,42 @@ func frame(t *testing.T, stream uint32, method string, n int64) []byte {
 }
 
 // readResponse reads one response frame from a raw connection.
-func readResponse(t *testing.T, c net.Conn) (stream uint32, r result) {
+func readResponse(t *testing.T, c net.Conn) (uint32, result) {
 	t.Helper()
+	stream, r, err := readAnswer(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, r
+}
+
+// readAnswer reads one response frame and decodes its payload.
+func readAnswer(c net.Conn) (uint32, result, error) {
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var hb [headerLen]byte
 	if _, err := io.ReadFull(c, hb[:]); err != nil {
-		t.Fatal(err)
+		return 0, result{}, err
 	}
 	h := parseHeader(hb[:])
 	body := make([]byte, h.length)
 	if _, err := io.ReadFull(c, body); err != nil {
-		t.Fatal(err)
+		return 0, result{}, err
 	}
 	if h.typ != typeResponse {
-		t.Fatalf("stream %d: frame type %d, want a response", h.stream, h.typ)
+		return 0, result{}, fmt.Errorf("stream %d: frame type %d, want a response", h.stream, h.typ)
 	}
 	var resp ttrpc.Response
 	if err := proto.Unmarshal(body, &resp); err != nil {
-		t.Fatal(err)
+		return 0, result{}, err
 	}
 	if resp.Status != nil && resp.Status.Code != 0 {
-		t.Fatalf("stream %d: status %v", h.stream, resp.Status)
+		return 0, result{}, fmt.Errorf("stream %d: status %v", h.stream, resp.Status)
 	}
 	var d durationpb.Duration
 	if err := proto.Unmarshal(resp.Payload, &d); err != nil {
-		t.Fatal(err)
+		return 0, result{}, err
 	}
-	return h.stream, result{seconds: d.Seconds, server: d.Nanos}
+	return h.stream, result{seconds: d.Seconds, server: d.Nanos}, nil
 }
 
 // TestPipelinedSplit writes requests back to back, one of them split in
@@ -595,4 +606,100 @@ func BenchmarkEcho(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestHandoverChain sends pipelined requests in random pieces while the
+// connection is handed over from server to server several times: every
+// request is answered exactly once.
+func TestHandoverChain(t *testing.T) {
+	const requests, handovers = 300, 6
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newGate()
+	ln, sock := listen(t)
+	cur := serve(t, 1, NewListener(ln, nil), g)
+	raw, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+
+	var stream []byte
+	for i := range requests {
+		stream = append(stream, frame(t, uint32(2*i+1), "Echo", int64(i))...)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	sent := make(chan error, 1)
+	go func() {
+		for b := stream; len(b) > 0; {
+			n := min(len(b), 1+rng.IntN(60))
+			if _, err := raw.Write(b[:n]); err != nil {
+				sent <- err
+				return
+			}
+			b = b[n:]
+			time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
+		}
+		sent <- nil
+	}()
+	type answer struct {
+		stream uint32
+		r      result
+		err    error
+	}
+	answers := make(chan answer, requests)
+	go func() {
+		for range requests {
+			s, r, err := readAnswer(raw)
+			answers <- answer{s, r, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	for k := range handovers {
+		time.Sleep(2 * time.Millisecond)
+		conns, err := cur.l.Freeze(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(conns) != 1 {
+			t.Fatalf("handover %d: %d conns", k, len(conns))
+		}
+		lf, err := cur.l.ListenerFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.FileListener(lf)
+		lf.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur = serve(t, int32(k+2), NewListener(ln, conns), g)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint32]bool{}
+	servers := map[int32]int{}
+	for range requests {
+		select {
+		case a := <-answers:
+			if a.err != nil {
+				t.Fatal(a.err)
+			}
+			if got[a.stream] {
+				t.Fatalf("stream %d answered twice", a.stream)
+			}
+			got[a.stream] = true
+			if int64(a.stream) != 2*a.r.seconds+1 {
+				t.Fatalf("stream %d answered with %d", a.stream, a.r.seconds)
+			}
+			servers[a.r.server]++
+		case <-ctx.Done():
+			t.Fatalf("%d of %d answered", len(got), requests)
+		}
+	}
+	t.Logf("answers per server: %v", servers)
 }
