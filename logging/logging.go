@@ -67,7 +67,7 @@ type Record struct {
 // A Pipeline writes all the records of one read with the same Time, in
 // order, then calls Flush on drivers that implement Flusher. Optional
 // capabilities, discovered by type assertion: Syncer, Flusher, Loser,
-// Readable.
+// Readable, ReadWriter.
 type Driver interface {
 	Write(r *Record) error
 	// Reopen reopens the driver's destination (a rotated or deleted file,
@@ -93,6 +93,20 @@ type Syncer interface {
 // is reported through Loser, not through errors.
 type Flusher interface {
 	Flush() error
+}
+
+// ReadWriter is implemented by drivers that can take every record of one
+// read at once, without a Record per line (the file drivers: their cost per
+// line is what limits a monitor at short lines). WriteRead must write
+// exactly what Write would for the records the pipeline cuts from chunk: a
+// Record for each segment ending in '\n' (without it) and a Partial one for
+// a tail without newline, all stamped t and s, in order. chunk is never
+// empty and never longer than the pipeline's read size; it is only valid
+// during the call. A Pipeline uses WriteRead only when no filter, redaction
+// or rate limit applies and it is in Blocking mode; an error counts every
+// record of chunk as failed for that driver.
+type ReadWriter interface {
+	WriteRead(t time.Time, s Stream, meta *Metadata, chunk []byte) error
 }
 
 // Loser is implemented by drivers that may give up data on their own after

@@ -143,6 +143,7 @@ type driverState struct {
 	d       Driver
 	name    string
 	flusher Flusher
+	rw      ReadWriter // nil unless the driver takes whole reads
 	errors  counter
 	lastErr atomic.Pointer[string]
 }
@@ -157,6 +158,16 @@ func (ds *driverState) write(rec *Record) (err error) {
 		}
 	}()
 	return ds.d.Write(rec)
+}
+
+// writeRead is write for a ReadWriter: all records of one read at once.
+func (ds *driverState) writeRead(t time.Time, s Stream, meta *Metadata, chunk []byte) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("log driver %s: panic: %v", ds.name, v)
+		}
+	}()
+	return ds.rw.WriteRead(t, s, meta, chunk)
 }
 
 // call runs one of the driver's other methods with the same protection.
@@ -195,6 +206,9 @@ type Pipeline struct {
 	now     func() time.Time
 	limit   *limiter
 	queue   *queue // NonBlocking only
+	// direct: no filter, redaction, rate limit or queue stands between a
+	// read and the drivers, so ReadWriter drivers get whole reads.
+	direct bool
 
 	readers   sync.WaitGroup
 	srcMu     sync.Mutex
@@ -210,6 +224,8 @@ type Pipeline struct {
 	lateStopped bool        // Close is flushing and closing the drivers; guarded by lateMu
 
 	bufPool   sync.Pool // *[]byte of opts.ReadSize
+	bigPool   sync.Pool // *[]byte of bigSize: the reads of a busy stream
+	bigSize   int
 	statePool sync.Pool // *readState for WriteChunk
 
 	read, written, filtered, limited, full counter
@@ -237,13 +253,20 @@ func NewPipeline(meta Metadata, drivers []Driver, opts PipelineOptions) *Pipelin
 	for _, d := range drivers {
 		ds := &driverState{d: d, name: DriverName(d)}
 		ds.flusher, _ = Unwrap(d).(Flusher)
+		ds.rw, _ = Unwrap(d).(ReadWriter)
 		p.drivers = append(p.drivers, ds)
 	}
 	if opts.RateLimit.BytesPerSec > 0 || opts.RateLimit.LinesPerSec > 0 {
 		p.limit = newLimiter(opts.RateLimit)
 	}
+	p.direct = opts.Mode == Blocking && len(opts.Drop) == 0 && len(opts.Redact) == 0 && p.limit == nil
 	size := opts.ReadSize
 	p.bufPool.New = func() any { b := make([]byte, size); return &b }
+	// A whole number of records' worth, so that cutting a big read gives
+	// the pieces a run of small reads would have given.
+	p.bigSize = max(size, BusyReadSize/size*size)
+	big := p.bigSize
+	p.bigPool.New = func() any { b := make([]byte, big); return &b }
 	p.statePool.New = func() any { return &readState{} }
 	if opts.Mode == NonBlocking {
 		p.queue = newQueue(opts.MaxBufferSize)
@@ -304,18 +327,44 @@ type readState struct {
 	stage stage // NonBlocking
 }
 
+// BusyReadSize is the size of one read(2) from a stream that keeps its
+// pipe full: a read of ReadSize that came back full switches the reader to
+// buffers of this size, cut in user space into records of at most
+// ReadSize (the same records as reads of ReadSize from the same pipe
+// would give), and the first read that would have fit in ReadSize switches
+// it back. A busy stream thus costs one read, one wake-up and one batch
+// per BusyReadSize instead of per ReadSize, while a quiet one holds only
+// its ReadSize buffer.
+const BusyReadSize = 128 << 10
+
 func (p *Pipeline) readLoop(s Stream, r io.Reader) {
-	bp := p.bufPool.Get().(*[]byte)
-	defer p.bufPool.Put(bp)
-	buf := *bp
+	small := p.bufPool.Get().(*[]byte)
+	defer p.bufPool.Put(small)
+	var big *[]byte // while the stream is busy
+	defer func() {
+		if big != nil {
+			p.bigPool.Put(big)
+		}
+	}()
 	st := &readState{}
 	for {
+		buf := *small
+		if big != nil {
+			buf = *big
+		}
 		n, err := r.Read(buf)
 		if n > 0 {
 			// A read that filled the buffer is most likely followed by
 			// more: its records ride with the next read's batch instead of
 			// costing a write of their own (at most FlushDelay later).
-			p.writeChunk(s, buf[:n], st, n < len(buf))
+			p.writeRead(s, buf[:n], st, n < len(buf))
+		}
+		switch {
+		case big == nil && n == len(buf) && p.bigSize > len(buf):
+			big = p.bigPool.Get().(*[]byte)
+		case big != nil && n < len(*small):
+			p.bigPool.Put(big)
+			big = nil
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isClosedPTY(err) && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -346,14 +395,23 @@ func (p *Pipeline) WriteChunk(s Stream, chunk []byte) {
 // flushes the drivers once, after the last piece: for front ends that read
 // more than ReadSize at a time. The same rules as WriteChunk apply.
 func (p *Pipeline) WriteChunks(s Stream, b []byte) {
-	st := p.statePool.Get().(*readState)
-	for len(b) > 0 {
-		n := min(len(b), p.opts.ReadSize)
-		p.writeChunk(s, b[:n], st, n == len(b))
-		b = b[n:]
+	if len(b) == 0 {
+		return
 	}
+	st := p.statePool.Get().(*readState)
+	p.writeRead(s, b, st, true)
 	st.rec = Record{}
 	p.statePool.Put(st)
+}
+
+// writeRead logs one read of b bytes as consecutive reads of at most
+// ReadSize, flushing (or not: flush) after the last piece.
+func (p *Pipeline) writeRead(s Stream, b []byte, st *readState, flush bool) {
+	for len(b) > p.opts.ReadSize {
+		p.writeChunk(s, b[:p.opts.ReadSize], st, false)
+		b = b[p.opts.ReadSize:]
+	}
+	p.writeChunk(s, b, st, flush)
 }
 
 func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool) {
@@ -361,6 +419,13 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool)
 		p.opts.Tap(s, chunk)
 	}
 	now := p.now()
+	if p.direct {
+		if len(chunk) > 0 {
+			p.writeDirect(now, s, chunk, &st.rec)
+		}
+		p.endChunk(flush)
+		return
+	}
 	rec := &st.rec
 	t := tally{stage: &st.stage}
 	for len(chunk) > 0 {
@@ -383,11 +448,52 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool)
 	} else {
 		p.push(t.stage)
 	}
+	p.endChunk(flush)
+}
+
+func (p *Pipeline) endChunk(flush bool) {
 	if flush {
 		p.flush()
 	} else {
 		p.flushLater()
 	}
+}
+
+// writeDirect hands one read to the drivers when nothing stands between
+// them and the container (p.direct): a ReadWriter takes it whole, any
+// other driver gets its records one by one, cut as writeChunk cuts them.
+func (p *Pipeline) writeDirect(now time.Time, s Stream, chunk []byte, rec *Record) {
+	nl := bytes.Count(chunk, []byte{'\n'})
+	c := Counter{Lines: uint64(nl), Bytes: uint64(len(chunk) - nl)}
+	if chunk[len(chunk)-1] != '\n' {
+		c.Lines++
+	}
+	for _, ds := range p.drivers {
+		if ds.rw != nil {
+			if err := ds.writeRead(now, s, &p.meta, chunk); err != nil {
+				ds.errors.addN(c)
+				ds.fail(err)
+			}
+			continue
+		}
+		for rest := chunk; len(rest) > 0; {
+			var line []byte
+			partial := false
+			if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+				line, rest = rest[:i], rest[i+1:]
+			} else {
+				line, rest, partial = rest, nil, true
+			}
+			*rec = Record{Time: now, Stream: s, Line: line, Partial: partial, Meta: &p.meta}
+			if err := ds.write(rec); err != nil {
+				ds.errors.add(len(line))
+				ds.fail(err)
+			}
+		}
+	}
+	p.read.addN(c)
+	p.written.addN(c)
+	p.fanned.addN(c)
 }
 
 // FlushDelay bounds how long records of a read that filled the read buffer

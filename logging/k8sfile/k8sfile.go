@@ -16,7 +16,9 @@
 package k8sfile
 
 import (
+	"bytes"
 	"context"
+	"slices"
 	"time"
 
 	"github.com/containers/conmon-v2/logging"
@@ -41,6 +43,9 @@ var (
 	_ logging.Syncer   = (*Driver)(nil)
 	_ logging.Loser    = (*Driver)(nil)
 	_ logging.Readable = (*Driver)(nil)
+
+	_ logging.ReadWriter  = (*Driver)(nil)
+	_ logfile.ReadEncoder = (*Driver)(nil)
 )
 
 // Factory is the registry's constructor.
@@ -78,6 +83,51 @@ func (d *Driver) Encode(dst []byte, r *logging.Record) []byte {
 	}
 	dst = append(dst, r.Line...)
 	return append(dst, '\n')
+}
+
+// EncodeRead appends the lines of every record of one read: what Encode
+// appends for each, with the prefix (time, stream) formatted once and the
+// buffer grown once.
+func (d *Driver) EncodeRead(dst []byte, t time.Time, s logging.Stream, chunk []byte) []byte {
+	var hb [64]byte
+	hdr := d.ts.Append(hb[:0], t)
+	if s == logging.Stderr {
+		hdr = append(hdr, " stderr "...)
+	} else {
+		hdr = append(hdr, " stdout "...)
+	}
+	nl := bytes.Count(chunk, []byte{'\n'})
+	recs := nl
+	if chunk[len(chunk)-1] != '\n' {
+		recs++
+	}
+	// Each record: the prefix, its tag and a space, the line, a newline
+	// (which a full line brings along).
+	need := len(chunk) + recs*(len(hdr)+2) + (recs - nl)
+	n := len(dst)
+	dst = slices.Grow(dst, need)[:n+need]
+	for len(chunk) > 0 {
+		n += copy(dst[n:], hdr)
+		i := bytes.IndexByte(chunk, '\n')
+		if i < 0 {
+			dst[n], dst[n+1] = 'P', ' '
+			n += 2
+			n += copy(dst[n:], chunk)
+			dst[n] = '\n'
+			n++
+			break
+		}
+		dst[n], dst[n+1] = 'F', ' '
+		n += 2
+		n += copy(dst[n:], chunk[:i+1])
+		chunk = chunk[i+1:]
+	}
+	return dst[:n]
+}
+
+// WriteRead implements logging.ReadWriter.
+func (d *Driver) WriteRead(t time.Time, s logging.Stream, meta *logging.Metadata, chunk []byte) error {
+	return d.file.AppendRead(d, t, s, meta, chunk)
 }
 
 // Write implements logging.Driver.

@@ -27,6 +27,14 @@ type Encoder interface {
 	Encode(dst []byte, r *logging.Record) []byte
 }
 
+// ReadEncoder is an Encoder that can also encode every record of one read
+// at once (see logging.ReadWriter): EncodeRead appends exactly what Encode
+// would append for each record cut from chunk, all stamped t and s.
+type ReadEncoder interface {
+	Encoder
+	EncodeRead(dst []byte, t time.Time, s logging.Stream, chunk []byte) []byte
+}
+
 // Options configure a File.
 type Options struct {
 	Path string
@@ -169,6 +177,55 @@ func (lf *File) Append(r *logging.Record) error {
 	if lf.buf == nil {
 		lf.takeBufLocked()
 	}
+	return lf.appendLocked(r)
+}
+
+// AppendRead appends the records of one read (logging.ReadWriter) with
+// enc, which must be the File's encoder. When the whole read fits under
+// MaxSize and GlobalSizeMax it is encoded in one go; otherwise each record
+// goes through Append's rules, so that rotation and the cap cut between
+// the same entries.
+func (lf *File) AppendRead(enc ReadEncoder, t time.Time, s logging.Stream, meta *logging.Metadata, chunk []byte) error {
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	if lf.closed {
+		return os.ErrClosed
+	}
+	if lf.buf == nil {
+		lf.takeBufLocked()
+	}
+	start := len(lf.buf)
+	lf.buf = enc.EncodeRead(lf.buf, t, s, chunk)
+	n := int64(len(lf.buf) - start)
+	pending := int64(start - lf.off)
+	if !lf.capped && (lf.opts.GlobalSizeMax <= 0 || lf.total+pending+n <= lf.opts.GlobalSizeMax) &&
+		(lf.opts.MaxSize <= 0 || lf.size+pending+n <= lf.opts.MaxSize) {
+		if len(lf.buf)-lf.off >= lf.opts.FlushAt {
+			if err := lf.writeLocked(len(lf.buf)); err != nil {
+				lf.shedLocked()
+				return err
+			}
+		}
+		return nil
+	}
+	// A rotation or the cap falls inside this read: record by record.
+	lf.buf = lf.buf[:start]
+	var errs error
+	r := logging.Record{Time: t, Stream: s, Meta: meta}
+	for len(chunk) > 0 {
+		if i := bytes.IndexByte(chunk, '\n'); i >= 0 {
+			r.Line, r.Partial, chunk = chunk[:i], false, chunk[i+1:]
+		} else {
+			r.Line, r.Partial, chunk = chunk, true, nil
+		}
+		if err := lf.appendLocked(&r); err != nil && errs == nil {
+			errs = err
+		}
+	}
+	return errs
+}
+
+func (lf *File) appendLocked(r *logging.Record) error {
 	start := len(lf.buf)
 	lf.buf = lf.enc.Encode(lf.buf, r)
 	n := int64(len(lf.buf) - start)
