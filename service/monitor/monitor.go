@@ -22,10 +22,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -218,8 +220,9 @@ func (m *Monitor) Upgrade(ctx context.Context, req *conmonapi.UpgradeRequest) (*
 // what runs. It must be an absolute path to a regular file that the
 // daemon may execute, owned by root or by the daemon's effective uid, and
 // writable by neither group nor others: whoever could write it would run
-// code as the daemon. The error names the binary and the failed rule
-// (errdefs classes: InvalidArgument, NotFound, PermissionDenied).
+// code as the daemon. And it must be a build of the running program
+// (sameProgram). The error names the binary and the failed rule (errdefs
+// classes: InvalidArgument, NotFound, PermissionDenied).
 func ResolveBinary(binary string) (string, error) {
 	if binary == "" {
 		self, err := os.Executable()
@@ -256,7 +259,29 @@ func ResolveBinary(binary string) (string, error) {
 	if err := unix.Access(real, unix.X_OK); err != nil {
 		return "", fmt.Errorf("upgrade binary %q: the shim may not execute it: %v: %w", real, err, errdefs.ErrPermissionDenied)
 	}
+	if err := sameProgram(real); err != nil {
+		return "", err
+	}
 	return real, nil
+}
+
+// sameProgram checks that binary is a build of the running program (the
+// main package path in its Go build information), without running it. An
+// upgrade execs in place: another program (say /bin/true) would take over
+// the shim's pid and exit, leaving its containers without a monitor.
+func sameProgram(binary string) error {
+	own, ok := debug.ReadBuildInfo()
+	if !ok || own.Path == "" {
+		return nil // built without module information: nothing to compare
+	}
+	bi, err := buildinfo.ReadFile(binary)
+	if err != nil {
+		return fmt.Errorf("upgrade binary %q: not a build of %s: %v: %w", binary, own.Path, err, errdefs.ErrInvalidArgument)
+	}
+	if bi.Path != own.Path {
+		return fmt.Errorf("upgrade binary %q: a build of %s, not of %s: %w", binary, bi.Path, own.Path, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // Subscribe streams events whose topic starts with one of req.Topics (all

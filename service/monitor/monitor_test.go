@@ -199,22 +199,22 @@ func TestResolveBinary(t *testing.T) {
 		}
 		return p
 	}
-	good := file("good", 0o755)
+	// A build of the running program (this test binary), and another
+	// program that passes every rule but that one.
+	good := copyFile(t, selfBinary(t), filepath.Join(dir, "good"), 0o755)
+	other := copyFile(t, "/bin/true", filepath.Join(dir, "true"), 0o755)
+	script := file("script", 0o755)
 	link := filepath.Join(dir, "link")
 	if err := os.Symlink(good, link); err != nil {
 		t.Fatal(err)
 	}
-	otherOwner := file("other", 0o755)
+	otherOwner := copyFile(t, good, filepath.Join(dir, "other"), 0o755)
 	if os.Geteuid() == 0 {
 		if err := os.Chown(otherOwner, 4242, 4242); err != nil {
 			t.Fatal(err)
 		}
 	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	selfReal, _ := filepath.EvalSymlinks(self)
+	selfReal := selfBinary(t)
 	tests := []struct {
 		name, binary, want string
 		class              func(error) bool
@@ -228,6 +228,8 @@ func TestResolveBinary(t *testing.T) {
 		{"not executable", file("plain", 0o644), "", errdefs.IsInvalidArgument},
 		{"group-writable", file("gw", 0o775), "", errdefs.IsPermissionDenied},
 		{"world-writable", file("ww", 0o757), "", errdefs.IsPermissionDenied},
+		{"another program", other, "", errdefs.IsInvalidArgument},
+		{"a script", script, "", errdefs.IsInvalidArgument},
 	}
 	if os.Geteuid() == 0 {
 		tests = append(tests, struct {
@@ -258,10 +260,7 @@ func TestUpgrade(t *testing.T) {
 		t.Errorf("Upgrade without a hook: %v, want NotImplemented", err)
 	}
 
-	bin := filepath.Join(t.TempDir(), "shim")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o700); err != nil {
-		t.Fatal(err)
-	}
+	bin := copyFile(t, selfBinary(t), filepath.Join(t.TempDir(), "shim"), 0o700)
 	var mu sync.Mutex
 	var calls []string
 	hookErr := error(nil)
@@ -298,4 +297,32 @@ func TestUpgrade(t *testing.T) {
 	if info.ExecAt.IsZero() || info.Binary == "" {
 		t.Errorf("Info: exec_at %v binary %q, want both set", info.ExecAt, info.Binary)
 	}
+}
+
+// selfBinary is the running test binary, symbolic links resolved.
+func selfBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self, err = filepath.EvalSymlinks(self); err != nil {
+		t.Fatal(err)
+	}
+	return self
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) string {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(to, mode); err != nil {
+		t.Fatal(err)
+	}
+	return to
 }
