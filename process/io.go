@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,9 +73,20 @@ type IO struct {
 	stdinCl bool
 
 	dests   [3][]io.WriteCloser // by logging.Stream (1 stdout, 2 stderr)
+	fifos   [3]io.WriteCloser   // the client's FIFO among dests, for a handover
 	shared  *refCloser          // file:// destination shared by both streams
 	logger  *binaryLogger
 	copiers sync.WaitGroup
+
+	// Suspend and Resume (a handover to a new monitor), guarded by mu.
+	srcs       [3]io.Reader     // what each stream's copier reads
+	closeSrc   [3]bool          // the copier closes its source at the end
+	copying    [3]chan struct{} // closed when that copier returned
+	ended      [3]bool          // the stream reached its end (EOF)
+	suspended  bool             // copiers parked
+	stdinFifo  *os.File         // the parked stdin copier's FIFO
+	stdinEnded bool             // the process got its stdin EOF
+	parking    atomic.Bool      // copiers stop at a deadline without closing anything
 }
 
 // NewIO opens the destinations of cfg.Stdio and prepares what the runtime
@@ -148,11 +160,9 @@ func (i *IO) openDests() error {
 			if s.path == "" || (s.stream == logging.Stderr && st.Terminal) {
 				continue
 			}
-			f, err := fifo.OpenFifo(i.ctx, s.path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
-			if err != nil {
-				return fmt.Errorf("%s %q: %v: %w", s.stream, s.path, err, errdefs.ErrInvalidArgument)
+			if err := i.openFifoDest(s.stream, s.path); err != nil {
+				return err
 			}
-			i.dests[s.stream] = append(i.dests[s.stream], f)
 		}
 	case SchemeFile:
 		p := st.URI.Path
@@ -183,6 +193,18 @@ func (i *IO) openDests() error {
 			i.dests[logging.Stderr] = append(i.dests[logging.Stderr], l.err)
 		}
 	}
+	return nil
+}
+
+// openFifoDest opens the client's FIFO for stream: without waiting for
+// its reader (writes wait for it instead).
+func (i *IO) openFifoDest(stream logging.Stream, path string) error {
+	f, err := fifo.OpenFifo(i.ctx, path, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("%s %q: %v: %w", stream, path, err, errdefs.ErrInvalidArgument)
+	}
+	i.dests[stream] = append(i.dests[stream], f)
+	i.fifos[stream] = f
 	return nil
 }
 
@@ -238,13 +260,23 @@ func (i *IO) Start(ctx context.Context) error {
 		i.pty = pty
 		i.stdinW = pty
 		i.mu.Unlock()
-		i.copyOut(logging.Stdout, pty, false)
 	} else if i.pio != nil {
 		i.mu.Lock()
 		if i.cfg.Stdio.Stdin != "" {
 			i.stdinW = i.pio.Stdin()
 		}
 		i.mu.Unlock()
+	}
+	return i.startCopying(nil)
+}
+
+// startCopying starts a copier for each output stream that has
+// destinations, and the stdin copier (from fifo, the client's FIFO already
+// opened, when not nil).
+func (i *IO) startCopying(fifo *os.File) error {
+	if i.pty != nil {
+		i.copyOut(logging.Stdout, i.pty, false)
+	} else if i.pio != nil {
 		if r := i.pio.Stdout(); r != nil && len(i.dests[logging.Stdout]) > 0 {
 			i.copyOut(logging.Stdout, r, true)
 		}
@@ -253,14 +285,18 @@ func (i *IO) Start(ctx context.Context) error {
 		}
 	}
 	i.mu.Lock()
-	var err error
-	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed {
-		if i.stdin, err = newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil); err == nil {
-			i.stdin.start()
+	defer i.mu.Unlock()
+	if i.cfg.Stdio.Stdin != "" && i.stdinW != nil && !i.closed && !i.stdinEnded {
+		sc, err := newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil, fifo)
+		if err != nil {
+			return err
 		}
+		i.stdin = sc
+		sc.start()
+	} else if fifo != nil {
+		_ = fifo.Close()
 	}
-	i.mu.Unlock()
-	return err
+	return nil
 }
 
 // copyBufSize is the size of one read of a process's output: a busy
@@ -288,12 +324,21 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // from a pty whose slave side is gone). A destination that fails is
 // dropped and the others keep receiving: a vanished client must not stop
 // the logging pipeline.
+//
+// A copier stops without closing anything when its read hits the deadline
+// Suspend sets (parking): every byte it read is then written, and the rest
+// waits in the pipe for Resume or for the monitor the IO is handed to.
 func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 	dests := i.dests[stream]
 	read := readerOf(r)
+	done := make(chan struct{})
+	i.mu.Lock()
+	i.srcs[stream], i.closeSrc[stream], i.copying[stream] = r, closeSrc, done
+	i.mu.Unlock()
 	i.copiers.Add(1)
 	go func() {
 		defer i.copiers.Done()
+		defer close(done)
 		alive := make([]bool, len(dests))
 		for k := range alive {
 			alive[k] = true
@@ -316,12 +361,18 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 				copyBufs.Put(bp)
 			}
 			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) && i.parking.Load() {
+					return // parked by Suspend: sources and destinations stay open
+				}
 				if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrClosed) {
 					i.cfg.Log.Warn("reading container output", "container", i.cfg.ID, "stream", stream.String(), "error", err)
 				}
 				break
 			}
 		}
+		i.mu.Lock()
+		i.ended[stream] = true
+		i.mu.Unlock()
 		for _, d := range dests {
 			_ = d.Close()
 		}
