@@ -116,9 +116,10 @@ func WaitStart(fd int) error {
 
 // Daemonize starts the monitor as a new session leader with the same
 // arguments, the caller's fds at the same numbers and stdio on /dev/null
-// (the caller's stdio with passthrough), writes its pid to the conmon pid
+// (the caller's stdio with passthrough), the container's log annotations
+// in its environment (logs, may be nil), writes its pid to the conmon pid
 // file atomically and returns. The caller then exits 0.
-func Daemonize(cfg *Config, b *Bootstrap, oldScore string) error {
+func Daemonize(cfg *Config, logs *LogSettings, b *Bootstrap, oldScore string) error {
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -145,6 +146,9 @@ func Daemonize(cfg *Config, b *Bootstrap, oldScore string) error {
 		env = append(env, envGOMAXPROCS+"=set:"+orig)
 	}
 	cmd.Env = append(env, EnvMonitor+"=1", envOOMScore+"="+oldScore, "GOMAXPROCS=1")
+	if e := logs.env(); e != "" {
+		cmd.Env = append(cmd.Env, e)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if cfg.Passthru {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -188,6 +192,7 @@ func Daemonize(cfg *Config, b *Bootstrap, oldScore string) error {
 func MonitorEnvCleanup() {
 	os.Unsetenv(EnvMonitor)
 	os.Unsetenv(envOOMScore)
+	os.Unsetenv(envLogAnnotations)
 	if v, ok := os.LookupEnv(envGOMAXPROCS); ok {
 		os.Setenv("GOMAXPROCS", strings.TrimPrefix(v, "set:"))
 		os.Unsetenv(envGOMAXPROCS)

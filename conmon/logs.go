@@ -1,7 +1,6 @@
 package conmon
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -101,49 +100,4 @@ func LogMetadata(c *Config) (logging.Metadata, error) {
 		m.Labels[k] = v
 	}
 	return m, nil
-}
-
-// CheckLogFiles opens and closes the file drivers (k8s-file, json-file)
-// of c, so that a bad log path fails before the monitor detaches, as
-// conmon opens its log file first. Drivers that connect somewhere or start
-// programs are only opened by the monitor itself.
-func CheckLogFiles(ctx context.Context, c *Config, reg *logging.Registry) error {
-	p, err := openLogs(ctx, c, reg, nil, func(name string) bool { return name == DriverK8sFile || name == DriverJSONFile })
-	if err != nil {
-		return err
-	}
-	return p.Close()
-}
-
-// OpenLogs builds the container's log pipeline through reg; tap (may be
-// nil) gets every chunk read, before the drivers. With no driver at all
-// the pipeline still reads the output (for the tap) and discards it.
-func OpenLogs(ctx context.Context, c *Config, reg *logging.Registry, tap func(logging.Stream, []byte)) (*logging.Pipeline, error) {
-	return openLogs(ctx, c, reg, tap, nil)
-}
-
-func openLogs(ctx context.Context, c *Config, reg *logging.Registry, tap func(logging.Stream, []byte), only func(string) bool) (*logging.Pipeline, error) {
-	meta, err := LogMetadata(c)
-	if err != nil {
-		return nil, err
-	}
-	specs, err := LogDrivers(c)
-	if err != nil {
-		return nil, err
-	}
-	var drivers []logging.Driver
-	for _, s := range specs {
-		if only != nil && !only(s.Name) {
-			continue
-		}
-		d, err := reg.Open(ctx, s.Name, logging.Info{Meta: meta, Options: s.Options, Dir: c.Bundle})
-		if err != nil {
-			for _, o := range drivers {
-				o.Close()
-			}
-			return nil, fmt.Errorf("log driver %s: %w", s.Name, err)
-		}
-		drivers = append(drivers, d)
-	}
-	return logging.NewPipeline(meta, drivers, logging.PipelineOptions{Tap: tap}), nil
 }

@@ -1,5 +1,3 @@
-//go:build conmon_lean
-
 package main
 
 import (
@@ -12,11 +10,11 @@ import (
 	"github.com/containers/conmon-v2/reaper"
 )
 
-// registry returns the drivers of a lean build (go build -tags
-// conmon_lean): k8s-file, json-file, journald, binary, passthrough and
-// none. Without syslog (TLS), fluentd and plugin (ttrpc, protobuf) every
-// monitor's package initialisation costs about 200 kB less anonymous
-// memory; those drivers stay reachable as binary loggers.
+// registry returns the drivers of this build: k8s-file, json-file,
+// journald, binary, passthrough and none. Without syslog and fluentd
+// (crypto/tls) and plugin (ttrpc, protobuf) every monitor's package
+// initialisation costs about 170 KiB less memory (docs/conmon.md);
+// conmon-v2-full has them.
 func registry(r *reaper.Reaper) *logging.Registry {
 	reg := logging.NewRegistry()
 	var runner binary.Runner
