@@ -121,10 +121,6 @@ type Config struct {
 	// annotations come from untrusted users (Kubernetes) sets it to [] or
 	// to what it allows. The TOML and Set forms replace the list.
 	AnnotationAllow []string
-	// Tap, if set, becomes the pipeline's PipelineOptions.Tap: the conmon
-	// drop-in feeds its attach clients from it. Not an option of the file
-	// or annotations.
-	Tap func(s Stream, chunk []byte)
 
 	redactNames []string // the <name> of each Redact entry set through Set
 }
@@ -515,7 +511,6 @@ func (c *Config) PipelineOptions() (PipelineOptions, error) {
 		Mode:          c.Mode,
 		MaxBufferSize: int(c.MaxBufferSize),
 		RateLimit:     RateLimit{BytesPerSec: c.RateBytes, LinesPerSec: c.RateLines, Burst: c.RateBurst},
-		Tap:           c.Tap,
 	}
 	for _, d := range c.Drop {
 		re, err := regexp.Compile(d)
