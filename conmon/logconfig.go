@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -49,8 +50,9 @@ const envLogAnnotations = "_CONMON_V2_LOG_ANNOTATIONS"
 //
 // Exec sessions and passthrough use the command line only.
 type LogSettings struct {
-	lc   logging.Config
-	meta logging.Metadata
+	lc      logging.Config // the file and annotations, pipeline part
+	meta    logging.Metadata
+	drivers []LogDriver // every driver with its options, in order
 	// Annotations are the bundle's annotations under logging.AnnotationPrefix.
 	Annotations map[string]string
 }
@@ -180,43 +182,77 @@ func resolveLogSettings(c *Config, ann map[string]string) (*LogSettings, error) 
 	if err != nil {
 		return nil, err
 	}
-	var names []string
-	for _, d := range flagDrivers {
-		names = append(names, d.Name)
-		for _, k := range slices.Sorted(maps.Keys(d.Options)) {
-			if err := lc.Set("opt."+d.Name+"."+k, d.Options[k]); err != nil {
-				return nil, err
-			}
-		}
-	}
+	drivers := flagDrivers
 	for _, n := range extra {
-		if n == DriverPassthrough {
+		if canonDriver(n) == DriverPassthrough {
 			return nil, fmt.Errorf("log driver passthrough cannot be added by the configuration or an annotation (it is Podman's --log-driver): %w", errdefs.ErrInvalidArgument)
 		}
-		if !slices.ContainsFunc(names, func(m string) bool { return canonDriver(m) == canonDriver(n) }) {
-			names = append(names, n)
+		if !slices.ContainsFunc(drivers, func(d LogDriver) bool { return canonDriver(d.Name) == canonDriver(n) }) {
+			drivers = append(drivers, LogDriver{Name: n})
 		}
 	}
-	if len(names) == 0 {
+	if len(drivers) == 0 {
 		// -l none or passthrough only: the pipeline still reads the
 		// output for the attach clients and discards it.
-		names = []string{DriverNone}
+		drivers = []LogDriver{{Name: DriverNone}}
 	}
-	lc.Drivers = names
+	for d := range lc.DriverOptions {
+		if !slices.ContainsFunc(drivers, func(x LogDriver) bool { return canonDriver(x.Name) == canonDriver(d) }) {
+			return nil, fmt.Errorf("log option opt.%s: driver %q is not enabled: %w", d, d, errdefs.ErrInvalidArgument)
+		}
+	}
+	// Each driver: the common options, its opt.<driver>.* options, then
+	// what the flags say for it (a driver given twice by -l, such as two
+	// plugins, is two drivers with their own flag options).
+	common := commonLogOptions(&lc)
+	for i, d := range drivers {
+		opts := maps.Clone(common)
+		if d.Name != DriverK8sFile && d.Name != DriverJSONFile {
+			// The common path names a log file; other drivers take
+			// theirs from opt.<driver>.path.
+			delete(opts, logging.OptPath)
+		}
+		maps.Copy(opts, lc.DriverOptions[d.Name])
+		maps.Copy(opts, d.Options)
+		drivers[i].Options = opts
+	}
 	if c.LogTag != "" {
 		lc.Tag = ""
 	}
-	for _, k := range slices.Sorted(maps.Keys(meta.Labels)) {
-		if err := lc.Set("label."+k, meta.Labels[k]); err != nil {
+	if lc.Tag != "" {
+		if meta.Tag, err = logging.ExpandTag(lc.Tag, meta); err != nil {
 			return nil, err
 		}
 	}
-	lc.Cache = false
+	if len(lc.Labels) > 0 {
+		labels := maps.Clone(lc.Labels)
+		maps.Copy(labels, meta.Labels) // --log-label wins
+		meta.Labels = labels
+	}
 	if _, err := lc.PipelineOptions(); err != nil {
 		return nil, err
 	}
-	s.lc, s.meta = lc, meta
+	s.lc, s.meta, s.drivers = lc, meta, drivers
 	return s, nil
+}
+
+// commonLogOptions are the options of lc that reach every driver.
+func commonLogOptions(lc *logging.Config) map[string]string {
+	o := map[string]string{}
+	set := func(k, v string, ok bool) {
+		if ok {
+			o[k] = v
+		}
+	}
+	set(logging.OptPath, lc.Path, lc.Path != "")
+	set(logging.OptMaxSize, strconv.FormatInt(lc.MaxSize, 10), lc.MaxSize > 0)
+	set(logging.OptMaxFiles, strconv.Itoa(lc.MaxFiles), lc.MaxFiles > 0)
+	set(logging.OptCompress, "true", lc.Compress)
+	set(logging.OptTruncate, "true", lc.Truncate)
+	set(logging.OptFsync, lc.Fsync, lc.Fsync != "")
+	set(logging.OptFsyncInterval, lc.FsyncInterval.String(), lc.FsyncInterval > 0)
+	set(logging.OptGlobalSizeMax, strconv.FormatInt(lc.GlobalSizeMax, 10), lc.GlobalSizeMax > 0)
+	return o
 }
 
 func canonDriver(n string) string {
@@ -227,15 +263,16 @@ func canonDriver(n string) string {
 	return n
 }
 
-// Drivers lists the log drivers the container gets, in order.
-func (s *LogSettings) Drivers() []string { return slices.Clone(s.lc.Drivers) }
+// Drivers lists the log drivers the container gets, in order, with their
+// options.
+func (s *LogSettings) Drivers() []LogDriver { return slices.Clone(s.drivers) }
 
 // MissingDrivers lists the drivers s needs that reg does not have.
 func (s *LogSettings) MissingDrivers(reg *logging.Registry) []string {
 	var out []string
-	for _, n := range s.lc.Drivers {
-		if _, ok := reg.Resolve(n); !ok {
-			out = append(out, n)
+	for _, d := range s.drivers {
+		if _, ok := reg.Resolve(d.Name); !ok {
+			out = append(out, d.Name)
 		}
 	}
 	return out
@@ -246,33 +283,45 @@ func (s *LogSettings) MissingDrivers(reg *logging.Registry) []string {
 // conmon opens its log file first. Drivers that connect somewhere or start
 // programs are only opened by the monitor itself.
 func CheckLogFiles(ctx context.Context, c *Config, s *LogSettings, reg *logging.Registry) error {
-	lc := s.lc
-	lc.Drivers = nil
-	lc.DriverOptions = map[string]map[string]string{}
-	for _, n := range s.lc.Drivers {
-		if n == DriverK8sFile || n == DriverJSONFile {
-			lc.Drivers = append(lc.Drivers, n)
-			if o, ok := s.lc.DriverOptions[n]; ok {
-				lc.DriverOptions[n] = o
-			}
-		}
+	drivers, err := s.open(ctx, c, reg, func(name string) bool { return name == DriverK8sFile || name == DriverJSONFile })
+	for _, d := range drivers {
+		d.Close()
 	}
-	if len(lc.Drivers) == 0 {
-		return nil
-	}
-	lc.Tag = ""
-	lc.Drop, lc.Redact = nil, nil
-	p, err := lc.Open(ctx, reg, s.meta, c.Bundle)
-	if err != nil {
-		return err
-	}
-	return p.Close()
+	return err
 }
 
 // OpenLogs builds the container's log pipeline from s through reg; tap
-// (may be nil) gets every chunk read, before the drivers.
+// (may be nil) gets every chunk read, before the drivers. With no driver
+// the pipeline still reads the output (for the tap) and discards it.
 func OpenLogs(ctx context.Context, c *Config, s *LogSettings, reg *logging.Registry, tap func(logging.Stream, []byte)) (*logging.Pipeline, error) {
-	lc := s.lc
-	lc.Tap = tap
-	return lc.Open(ctx, reg, s.meta, c.Bundle)
+	popts, err := s.lc.PipelineOptions()
+	if err != nil {
+		return nil, err
+	}
+	popts.Tap = tap
+	drivers, err := s.open(ctx, c, reg, nil)
+	if err != nil {
+		return nil, err
+	}
+	return logging.NewPipeline(s.meta, drivers, popts), nil
+}
+
+// open opens the drivers of s (those only accepts, if set); on failure it
+// closes what it opened.
+func (s *LogSettings) open(ctx context.Context, c *Config, reg *logging.Registry, only func(string) bool) ([]logging.Driver, error) {
+	var drivers []logging.Driver
+	for _, d := range s.drivers {
+		if only != nil && !only(d.Name) {
+			continue
+		}
+		drv, err := reg.Open(ctx, d.Name, logging.Info{Meta: s.meta, Options: d.Options, Dir: c.Bundle})
+		if err != nil {
+			for _, o := range drivers {
+				o.Close()
+			}
+			return nil, fmt.Errorf("log driver %s: %w", d.Name, err)
+		}
+		drivers = append(drivers, drv)
+	}
+	return drivers, nil
 }
