@@ -35,6 +35,10 @@ type ShimInfo struct {
 	// path.
 	ExecAt time.Time
 	Binary string
+	// UpgradeError is why the latest live upgrade failed, at
+	// UpgradeFailedAt (zero: none failed since the binary started).
+	UpgradeError    string
+	UpgradeFailedAt time.Time
 }
 
 // Info asks the shim about itself.
@@ -48,6 +52,7 @@ func (s *Shim) Info(ctx context.Context) (ShimInfo, error) {
 		StartedAt: unixNano(r.GetStartedAt()), RSSKB: r.GetRssKb(), PSSKB: r.GetPssKb(), Tasks: r.GetTasks(),
 		Goroutines: r.GetGoroutines(), FDs: r.GetFds(),
 		ExecAt: unixNano(r.GetExecAt()), Binary: r.GetBinary(),
+		UpgradeError: r.GetUpgradeError(), UpgradeFailedAt: unixNano(r.GetUpgradeFailedAt()),
 	}, nil
 }
 
@@ -68,7 +73,9 @@ func (s *Shim) Upgrade(ctx context.Context, binary string) (string, error) {
 // WaitUpgraded polls Info until a binary started after before.ExecAt
 // answers (before is the shim's Info from before the Upgrade call), and
 // returns its Info. Requests sent during the handover wait for the new
-// binary; the polling only bounds each call, so that ctx decides.
+// binary; the polling only bounds each call, so that ctx decides. If the
+// shim reports an upgrade failure newer than before's, the error says
+// why (errdefs.ErrAborted; the shim serves on with its binary).
 func (s *Shim) WaitUpgraded(ctx context.Context, before ShimInfo) (ShimInfo, error) {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -76,6 +83,10 @@ func (s *Shim) WaitUpgraded(ctx context.Context, before ShimInfo) (ShimInfo, err
 		cancel()
 		if err == nil && info.ExecAt.After(before.ExecAt) {
 			return info, nil
+		}
+		if err == nil && info.UpgradeFailedAt.After(before.UpgradeFailedAt) {
+			return info, fmt.Errorf("upgrade %s: failed, the shim serves on with %s: %s: %w",
+				s.address, info.Binary, info.UpgradeError, errdefs.ErrAborted)
 		}
 		if ctx.Err() != nil || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
 			if err == nil {

@@ -75,6 +75,10 @@ type Config struct {
 	// Upgrade, if set, is the daemon's live upgrade (re-exec in place).
 	// Without it Upgrade answers NotImplemented.
 	Upgrade UpgradeFunc
+	// UpgradeFailure, if set, reports the latest live upgrade that failed
+	// after Upgrade answered (zero time: none), for Info: a client waiting
+	// for the new binary learns why it will not come.
+	UpgradeFailure func() (at time.Time, err error)
 }
 
 // UpgradeFunc starts a live upgrade of the daemon to binary, an absolute
@@ -163,6 +167,11 @@ func (m *Monitor) Info(ctx context.Context, _ *conmonapi.InfoRequest) (*conmonap
 		Fds:        openFDs(m.cfg.Proc, m.cfg.Pid),
 		ExecAt:     m.cfg.ExecAt.UnixNano(),
 		Binary:     m.cfg.Binary,
+	}
+	if m.cfg.UpgradeFailure != nil {
+		if at, err := m.cfg.UpgradeFailure(); !at.IsZero() && err != nil {
+			r.UpgradeFailedAt, r.UpgradeError = at.UnixNano(), err.Error()
+		}
 	}
 	if m.cfg.Tasks != nil {
 		r.Tasks = uint32(len(m.cfg.Tasks.List(ctx)))

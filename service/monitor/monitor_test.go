@@ -326,3 +326,50 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) string {
 	}
 	return to
 }
+
+// TestWaitUpgraded: the client waits for a newer binary, and stops at an
+// upgrade failure the shim reports.
+func TestWaitUpgraded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var failedAt time.Time
+	m := New(Config{
+		Upgrade: func(context.Context, string) error {
+			// The handover fails after the answer.
+			go func() {
+				mu.Lock()
+				failedAt = time.Now()
+				mu.Unlock()
+			}()
+			return nil
+		},
+		UpgradeFailure: func() (time.Time, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return failedAt, fmt.Errorf("freezing the server: 1 requests still in flight")
+		},
+	})
+	s := serve(t, m)
+	before, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.UpgradeError != "" || !before.UpgradeFailedAt.IsZero() {
+		t.Fatalf("no upgrade yet, but Info reports a failure: %q", before.UpgradeError)
+	}
+	// A binary started later answers: done.
+	older := before
+	older.ExecAt = before.ExecAt.Add(-time.Second)
+	if info, err := s.WaitUpgraded(ctx, older); err != nil || !info.ExecAt.Equal(before.ExecAt) {
+		t.Fatalf("WaitUpgraded with a newer binary serving: %+v, %v", info, err)
+	}
+	if _, err := s.Upgrade(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.WaitUpgraded(ctx, before)
+	if !errdefs.IsAborted(err) || !strings.Contains(err.Error(), "still in flight") {
+		t.Fatalf("WaitUpgraded after a failed upgrade: %v, want Aborted with the shim's reason", err)
+	}
+	t.Log(err)
+}

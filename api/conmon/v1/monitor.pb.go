@@ -423,9 +423,14 @@ type InfoResponse struct {
 	// and started_at stay).
 	ExecAt int64 `protobuf:"varint,11,opt,name=exec_at,json=execAt,proto3" json:"exec_at,omitempty"`
 	// binary is the path of the running binary.
-	Binary        string `protobuf:"bytes,12,opt,name=binary,proto3" json:"binary,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Binary string `protobuf:"bytes,12,opt,name=binary,proto3" json:"binary,omitempty"`
+	// upgrade_error is why the latest live upgrade failed, at
+	// upgrade_failed_at, the shim serving on with this binary ("" and 0:
+	// none failed since it started).
+	UpgradeError    string `protobuf:"bytes,13,opt,name=upgrade_error,json=upgradeError,proto3" json:"upgrade_error,omitempty"`
+	UpgradeFailedAt int64  `protobuf:"varint,14,opt,name=upgrade_failed_at,json=upgradeFailedAt,proto3" json:"upgrade_failed_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -540,6 +545,20 @@ func (x *InfoResponse) GetBinary() string {
 		return x.Binary
 	}
 	return ""
+}
+
+func (x *InfoResponse) GetUpgradeError() string {
+	if x != nil {
+		return x.UpgradeError
+	}
+	return ""
+}
+
+func (x *InfoResponse) GetUpgradeFailedAt() int64 {
+	if x != nil {
+		return x.UpgradeFailedAt
+	}
+	return 0
 }
 
 type UpgradeRequest struct {
@@ -676,7 +695,7 @@ const file_monitor_proto_rawDesc = "" +
 	"\bterminal\x18\n" +
 	" \x01(\bR\bterminal\x12\x14\n" +
 	"\x05execs\x18\v \x01(\rR\x05execs\"\r\n" +
-	"\vInfoRequest\"\xb4\x02\n" +
+	"\vInfoRequest\"\x85\x03\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1c\n" +
@@ -693,7 +712,9 @@ const file_monitor_proto_rawDesc = "" +
 	"\x03fds\x18\n" +
 	" \x01(\rR\x03fds\x12\x17\n" +
 	"\aexec_at\x18\v \x01(\x03R\x06execAt\x12\x16\n" +
-	"\x06binary\x18\f \x01(\tR\x06binary\"(\n" +
+	"\x06binary\x18\f \x01(\tR\x06binary\x12#\n" +
+	"\rupgrade_error\x18\r \x01(\tR\fupgradeError\x12*\n" +
+	"\x11upgrade_failed_at\x18\x0e \x01(\x03R\x0fupgradeFailedAt\"(\n" +
 	"\x0eUpgradeRequest\x12\x16\n" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\";\n" +
 	"\x0fUpgradeResponse\x12\x16\n" +
