@@ -86,8 +86,8 @@ func (d *Driver) Encode(dst []byte, r *logging.Record) []byte {
 }
 
 // EncodeRead appends the lines of every record of one read: what Encode
-// appends for each, with the prefix (time, stream) formatted once and the
-// buffer grown once.
+// appends for each, with the prefix (time, stream) formatted once, and
+// one pass over the read (no Record, no append per line).
 func (d *Driver) EncodeRead(dst []byte, t time.Time, s logging.Stream, chunk []byte) []byte {
 	var hb [64]byte
 	hdr := d.ts.Append(hb[:0], t)
@@ -96,31 +96,35 @@ func (d *Driver) EncodeRead(dst []byte, t time.Time, s logging.Stream, chunk []b
 	} else {
 		hdr = append(hdr, " stdout "...)
 	}
-	nl := bytes.Count(chunk, []byte{'\n'})
-	recs := nl
-	if chunk[len(chunk)-1] != '\n' {
-		recs++
-	}
-	// Each record: the prefix, its tag and a space, the line, a newline
-	// (which a full line brings along).
-	need := len(chunk) + recs*(len(hdr)+2) + (recs - nl)
+	// Each record takes the prefix, its tag and a space, its bytes and a
+	// newline (which a full line brings along). Room for a read of lines
+	// of 64 bytes or more is made at once; shorter lines grow dst below.
+	per := len(hdr) + 3
 	n := len(dst)
-	dst = slices.Grow(dst, need)[:n+need]
+	dst = slices.Grow(dst, len(chunk)+(len(chunk)/64+1)*per)
+	dst = dst[:cap(dst)]
 	for len(chunk) > 0 {
-		n += copy(dst[n:], hdr)
 		i := bytes.IndexByte(chunk, '\n')
+		seg := i + 1
+		if i < 0 {
+			seg = len(chunk)
+		}
+		if len(dst)-n < per+seg {
+			dst = slices.Grow(dst[:n], len(chunk)+(len(chunk)/16+1)*per)
+			dst = dst[:cap(dst)]
+		}
+		n += copy(dst[n:], hdr)
 		if i < 0 {
 			dst[n], dst[n+1] = 'P', ' '
 			n += 2
 			n += copy(dst[n:], chunk)
 			dst[n] = '\n'
-			n++
-			break
+			return dst[:n+1]
 		}
 		dst[n], dst[n+1] = 'F', ' '
 		n += 2
-		n += copy(dst[n:], chunk[:i+1])
-		chunk = chunk[i+1:]
+		n += copy(dst[n:], chunk[:seg])
+		chunk = chunk[seg:]
 	}
 	return dst[:n]
 }
