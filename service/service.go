@@ -164,6 +164,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		}
 		cfg.Logging = AnnotationLogging(builtin.Registry(opts), logging.DefaultConfig(), cfg.StateDir)
 	}
+	cfg.Logging = reportLogErrors(cfg.Logging, cfg.Log) // logreport.go
 	rt := cfg.Runtime
 	if rt == nil {
 		if err := os.MkdirAll(cfg.RuntimeRoot, 0o711); err != nil {
