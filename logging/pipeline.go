@@ -91,8 +91,10 @@ type PipelineOptions struct {
 	Redact []Redaction
 	// Tap, if set, is called in the reader goroutine with each chunk read,
 	// before filters and limits (the attach sockets of a monitor get the
-	// output even when the logs drop it). It must not keep chunk, and
-	// should not block: the reader waits for it, in either mode.
+	// output even when the logs drop it), once per read(2): a busy
+	// stream's read (BusyReadSize) is not cut for it. It must not keep
+	// chunk, and should not block: the reader waits for it, in either
+	// mode.
 	Tap func(s Stream, chunk []byte)
 	// Now returns the time stamped on records; default time.Now.
 	Now func() time.Time
@@ -384,6 +386,9 @@ func isClosedPTY(err error) bool { return errors.Is(err, syscall.EIO) }
 // that read a stream themselves. It may be called concurrently with itself
 // and with the readers, but not after Close. p does not keep chunk.
 func (p *Pipeline) WriteChunk(s Stream, chunk []byte) {
+	if p.opts.Tap != nil {
+		p.opts.Tap(s, chunk)
+	}
 	st := p.statePool.Get().(*readState)
 	p.writeChunk(s, chunk, st, true)
 	st.rec = Record{}
@@ -407,6 +412,9 @@ func (p *Pipeline) WriteChunks(s Stream, b []byte) {
 // writeRead logs one read of b bytes as consecutive reads of at most
 // ReadSize, flushing (or not: flush) after the last piece.
 func (p *Pipeline) writeRead(s Stream, b []byte, st *readState, flush bool) {
+	if p.opts.Tap != nil {
+		p.opts.Tap(s, b)
+	}
 	for len(b) > p.opts.ReadSize {
 		p.writeChunk(s, b[:p.opts.ReadSize], st, false)
 		b = b[p.opts.ReadSize:]
@@ -414,10 +422,8 @@ func (p *Pipeline) writeRead(s Stream, b []byte, st *readState, flush bool) {
 	p.writeChunk(s, b, st, flush)
 }
 
+// writeChunk logs one piece of at most ReadSize; the caller has tapped it.
 func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool) {
-	if p.opts.Tap != nil {
-		p.opts.Tap(s, chunk)
-	}
 	now := p.now()
 	if p.direct {
 		if len(chunk) > 0 {
