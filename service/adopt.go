@@ -83,6 +83,12 @@ func (s *Service) Adopt(ctx context.Context, keep func(process.Record) bool) ([]
 		if !ent.IsDir() {
 			continue
 		}
+		s.mu.Lock()
+		held := s.containers[ent.Name()] != nil
+		s.mu.Unlock()
+		if held {
+			continue // ours already (restored after a live upgrade)
+		}
 		rec, err := process.ReadRecord(s.cfg.StateDir, ent.Name())
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {

@@ -190,10 +190,9 @@ func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 	s := f.s
 	f.committed = true
 	// Logger programs of the pipelines are waited for through the reaper:
-	// close before it stops.
-	for _, io := range f.ios {
-		io.Close()
-	}
+	// close before it stops. In parallel: each close flushes and syncs
+	// its drivers.
+	parallel(len(f.ios), func(k int) { f.ios[k].Close() })
 	stopReaper()
 	s.stopExits()
 	drained, cancel := context.WithCancel(context.Background())
@@ -228,20 +227,71 @@ func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 // after a crash) is watched as Adopt does. It returns the IDs restored;
 // a task that cannot be restored is logged and its descriptors closed.
 func (s *Service) Restore(ctx context.Context, tasks []TaskFDs) ([]string, error) {
-	var restored []string
-	var errs []error
-	for _, t := range tasks {
-		if err := s.restore(ctx, t); err != nil {
-			s.cfg.Log.Error("restore after upgrade", "task", t.ID, "error", err)
-			errs = append(errs, fmt.Errorf("task %q: %w", t.ID, err))
-			continue
+	// Tasks are independent: restored in parallel (each opens files and
+	// its logging drivers), which shortens the upgrade's gap.
+	errs := make([]error, len(tasks))
+	var (
+		mu      sync.Mutex
+		watches []*process.Container // running inits, for their OOM watch
+	)
+	parallel(len(tasks), func(k int) {
+		c, err := s.restore(ctx, tasks[k])
+		if c != nil {
+			mu.Lock()
+			watches = append(watches, c)
+			mu.Unlock()
 		}
-		restored = append(restored, t.ID)
+		if err != nil {
+			s.cfg.Log.Error("restore after upgrade", "task", tasks[k].ID, "error", err)
+			errs[k] = fmt.Errorf("task %q: %w", tasks[k].ID, err)
+		}
+	})
+	// OOM watches (a few ms each: cgroup files) are armed after the
+	// daemon serves again, off the gap. An OOM kill in between is still
+	// reported as the exit it causes.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for _, c := range watches {
+			if s.ctx.Err() != nil {
+				return
+			}
+			s.watchOOM(c, c.Init.Pid)
+		}
+	}()
+	var restored []string
+	for k, t := range tasks {
+		if errs[k] == nil {
+			restored = append(restored, t.ID)
+		}
 	}
 	return restored, errors.Join(errs...)
 }
 
-func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
+// parallel runs f(0..n-1) on up to 8 goroutines and returns when all
+// returned.
+func parallel(n int, f func(k int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(n, 8); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range next {
+				f(k)
+			}
+		}()
+	}
+	for k := 0; k < n; k++ {
+		next <- k
+	}
+	close(next)
+	wg.Wait()
+}
+
+// restore rebuilds one task; it returns the task when its init runs and
+// needs an OOM watch.
+func (s *Service) restore(ctx context.Context, t TaskFDs) (_ *process.Container, retErr error) {
 	owned := true
 	defer func() {
 		if owned {
@@ -250,26 +300,23 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
 	}()
 	rec, err := process.ReadRecord(s.cfg.StateDir, t.ID)
 	if err != nil {
-		return fmt.Errorf("record: %w", err)
+		return nil, fmt.Errorf("record: %w", err)
 	}
 	if rec.ID != t.ID {
-		return fmt.Errorf("record names task %q: %w", rec.ID, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("record names task %q: %w", rec.ID, errdefs.ErrInvalidArgument)
 	}
 	if live(rec.Status) && rec.Pid > 0 && !ourChild(rec.Pid) {
 		// Adopted by the previous binary after a crash (no stdio, watched
 		// through a pidfd): the same again.
 		c, watched, err := s.adopt(rec)
-		if err != nil {
-			return err
+		if err != nil || !watched {
+			return nil, err
 		}
-		if watched {
-			s.watchOOM(c, c.Init.Pid)
-		}
-		return nil
+		return c, nil
 	}
 	c, err := process.Restore(rec, s.rt, s.cfg.Log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ioCfg := func(p *process.Process) (process.IOConfig, error) {
 		st, err := process.ParseStdio(p.Stdio, s.cfg.LoggerDirs)
@@ -291,13 +338,13 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
 		cfg, err := ioCfg(c.Init)
 		if err != nil {
 			t.Close()
-			return err
+			return nil, err
 		}
 		if s.cfg.Logging != nil {
 			tap, err := s.cfg.Logging(ctx, c.ID, c.Namespace, c.Spec)
 			if err != nil {
 				t.Close()
-				return fmt.Errorf("logging: %w", err)
+				return nil, fmt.Errorf("logging: %w", err)
 			}
 			if tap != nil {
 				cfg.Tap = tap
@@ -311,7 +358,7 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
 			if cfg.Tap != nil {
 				_ = cfg.Tap.Close()
 			}
-			return err
+			return nil, err
 		}
 		c.Init.IO = pio
 		closers = append(closers, pio)
@@ -338,11 +385,11 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return fmt.Errorf("service is closed: %w", errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("service is closed: %w", errdefs.ErrFailedPrecondition)
 	}
 	if s.containers[c.ID] != nil {
 		s.mu.Unlock()
-		return fmt.Errorf("task exists already: %w", errdefs.ErrAlreadyExists)
+		return nil, fmt.Errorf("task exists already: %w", errdefs.ErrAlreadyExists)
 	}
 	s.containers[c.ID] = c
 	watch := false
@@ -366,9 +413,9 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (retErr error) {
 	s.recordLocked(c)
 	s.mu.Unlock()
 	if watch {
-		s.watchOOM(c, c.Init.Pid)
+		return c, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // live reports whether a process in this recorded status has a pid that

@@ -85,6 +85,7 @@ func daemon(f shim.Flags) (err error) {
 		}
 	}()
 
+	mainAt := time.Now()
 	tune()
 	// A live upgrade: this binary was exec'd by the previous one in the
 	// same process, which described what it hands over.
@@ -208,11 +209,13 @@ func daemon(f shim.Flags) (err error) {
 			}
 			if h != nil {
 				// Before the wait loop runs (see above).
+				t0 := time.Now()
 				restored, err := svc.Restore(ctx, h.Tasks)
 				if err != nil {
 					log.Error("upgrade: tasks not restored", "error", err)
 				}
-				log.Info("upgrade: tasks restored", "tasks", restored)
+				log.Info("upgrade: tasks restored", "tasks", len(restored), "took", time.Since(t0).String(),
+					"since_main", time.Since(mainAt).String())
 			}
 			// A daemon of this group that died (kill -9, OOM) left its
 			// tasks' records: take back those of our group.
