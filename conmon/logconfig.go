@@ -47,13 +47,19 @@ const envLogAnnotations = "_CONMON_V2_LOG_ANNOTATIONS"
 //     container's whole output.
 //   - The local cache (dual logging) is off: Podman and CRI-O read the log
 //     they asked for with -l.
+//   - annotation-allow: the file's, else the default ("*": Podman's users
+//     can run podman as root anyway), except for a Kubernetes container
+//     (an io.kubernetes.* annotation, as CRI-O sets), whose annotations
+//     may then name no host file, socket or address.
 //
 // Exec sessions and passthrough use the command line only.
 type LogSettings struct {
 	lc      logging.Config // the file and annotations, pipeline part
 	meta    logging.Metadata
 	drivers []LogDriver // every driver with its options, in order
-	// Annotations are the bundle's annotations under logging.AnnotationPrefix.
+	// Annotations are the bundle's annotations under
+	// logging.AnnotationPrefix, and one io.kubernetes.* annotation if the
+	// bundle has any.
 	Annotations map[string]string
 }
 
@@ -85,7 +91,9 @@ func MonitorLogSettings(c *Config) (*LogSettings, error) {
 
 // env returns the variable that passes s on to the monitor, or "".
 func (s *LogSettings) env() string {
-	if s == nil || len(s.Annotations) == 0 {
+	if s == nil || !slices.ContainsFunc(slices.Collect(maps.Keys(s.Annotations)), func(k string) bool {
+		return strings.HasPrefix(k, logging.AnnotationPrefix)
+	}) {
 		return ""
 	}
 	b, err := json.Marshal(s.Annotations)
@@ -114,34 +122,50 @@ func readLogAnnotations(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("read annotations of %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
 	}
 	var out map[string]string
+	kube := false
 	for k, v := range spec.Annotations {
-		if strings.HasPrefix(k, logging.AnnotationPrefix) {
+		// One Kubernetes annotation is kept as the evidence that the
+		// annotations come from Kubernetes users (see resolveLogSettings).
+		if strings.HasPrefix(k, logging.AnnotationPrefix) || !kube && strings.HasPrefix(k, kubernetesPrefix) {
 			if out == nil {
 				out = map[string]string{}
 			}
 			out[k] = v
+			kube = kube || strings.HasPrefix(k, kubernetesPrefix)
 		}
 	}
 	return out, nil
 }
 
+// kubernetesPrefix starts the annotations CRI-O (and every CRI runtime)
+// puts in the spec of a Kubernetes container.
+const kubernetesPrefix = "io.kubernetes."
+
+func fromKubernetes(ann map[string]string) bool {
+	for k := range ann {
+		if strings.HasPrefix(k, kubernetesPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
 // loadLogConfig reads the [logging] table of the configuration file and
-// whether it names drivers.
-func loadLogConfig() (logging.Config, bool, error) {
+// whether it names drivers and sets annotation-allow.
+func loadLogConfig() (lc logging.Config, drivers, allow bool, err error) {
 	path, explicit := os.LookupEnv(EnvConfig)
 	if !explicit || path == "" {
 		path = logging.DefaultConfigPath
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		return logging.DefaultConfig(), false, nil
+		return logging.DefaultConfig(), false, false, nil
 	}
 	if err != nil {
-		return logging.DefaultConfig(), false, fmt.Errorf("configuration file %s (%s): %w", path, EnvConfig, err)
+		return logging.DefaultConfig(), false, false, fmt.Errorf("configuration file %s (%s): %w", path, EnvConfig, err)
 	}
-	lc, err := logging.ParseConfig(data)
-	if err != nil {
-		return lc, false, fmt.Errorf("%s: %w", path, err)
+	if lc, err = logging.ParseConfig(data); err != nil {
+		return lc, false, false, fmt.Errorf("%s: %w", path, err)
 	}
 	var doc struct {
 		Logging map[string]toml.Primitive `toml:"logging"`
@@ -149,7 +173,8 @@ func loadLogConfig() (logging.Config, bool, error) {
 	_, _ = toml.Decode(string(data), &doc)
 	_, d1 := doc.Logging["driver"]
 	_, d2 := doc.Logging["drivers"]
-	return lc, d1 || d2, nil
+	_, allow = doc.Logging["annotation-allow"]
+	return lc, d1 || d2, allow, nil
 }
 
 func resolveLogSettings(c *Config, ann map[string]string) (*LogSettings, error) {
@@ -157,13 +182,20 @@ func resolveLogSettings(c *Config, ann map[string]string) (*LogSettings, error) 
 	lc := logging.DefaultConfig()
 	var extra []string
 	if usesLogConfig(c) {
-		var fileDrivers bool
+		var fileDrivers, fileAllow bool
 		var err error
-		if lc, fileDrivers, err = loadLogConfig(); err != nil {
+		if lc, fileDrivers, fileAllow, err = loadLogConfig(); err != nil {
 			return nil, err
 		}
 		if fileDrivers {
 			extra = lc.Drivers
+		}
+		if !fileAllow && fromKubernetes(ann) {
+			// Kubernetes users set these annotations, and the monitor
+			// runs as root: unless the file says otherwise, they may not
+			// name host files, sockets or addresses (docs/logging.md
+			// "Annotations and trust").
+			lc.AnnotationAllow = []string{}
 		}
 		if err := lc.ApplyAnnotations(ann); err != nil {
 			return nil, err

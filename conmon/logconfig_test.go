@@ -195,6 +195,17 @@ func TestLogSettingsConfigFile(t *testing.T) {
 	if _, err = resolveLogSettings(c, map[string]string{annPrefix + "path": "/etc/x"}); err == nil || !strings.Contains(err.Error(), "only the configuration file may set") {
 		t.Fatalf("path annotation with annotation-allow = []: %v", err)
 	}
+	// Kubernetes containers' annotations may not name host paths unless
+	// the file says so.
+	kube := map[string]string{"io.kubernetes.cri-o.ContainerType": "container", annPrefix + "driver": "json-file", annPrefix + "opt.json-file.path": "/etc/cron.d/x"}
+	write("[logging]\nmax-size = \"2k\"\n")
+	if _, err = resolveLogSettings(c, kube); err == nil || !strings.Contains(err.Error(), "only the configuration file may set") {
+		t.Fatalf("path annotation of a Kubernetes container: %v", err)
+	}
+	write("[logging]\nannotation-allow = [\"opt.json-file.path\"]\n")
+	if _, err = resolveLogSettings(c, kube); err != nil {
+		t.Fatalf("path annotation of a Kubernetes container allowed by the file: %v", err)
+	}
 	// A bad file names itself; an explicit missing file is an error.
 	write("[logging]\nmax-size = \"huge\"\n")
 	if _, err = resolveLogSettings(c, nil); err == nil || !strings.Contains(err.Error(), path) {
@@ -222,6 +233,15 @@ func TestReadLogAnnotationsAndOpen(t *testing.T) {
 	}
 	if len(s.Annotations) != 2 {
 		t.Fatalf("annotations %v: want only the two log ones", s.Annotations)
+	}
+	kspec := `{"annotations": {"io.kubernetes.a": "1", "io.kubernetes.b": "2", "x": "y"}}`
+	kpath := filepath.Join(t.TempDir(), "k.json")
+	os.WriteFile(kpath, []byte(kspec), 0o644)
+	if a, err := readLogAnnotations(kpath); err != nil || len(a) != 1 || !fromKubernetes(a) {
+		t.Fatalf("annotations of a Kubernetes spec: %v %v, want one io.kubernetes.* kept", a, err)
+	}
+	if e := (&LogSettings{Annotations: map[string]string{"io.kubernetes.a": "1"}}).env(); e != "" {
+		t.Fatalf("env %q without log annotations, want none", e)
 	}
 	// The monitor gets them from the environment, not from config.json.
 	k, v, _ := strings.Cut(s.env(), "=")
