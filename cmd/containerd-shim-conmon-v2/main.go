@@ -250,6 +250,8 @@ func daemon(f shim.Flags) (err error) {
 				Version:   version.Version,
 				StartedAt: up.startedAt, // the daemon's, kept across upgrades
 				Upgrade:   up.Upgrade,
+				// A failure after the answer: Info's upgrade_error.
+				UpgradeFailure: up.Failure,
 			}))
 		},
 	}

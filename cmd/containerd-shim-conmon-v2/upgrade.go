@@ -270,6 +270,16 @@ type upgrader struct {
 	listener *drain.Listener  // set once the server serves
 	svc      *service.Service // set once built
 	busy     bool
+	failedAt time.Time // the latest handover that failed (and thawed)
+	failure  error
+}
+
+// Failure is monitor.Config.UpgradeFailure: the latest handover that
+// failed after Upgrade answered, reported by Info.
+func (u *upgrader) Failure() (time.Time, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.failedAt, u.failure
 }
 
 func (u *upgrader) setListener(l *drain.Listener) {
@@ -307,11 +317,15 @@ func (u *upgrader) Upgrade(ctx context.Context, binary string) error {
 	u.busy = true
 	go func() {
 		// Owned by the upgrade: it ends in the exec, or returns here.
-		if err := u.run(binary); err != nil {
+		err := u.run(binary)
+		if err != nil {
 			u.log.Error("upgrade failed, serving on", "binary", binary, "error", err)
 		}
 		u.mu.Lock()
 		u.busy = false
+		if err != nil {
+			u.failedAt, u.failure = time.Now(), fmt.Errorf("upgrade to %s: %w", binary, err)
+		}
 		u.mu.Unlock()
 	}()
 	return nil

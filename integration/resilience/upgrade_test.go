@@ -443,3 +443,106 @@ func upgradeOnce(ctx context.Context, t *testing.T, s *client.Shim, before clien
 	t.Logf("round %d (%s): upgraded in place, pid %d, binary %s", round, how, info.Pid, info.Binary)
 	return info
 }
+
+// TestLiveUpgradeRefused: a handover that cannot be done (a container
+// whose output goes to a binary:// logger, whose process and pipes are not
+// handed over) is called off after Upgrade answered: the daemon thaws and
+// serves on, on the same connection, with the same binary; Info reports
+// why; the container's output keeps reaching its logger and its exit
+// code is right.
+func TestLiveUpgradeRefused(t *testing.T) {
+	e := newEnv(t)
+	loggers := filepath.Join(e.dir, "loggers")
+	if err := os.MkdirAll(loggers, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.configure("refused", fmt.Sprintf("grouping = \"namespace\"\nlogger_dirs = [%q]\n", loggers))
+	got := filepath.Join(e.dir, "logger.out")
+	logger := filepath.Join(loggers, "logger")
+	script := "#!/bin/sh\nexec 5>&-\ncat <&3 >> " + got + " &\ncat <&4 >/dev/null &\nwait\n"
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id := "bin-" + e.suffix
+	bundle := filepath.Join(e.dir, id)
+	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sh", "-c", counterScript}, Hostname: id,
+		Annotations: map[string]string{client.GroupAnnotation: e.group}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.WriteSpec(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := client.StartShim(ctx, e.opts, id, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := client.Connect(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t.Cleanup(func() {
+		_ = s.Kill(context.Background(), id, "", uint32(unix.SIGKILL), true)
+		_, _ = client.DeleteShim(context.Background(), e.opts, id, bundle)
+	})
+	uri := "binary://" + logger
+	if _, err := s.Create(ctx, client.CreateOpts{ID: id, Bundle: bundle, Stdio: client.Stdio{Stdout: uri, Stderr: uri}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Upgrade(ctx, ""); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	var info client.ShimInfo
+	eventually(t, 30*time.Second, func() error {
+		if info, err = s.Info(ctx); err != nil {
+			return err
+		}
+		if info.UpgradeError == "" {
+			return fmt.Errorf("no upgrade failure reported yet")
+		}
+		return nil
+	})
+	t.Logf("reported: %s", info.UpgradeError)
+	if !strings.Contains(info.UpgradeError, "binary://") {
+		t.Errorf("upgrade error %q does not name the binary:// logger", info.UpgradeError)
+	}
+	if info.Pid != before.Pid || !info.ExecAt.Equal(before.ExecAt) {
+		t.Errorf("the daemon changed: pid %d exec_at %v, was %d %v", info.Pid, info.ExecAt, before.Pid, before.ExecAt)
+	}
+	size := func() int64 {
+		st, err := os.Stat(got)
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	n := size()
+	eventually(t, 10*time.Second, func() error {
+		if size() <= n {
+			return fmt.Errorf("the logger gets no output after the failed upgrade")
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // more output after the thaw
+	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
+		t.Fatalf("wait: %v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(got)
+	checkSeqText(t, "binary:// logger", string(data))
+}
