@@ -188,6 +188,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 	defer func() {
 		if retErr != nil {
 			c.cleanup()
+			removeEmptyCgroups(spec) // a runtime killed mid-create leaves them
 		}
 	}()
 	if len(cfg.Rootfs) > 0 {
@@ -404,9 +405,16 @@ func killError(err error) error {
 // unmounts the rootfs. It is called once init is stopped (or never ran).
 func (c *Container) Destroy(ctx context.Context) error {
 	var errs []error
-	if err := c.rt.Delete(ctx, c.ID, &runc.DeleteOpts{Force: true}); err != nil && !strings.Contains(err.Error(), "does not exist") {
+	err := c.rt.Delete(ctx, c.ID, &runc.DeleteOpts{Force: true})
+	if err != nil && !strings.Contains(err.Error(), "does not exist") && ctx.Err() == nil {
+		// Once more: a runtime that died in the middle (killed, OOM)
+		// leaves its state, and the task is gone from here after this.
+		err = c.rt.Delete(ctx, c.ID, &runc.DeleteOpts{Force: true})
+	}
+	if err != nil && !strings.Contains(err.Error(), "does not exist") {
 		errs = append(errs, fmt.Errorf("runtime delete of %q: %w", c.ID, err))
 	}
+	removeEmptyCgroups(c.Spec) // a runtime killed mid-delete leaves them
 	c.cleanup()
 	_ = os.Remove(filepath.Join(c.Bundle, "init.pid"))
 	return errors.Join(errs...)
