@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,6 +114,42 @@ func TestLiveUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An exec with a terminal and stdin (cat): lines sent before and
+	// after the upgrades come back through the terminal.
+	ttyFifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-tty"), "tty", true, true, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdinR, stdinW := io.Pipe()
+	defer stdinW.Close()
+	ttyOut := &syncBuffer{}
+	ttyIO, err := client.OpenIO(ctx, ttyFifos, client.Streams{Stdin: stdinR, Stdout: ttyOut}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ttyIO.Close()
+	ttyProc := &specs.Process{Args: []string{"cat"}, Terminal: true, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin", "TERM=xterm"}}
+	if err := s.Exec(ctx, tasks[0].id, "tty", ttyProc, ttyFifos.Stdio); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, tasks[0].id, "tty"); err != nil {
+		t.Fatal(err)
+	}
+	echoed := func(word string) {
+		t.Helper()
+		if _, err := io.WriteString(stdinW, word+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		// The terminal echoes the line, then cat writes it.
+		eventually(t, 10*time.Second, func() error {
+			if n := strings.Count(ttyOut.String(), word); n < 2 {
+				return fmt.Errorf("terminal output %q: %q %d times, want 2", ttyOut.String(), word, n)
+			}
+			return nil
+		})
+	}
+	echoed("before-upgrade")
+
 	// Probe: Info on the same connection in a loop; the longest call is
 	// the gap a client sees.
 	var (
@@ -162,6 +199,21 @@ func TestLiveUpgrade(t *testing.T) {
 			t.Fatalf("%s is %v after the upgrades", tk.id, st.Status)
 		}
 	}
+	// The terminal exec: stdin and output still flow, the pty resizes.
+	echoed("after-upgrade")
+	if err := s.ResizePty(ctx, tasks[0].id, "tty", 100, 40); err != nil {
+		t.Errorf("resize after the upgrades: %v", err)
+	}
+	if err := s.Kill(ctx, tasks[0].id, "tty", uint32(unix.SIGKILL), false); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, tasks[0].id, "tty"); err != nil || w.Status != 137 {
+		t.Errorf("terminal exec: %v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, tasks[0].id, "tty"); err != nil {
+		t.Errorf("delete terminal exec: %v", err)
+	}
+
 	// The exec's exit is reported after the upgrades.
 	if err := s.Kill(ctx, tasks[1].id, "counter", uint32(unix.SIGKILL), false); err != nil {
 		t.Fatal(err)
