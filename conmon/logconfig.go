@@ -49,7 +49,8 @@ const envLogAnnotations = "_CONMON_V2_LOG_ANNOTATIONS"
 //     they asked for with -l.
 //   - annotation-allow: the file's, else the default ("*": Podman's users
 //     can run podman as root anyway), except for a Kubernetes container
-//     (an io.kubernetes.* annotation, as CRI-O sets), whose annotations
+//     (an io.kubernetes.* annotation, as CRI-O sets, and no
+//     io.container.manager=libpod, which Podman sets), whose annotations
 //     may then name no host file, socket or address.
 //
 // Exec sessions and passthrough use the command line only.
@@ -58,8 +59,8 @@ type LogSettings struct {
 	meta    logging.Metadata
 	drivers []LogDriver // every driver with its options, in order
 	// Annotations are the bundle's annotations under
-	// logging.AnnotationPrefix, and one io.kubernetes.* annotation if the
-	// bundle has any.
+	// logging.AnnotationPrefix, one io.kubernetes.* annotation if the
+	// bundle has any, and io.container.manager.
 	Annotations map[string]string
 }
 
@@ -124,9 +125,11 @@ func readLogAnnotations(path string) (map[string]string, error) {
 	var out map[string]string
 	kube := false
 	for k, v := range spec.Annotations {
-		// One Kubernetes annotation is kept as the evidence that the
-		// annotations come from Kubernetes users (see resolveLogSettings).
-		if strings.HasPrefix(k, logging.AnnotationPrefix) || !kube && strings.HasPrefix(k, kubernetesPrefix) {
+		// One Kubernetes annotation and Podman's manager annotation are
+		// kept as the evidence of who set the annotations (see
+		// fromKubernetes).
+		if strings.HasPrefix(k, logging.AnnotationPrefix) || k == managerAnnotation ||
+			!kube && strings.HasPrefix(k, kubernetesPrefix) {
 			if out == nil {
 				out = map[string]string{}
 			}
@@ -138,10 +141,19 @@ func readLogAnnotations(path string) (map[string]string, error) {
 }
 
 // kubernetesPrefix starts the annotations CRI-O (and every CRI runtime)
-// puts in the spec of a Kubernetes container.
-const kubernetesPrefix = "io.kubernetes."
+// puts in the spec of a Kubernetes container. Podman sets a few of them
+// too (io.kubernetes.cri-o.Created, .TTY), and always managerAnnotation.
+const (
+	kubernetesPrefix  = "io.kubernetes."
+	managerAnnotation = "io.container.manager"
+)
 
+// fromKubernetes reports whether annotations of a spec came from a CRI
+// runtime (Kubernetes users) rather than from Podman.
 func fromKubernetes(ann map[string]string) bool {
+	if ann[managerAnnotation] == "libpod" {
+		return false
+	}
 	for k := range ann {
 		if strings.HasPrefix(k, kubernetesPrefix) {
 			return true

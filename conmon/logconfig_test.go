@@ -240,6 +240,12 @@ func TestReadLogAnnotationsAndOpen(t *testing.T) {
 	if a, err := readLogAnnotations(kpath); err != nil || len(a) != 1 || !fromKubernetes(a) {
 		t.Fatalf("annotations of a Kubernetes spec: %v %v, want one io.kubernetes.* kept", a, err)
 	}
+	// Podman sets io.kubernetes.cri-o.Created and TTY itself.
+	pspec := `{"annotations": {"io.kubernetes.cri-o.Created": "1", "io.container.manager": "libpod"}}`
+	os.WriteFile(kpath, []byte(pspec), 0o644)
+	if a, err := readLogAnnotations(kpath); err != nil || fromKubernetes(a) {
+		t.Fatalf("annotations of a Podman spec: %v %v, taken for Kubernetes", a, err)
+	}
 	if e := (&LogSettings{Annotations: map[string]string{"io.kubernetes.a": "1"}}).env(); e != "" {
 		t.Fatalf("env %q without log annotations, want none", e)
 	}
