@@ -192,9 +192,10 @@ type eventHub struct {
 	namespace, address string
 	log                *slog.Logger
 
-	mu   sync.Mutex
-	ex   *events.Exchange
-	subs map[*int]func()
+	mu      sync.Mutex
+	ex      *events.Exchange
+	subs    map[*int]func()
+	closing bool // an upgrade ended the subscriptions: new ones end at once
 }
 
 func newEventHub(namespace, address string, log *slog.Logger) *eventHub {
@@ -215,6 +216,16 @@ func (h *eventHub) Publish(ctx context.Context, topic string, event proto.Messag
 
 // Subscribe is monitor.Events; endSubscriptions ends the stream.
 func (h *eventHub) Subscribe(ctx context.Context) (<-chan *apitypes.Envelope, func()) {
+	h.mu.Lock()
+	closing := h.closing
+	h.mu.Unlock()
+	if closing {
+		// A client that subscribes again at once must not hold the drain:
+		// its stream ends, and its next try waits for the new binary.
+		ch := make(chan *apitypes.Envelope)
+		close(ch)
+		return ch, func() {}
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	ch, stop := h.exchange().Subscribe(sctx)
 	key := new(int)
@@ -230,12 +241,21 @@ func (h *eventHub) Subscribe(ctx context.Context) (<-chan *apitypes.Envelope, fu
 	}
 }
 
+// endSubscriptions ends every subscription, and those made until
+// allowSubscriptions.
 func (h *eventHub) endSubscriptions() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.closing = true
 	for _, cancel := range h.subs {
 		cancel()
 	}
+}
+
+func (h *eventHub) allowSubscriptions() {
+	h.mu.Lock()
+	h.closing = false
+	h.mu.Unlock()
 }
 
 // flush forwards what is queued to containerd (at most until ctx ends)
@@ -349,11 +369,6 @@ func (u *upgrader) run(binary string) (retErr error) {
 
 	// 1. Monitor API subscriptions end (clients subscribe again), then
 	//    the server stops between requests and waits for those in flight.
-	u.hub.endSubscriptions()
-	conns, err := l.Freeze(ctx)
-	if err != nil {
-		return fmt.Errorf("freezing the server: %w", err)
-	}
 	var undo []func()
 	defer func() {
 		if retErr != nil {
@@ -362,6 +377,12 @@ func (u *upgrader) run(binary string) (retErr error) {
 			}
 		}
 	}()
+	u.hub.endSubscriptions()
+	undo = append(undo, u.hub.allowSubscriptions)
+	conns, err := l.Freeze(ctx)
+	if err != nil {
+		return fmt.Errorf("freezing the server: %w", err)
+	}
 	undo = append(undo, l.Thaw, func() {
 		for _, c := range conns {
 			c.File.Close()
@@ -429,8 +450,9 @@ func (u *upgrader) run(binary string) (retErr error) {
 	// Nothing is left to serve the tasks with in this process: exit and
 	// let the next start (or the keeper) adopt them.
 	u.log.Error("upgrade: exec of this binary failed too; exiting (the tasks are adopted by the next daemon of the group)", "error", err)
-	runtime.KeepAlive(conns)
+	runtime.KeepAlive(conns) // their Files must not be finalized (closed) before the exec
 	runtime.KeepAlive(lf)
+	runtime.KeepAlive(mf)
 	os.Exit(1)
 	return nil
 }

@@ -150,6 +150,38 @@ func TestLiveUpgrade(t *testing.T) {
 	}
 	echoed("before-upgrade")
 
+	// A Monitor API subscriber that subscribes again at once whenever its
+	// stream ends (as conmonctl events does): it must not hold up the
+	// upgrades, and it must see events after them.
+	var (
+		subMu     sync.Mutex
+		subTopics []string
+		resubs    int
+	)
+	subCtx, stopSub := context.WithCancel(ctx)
+	subbed := make(chan struct{})
+	go func() {
+		defer close(subbed)
+		for subCtx.Err() == nil {
+			evc, errc, err := s.Subscribe(subCtx, "/tasks/exit")
+			if err != nil {
+				if subCtx.Err() == nil {
+					t.Errorf("subscribe: %v", err)
+				}
+				return
+			}
+			for ev := range evc {
+				subMu.Lock()
+				subTopics = append(subTopics, ev.Topic)
+				subMu.Unlock()
+			}
+			<-errc
+			subMu.Lock()
+			resubs++
+			subMu.Unlock()
+		}
+	}()
+
 	// Probe: Info on the same connection in a loop; the longest call is
 	// the gap a client sees.
 	var (
@@ -228,6 +260,20 @@ func TestLiveUpgrade(t *testing.T) {
 	if _, err := s.Delete(ctx, tasks[1].id, "counter"); err != nil {
 		t.Errorf("delete exec: %v", err)
 	}
+	// The resubscribing client saw the two exec exits after the upgrades.
+	eventually(t, 10*time.Second, func() error {
+		subMu.Lock()
+		defer subMu.Unlock()
+		if len(subTopics) < 2 {
+			return fmt.Errorf("subscriber got %q (%d subscriptions ended)", subTopics, resubs)
+		}
+		return nil
+	})
+	stopSub()
+	<-subbed
+	subMu.Lock()
+	t.Logf("subscriber: %d events after the upgrades, its stream ended %d times", len(subTopics), resubs)
+	subMu.Unlock()
 	for _, tk := range tasks {
 		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
 			t.Fatal(err)
