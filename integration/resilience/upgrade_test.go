@@ -36,9 +36,21 @@ const counterScript = `i=0; while :; do i=$((i+1)); echo $i; if [ $((i % 50)) = 
 //   - the exec started before the upgrades is killed after them and its
 //     exit (137) is reported, as are the containers' (137);
 //   - the daemon's log says how long each handover kept it from serving.
+//
+// It runs in the dense mode, and in the dense mode under a keeper (the
+// daemon's parent, which the upgrade does not involve).
 func TestLiveUpgrade(t *testing.T) {
+	for _, mode := range []struct{ name, toml string }{
+		{"dense", "grouping = \"namespace\"\n"},
+		{"keeper", "grouping = \"namespace\"\nkeeper = true\n"},
+	} {
+		t.Run(mode.name, func(t *testing.T) { testLiveUpgrade(t, mode.name, mode.toml) })
+	}
+}
+
+func testLiveUpgrade(t *testing.T, name, toml string) {
 	e := newEnv(t)
-	e.dense()
+	e.configure(name, toml)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	logDir := filepath.Join(e.dir, "logs")
