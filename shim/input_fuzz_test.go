@@ -82,6 +82,8 @@ func FuzzShimConfig(f *testing.F) {
 		"unknown = 1\n",
 		"logger_dirs = \"/a\"\n",
 		"runtime = \"a/b\"\n",
+		"[limits]\nrequests = 8\nqueue = 0\nqueue_timeout = \"1.5s\"\nwaits = 3\nrequests_per_connection = 9\n",
+		"[limits]\nqueue_timeout = \"-1s\"\n",
 	} {
 		f.Add([]byte(s))
 	}
