@@ -107,6 +107,9 @@ func (i *IO) Suspend(ctx context.Context) error {
 	if sc != nil {
 		f, err := sc.park(ctx)
 		if err != nil {
+			i.mu.Lock()
+			i.stdinLate = sc // parks once its write returns: Resume takes over then
+			i.mu.Unlock()
 			i.Resume()
 			return err
 		}
@@ -149,6 +152,33 @@ func (i *IO) Resume() {
 	fifo := i.stdinFifo
 	i.stdinFifo = nil
 	stdinNeeded := i.stdin == nil && fifo != nil
+	if late := i.stdinLate; late != nil {
+		// A stdin copier that was still writing when Suspend gave up:
+		// once it has parked, a new one goes on from its FIFO. Owned by
+		// the IO; it ends with the old copier.
+		i.stdinLate, i.stdin = nil, nil
+		go func() {
+			<-late.done
+			f := late.parkedFile()
+			i.mu.Lock()
+			defer i.mu.Unlock()
+			switch {
+			case f == nil:
+				i.stdinEnded = true
+			case i.closed:
+				_ = f.Close()
+			case i.suspended: // suspended again meanwhile
+				i.stdinFifo = f
+			default:
+				if sc, err := newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil, f); err == nil {
+					i.stdin = sc
+					sc.start()
+				} else {
+					_ = f.Close()
+				}
+			}
+		}()
+	}
 	i.mu.Unlock()
 	for _, s := range restart {
 		i.copyOut(s, srcs[s], closeSrc[s])

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/logging"
 )
@@ -167,5 +168,68 @@ func TestHandoverFDsNeedsSuspend(t *testing.T) {
 	i.Close()
 	if err := i.Suspend(context.Background()); err == nil {
 		t.Error("Suspend of a closed IO succeeded")
+	}
+}
+
+// TestSuspendStdinBusy: a stdin copier blocked writing into a process that
+// does not read yet makes Suspend fail (bounded by its context); after
+// Resume every byte the client wrote still reaches the process, once.
+func TestSuspendStdinBusy(t *testing.T) {
+	dir := t.TempDir()
+	stdin := filepath.Join(dir, "stdin")
+	if err := unix.Mkfifo(stdin, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "out")
+	st, err := ParseStdio(Stdio{Stdin: stdin, Stdout: "file://" + logPath}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	i, err := NewIO(ctx, IOConfig{ID: "c", Stdio: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer i.Close()
+	cmd := exec.Command("/bin/sh", "-c", "sleep 1; cat")
+	i.RuncIO().Set(cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if sc, ok := i.RuncIO().(runc.StartCloser); ok {
+		_ = sc.CloseAfterStart()
+	}
+	if err := i.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	data := strings.Repeat("0123456789abcdef", 16<<10) // 256 KiB: more than the pipes hold
+	go func() {
+		w, err := os.OpenFile(stdin, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_, _ = w.WriteString(data)
+		w.Close()
+	}()
+	time.Sleep(200 * time.Millisecond)
+	sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err = i.Suspend(sctx)
+	scancel()
+	if err == nil {
+		t.Fatal("Suspend succeeded with the stdin copier blocked")
+	}
+	i.Resume()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	i.Close()
+	got, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != data {
+		t.Fatalf("the process read %d bytes, want %d", len(got), len(data))
 	}
 }

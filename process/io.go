@@ -85,6 +85,7 @@ type IO struct {
 	ended      [3]bool          // the stream reached its end (EOF)
 	suspended  bool             // copiers parked
 	stdinFifo  *os.File         // the parked stdin copier's FIFO
+	stdinLate  *stdinCopier     // a stdin copier Suspend gave up waiting for
 	stdinEnded bool             // the process got its stdin EOF
 	parking    atomic.Bool      // copiers stop at a deadline without closing anything
 }

@@ -192,13 +192,19 @@ func (c *stdinCopier) park(ctx context.Context) (*os.File, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("stdin copier of %q busy writing to the process: %w", c.path, ctx.Err())
 	}
+	return c.parkedFile(), nil
+}
+
+// parkedFile is the FIFO of a parked copier that is done, cleared of the
+// deadline that stopped it (nil when the copier had ended instead).
+func (c *stdinCopier) parkedFile() *os.File {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended || c.f == nil {
-		return nil, nil
+		return nil
 	}
 	_ = c.f.SetReadDeadline(time.Time{})
-	return c.f, nil
+	return c.f
 }
 
 // unblockOpen lets a pending open of the FIFO return by opening the
