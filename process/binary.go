@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
 )
 
 // loggerReadyTimeout bounds how long Create waits for a binary logger to
@@ -27,11 +27,14 @@ const loggerStopGrace = 3 * time.Second
 // stderr reach it as fds 3 and 4; it reports readiness by writing a byte to
 // (or closing) fd 5.
 type binaryLogger struct {
-	cmd      *exec.Cmd
-	ec       chan runc.Exit
-	starter  Starter
+	pid      int
+	signal   func(syscall.Signal) error
 	out, err *os.File // our write ends of its fd 3 and fd 4
 	exited   chan struct{}
+	// handed: the logger goes on in the monitor it was handed to; stop
+	// closes our ends only.
+	handed bool
+	pidfd  int // a handed-over logger's pidfd (0: none), closed by stop
 }
 
 // startLogger starts the logger named by st.URI with arguments from the
@@ -93,7 +96,8 @@ func startLogger(ctx context.Context, st *ParsedStdio, id, ns string, starter St
 	_ = outR.Close()
 	_ = errR.Close()
 	_ = waitW.Close()
-	l := &binaryLogger{cmd: cmd, ec: ec, starter: starter, out: outW, err: errW, exited: make(chan struct{})}
+	l := &binaryLogger{pid: cmd.Process.Pid, signal: func(sig syscall.Signal) error { return cmd.Process.Signal(sig) },
+		out: outW, err: errW, exited: make(chan struct{})}
 	go func() {
 		_, _ = starter.Wait(cmd, ec)
 		close(l.exited)
@@ -129,17 +133,49 @@ func startLogger(ctx context.Context, st *ParsedStdio, id, ns string, starter St
 func (l *binaryLogger) stop() {
 	_ = l.out.Close()
 	_ = l.err.Close()
+	if l.handed {
+		return
+	}
+	if l.pidfd > 0 {
+		defer func() {
+			<-l.exited // the watcher is done with it
+			_ = unix.Close(l.pidfd)
+		}()
+	}
 	select {
 	case <-l.exited:
 		return
 	default:
 	}
-	_ = l.cmd.Process.Signal(syscall.SIGTERM)
+	_ = l.signal(syscall.SIGTERM)
 	select {
 	case <-l.exited:
 		return
 	case <-time.After(loggerStopGrace):
 	}
-	_ = l.cmd.Process.Kill()
+	_ = l.signal(syscall.SIGKILL)
 	<-l.exited
+}
+
+// handedLogger is a binary logger a previous monitor of this process
+// handed over (live upgrade): it is still this process's child, so the
+// wait loop reaps it; its end is seen through a pidfd.
+func handedLogger(pid int, out, err *os.File) (*binaryLogger, error) {
+	fd, perr := unix.PidfdOpen(pid, 0)
+	if perr != nil {
+		return nil, fmt.Errorf("binary logger pid %d: %w", pid, perr)
+	}
+	l := &binaryLogger{pid: pid, out: out, err: err, exited: make(chan struct{}), pidfd: fd}
+	l.signal = func(sig syscall.Signal) error { return unix.PidfdSendSignal(fd, sig, nil, 0) }
+	go func() {
+		// Owned by the logger: it ends when the logger does.
+		defer close(l.exited)
+		for {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, err := unix.Poll(pfd, -1); n > 0 || (err != nil && !errors.Is(err, unix.EINTR)) {
+				return
+			}
+		}
+	}()
+	return l, nil
 }

@@ -45,12 +45,17 @@ type IOFDs struct {
 	// FIFOs, so that the client never sees them without a writer (EOF).
 	StdoutFifo int `json:"stdout_fifo,omitempty"`
 	StderrFifo int `json:"stderr_fifo,omitempty"`
+	// LoggerPid is a binary:// logger's process (this process's child);
+	// LoggerStdout and LoggerStderr the write ends of its fds 3 and 4.
+	LoggerPid    int `json:"logger_pid,omitempty"`
+	LoggerStdout int `json:"logger_stdout,omitempty"`
+	LoggerStderr int `json:"logger_stderr,omitempty"`
 }
 
 // List returns the descriptors in d.
 func (d IOFDs) List() []int {
 	var out []int
-	for _, fd := range []int{d.Stdin, d.Stdout, d.Stderr, d.Console, d.StdinFifo, d.StdoutFifo, d.StderrFifo} {
+	for _, fd := range []int{d.Stdin, d.Stdout, d.Stderr, d.Console, d.StdinFifo, d.StdoutFifo, d.StderrFifo, d.LoggerStdout, d.LoggerStderr} {
 		if fd > 0 {
 			out = append(out, fd)
 		}
@@ -134,6 +139,9 @@ func (i *IO) Resume() {
 	}
 	i.suspended = false
 	i.parking.Store(false)
+	if i.logger != nil {
+		i.logger.handed = false
+	}
 	var restart []logging.Stream
 	for s, r := range i.srcs {
 		if r == nil || i.ended[s] {
@@ -197,16 +205,13 @@ func (i *IO) Resume() {
 
 // HandoverFDs duplicates (close-on-exec) the descriptors a new monitor
 // needs to take over the suspended IO. The caller owns them (IOFDs.Close
-// if the handover is called off). binary:// loggers cannot be handed over
-// (their process and pipes would need handing too): NotImplemented.
+// if the handover is called off). A binary:// logger is handed over with
+// its pid: closing this IO then leaves it running (Resume undoes that).
 func (i *IO) HandoverFDs() (_ IOFDs, retErr error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if !i.suspended || i.closed {
 		return IOFDs{}, fmt.Errorf("handover of the IO of %q: not suspended: %w", i.cfg.ID, errdefs.ErrFailedPrecondition)
-	}
-	if i.logger != nil {
-		return IOFDs{}, fmt.Errorf("handover of %q: a binary:// logger cannot be handed to a new monitor yet: %w", i.cfg.ID, errdefs.ErrNotImplemented)
 	}
 	var d IOFDs
 	defer func() {
@@ -245,6 +250,18 @@ func (i *IO) HandoverFDs() (_ IOFDs, retErr error) {
 			if fd, ferr := dupOf(f); ferr == nil {
 				*dst = fd
 			} // not opened yet (no reader so far): the new monitor opens it by path
+		}
+	}
+	if l := i.logger; l != nil && err == nil {
+		d.LoggerPid = l.pid
+		if streamOpen[logging.Stdout] {
+			dup(&d.LoggerStdout, l.out)
+		}
+		if streamOpen[logging.Stderr] && !i.cfg.Stdio.Terminal {
+			dup(&d.LoggerStderr, l.err)
+		}
+		if err == nil {
+			l.handed = true
 		}
 	}
 	if err != nil {
@@ -299,8 +316,10 @@ func RestoreIO(ctx context.Context, cfg IOConfig, fds IOFDs) (_ *IO, retErr erro
 		stdinFifo = file(fds.StdinFifo, "stdin-fifo")
 		outFifo   = file(fds.StdoutFifo, "stdout-fifo")
 		errFifo   = file(fds.StderrFifo, "stderr-fifo")
+		logOut    = file(fds.LoggerStdout, "logger-stdout")
+		logErr    = file(fds.LoggerStderr, "logger-stderr")
 	)
-	owned := []*os.File{stdin, stdout, stderr, con, stdinFifo, outFifo, errFifo}
+	owned := []*os.File{stdin, stdout, stderr, con, stdinFifo, outFifo, errFifo, logOut, logErr}
 	ioctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	i := &IO{cfg: cfg, ctx: ioctx, cancel: cancel, stdinEnded: fds.StdinEnded}
 	defer func() {
@@ -317,9 +336,6 @@ func RestoreIO(ctx context.Context, cfg IOConfig, fds IOFDs) (_ *IO, retErr erro
 	if st == nil {
 		st = &ParsedStdio{}
 		i.cfg.Stdio = st
-	}
-	if st.Scheme == SchemeBinary {
-		return nil, fmt.Errorf("restore of the IO of %q: binary:// loggers are not handed over: %w", cfg.ID, errdefs.ErrNotImplemented)
 	}
 	outOpen, errOpen := stdout != nil, stderr != nil
 	if con != nil {
@@ -383,6 +399,22 @@ func RestoreIO(ctx context.Context, cfg IOConfig, fds IOFDs) (_ *IO, retErr erro
 	case SchemeFile:
 		if err := i.openDests(); err != nil {
 			return nil, err
+		}
+	case SchemeBinary:
+		if fds.LoggerPid <= 0 {
+			return nil, fmt.Errorf("restore of the IO of %q: its binary:// logger was not handed over: %w", cfg.ID, errdefs.ErrInvalidArgument)
+		}
+		l, err := handedLogger(fds.LoggerPid, logOut, logErr)
+		if err != nil {
+			return nil, fmt.Errorf("restore of the IO of %q: %w", cfg.ID, err)
+		}
+		owned[7], owned[8] = nil, nil
+		i.logger = l
+		if logOut != nil {
+			i.dests[logging.Stdout] = append(i.dests[logging.Stdout], logOut)
+		}
+		if logErr != nil {
+			i.dests[logging.Stderr] = append(i.dests[logging.Stderr], logErr)
 		}
 	}
 	if cfg.Tap != nil {

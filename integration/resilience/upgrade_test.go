@@ -20,6 +20,7 @@ import (
 
 	"github.com/containers/conmon-v2/client"
 	"github.com/containers/conmon-v2/internal/testutil"
+	"github.com/containers/conmon-v2/process"
 )
 
 // counterScript prints 1, 2, 3, ... one number a line, about 5000 lines a
@@ -554,57 +555,103 @@ func upgradeOnce(ctx context.Context, t *testing.T, s *client.Shim, before clien
 	return info
 }
 
-// TestLiveUpgradeRefused: a handover that cannot be done (a container
-// whose output goes to a binary:// logger, whose process and pipes are not
-// handed over) is called off after Upgrade answered: the daemon thaws and
-// serves on, on the same connection, with the same binary; Info reports
-// why; the container's output keeps reaching its logger and its exit
-// code is right.
-func TestLiveUpgradeRefused(t *testing.T) {
+// TestLiveUpgradeBinaryLogger: a container whose output goes to a
+// binary:// logger (containerd's --log-uri binary://) is handed over with
+// its logger: the same logger process keeps receiving the output through
+// the same pipes across the upgrade (every number once, in order), and
+// the new binary stops it when the task is deleted.
+func TestLiveUpgradeBinaryLogger(t *testing.T) {
 	e := newEnv(t)
 	loggers := filepath.Join(e.dir, "loggers")
 	if err := os.MkdirAll(loggers, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.configure("refused", fmt.Sprintf("grouping = \"namespace\"\nlogger_dirs = [%q]\n", loggers))
+	e.configure("binlog", fmt.Sprintf("grouping = \"namespace\"\nlogger_dirs = [%q]\n", loggers))
 	got := filepath.Join(e.dir, "logger.out")
+	pids := filepath.Join(e.dir, "logger.pids")
 	logger := filepath.Join(loggers, "logger")
-	script := "#!/bin/sh\nexec 5>&-\ncat <&3 >> " + got + " &\ncat <&4 >/dev/null &\nwait\n"
+	script := "#!/bin/sh\necho $$ >> " + pids + "\nexec 5>&-\ncat <&3 >> " + got + " &\ncat <&4 >/dev/null &\nwait\n"
 	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	id := "bin-" + e.suffix
-	bundle := filepath.Join(e.dir, id)
-	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sh", "-c", counterScript}, Hostname: id,
-		Annotations: map[string]string{client.GroupAnnotation: e.group}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.WriteSpec(bundle, spec); err != nil {
-		t.Fatal(err)
-	}
-	addr, err := client.StartShim(ctx, e.opts, id, bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := client.Connect(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	t.Cleanup(func() {
-		_ = s.Kill(context.Background(), id, "", uint32(unix.SIGKILL), true)
-		_, _ = client.DeleteShim(context.Background(), e.opts, id, bundle)
-	})
 	uri := "binary://" + logger
-	if _, err := s.Create(ctx, client.CreateOpts{ID: id, Bundle: bundle, Stdio: client.Stdio{Stdout: uri, Stderr: uri}}); err != nil {
+	s, id := e.startRaw(ctx, "bin", client.Stdio{Stdout: uri, Stderr: uri})
+	size := func() int64 {
+		st, err := os.Stat(got)
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	eventually(t, 10*time.Second, func() error {
+		if size() == 0 {
+			return fmt.Errorf("no output at the logger yet")
+		}
+		return nil
+	})
+	before, err := s.Info(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Start(ctx, id, ""); err != nil {
+	upgradeOnce(ctx, t, s, before, 2)
+	n := size()
+	eventually(t, 10*time.Second, func() error {
+		if size() <= n {
+			return fmt.Errorf("the logger gets no output after the upgrade")
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
 		t.Fatal(err)
 	}
+	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
+		t.Fatalf("wait: %v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(got)
+	checkSeqText(t, "binary:// logger", string(data))
+	pidData, _ := os.ReadFile(pids)
+	lp := strings.Fields(string(pidData))
+	if len(lp) != 1 {
+		t.Fatalf("logger started %d times (%q), want once", len(lp), lp)
+	}
+	pid, _ := strconv.Atoi(lp[0])
+	eventually(t, 10*time.Second, func() error {
+		if alive(pid) && !process.ProcStatus(pid).Zombie {
+			return fmt.Errorf("logger %d still runs after the delete", pid)
+		}
+		return nil
+	})
+}
+
+// TestLiveUpgradeRefused: a handover that cannot be done in time (a
+// client that stopped reading its output FIFO, so the copier is stuck on
+// it) is called off after Upgrade answered: the daemon thaws and serves on,
+// on the same connection, with the same binary; Info reports why; once
+// the client reads again it gets every number, once and in order, and the
+// exit code is right. It waits out the handover's 10 s bound.
+func TestLiveUpgradeRefused(t *testing.T) {
+	e := newEnv(t)
+	e.configure("refused", "grouping = \"namespace\"\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := filepath.Join(e.dir, "stuck-out")
+	if err := unix.Mkfifo(out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Held open for reading (so the shim's open succeeds), not read yet.
+	rd, err := os.OpenFile(out, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	s, id := e.startRaw(ctx, "stuck", client.Stdio{Stdout: out})
+	time.Sleep(3 * time.Second) // the FIFO (64 KiB) fills, the copier waits on it
 	before, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -623,27 +670,20 @@ func TestLiveUpgradeRefused(t *testing.T) {
 		return nil
 	})
 	t.Logf("reported: %s", info.UpgradeError)
-	if !strings.Contains(info.UpgradeError, "binary://") {
-		t.Errorf("upgrade error %q does not name the binary:// logger", info.UpgradeError)
+	if !strings.Contains(info.UpgradeError, "busy") {
+		t.Errorf("upgrade error %q does not name the busy copier", info.UpgradeError)
 	}
 	if info.Pid != before.Pid || !info.ExecAt.Equal(before.ExecAt) {
 		t.Errorf("the daemon changed: pid %d exec_at %v, was %d %v", info.Pid, info.ExecAt, before.Pid, before.ExecAt)
 	}
-	size := func() int64 {
-		st, err := os.Stat(got)
-		if err != nil {
-			return 0
-		}
-		return st.Size()
-	}
-	n := size()
-	eventually(t, 10*time.Second, func() error {
-		if size() <= n {
-			return fmt.Errorf("the logger gets no output after the failed upgrade")
-		}
-		return nil
-	})
-	time.Sleep(time.Second) // more output after the thaw
+	// The client reads again: everything arrives.
+	outBuf := &syncBuffer{}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(outBuf, rd)
+	}()
+	time.Sleep(time.Second)
 	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
 		t.Fatal(err)
 	}
@@ -653,6 +693,49 @@ func TestLiveUpgradeRefused(t *testing.T) {
 	if _, err := s.Delete(ctx, id, ""); err != nil {
 		t.Fatal(err)
 	}
-	data, _ := os.ReadFile(got)
-	checkSeqText(t, "binary:// logger", string(data))
+	rd.Close() // we held a writer-less read end: no EOF to wait for
+	<-copied
+	checkSeqText(t, "FIFO after the failed upgrade", outBuf.String())
+}
+
+// startRaw creates and starts a counter container in the env's group with
+// the given stdio, on a connection of its own; the container is removed at
+// the end of the test.
+func (e *env) startRaw(ctx context.Context, name string, stdio client.Stdio) (*client.Shim, string) {
+	t := e.t
+	t.Helper()
+	id := name + "-" + e.suffix
+	bundle := filepath.Join(e.dir, id)
+	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sh", "-c", counterScript}, Hostname: id,
+		Annotations: map[string]string{client.GroupAnnotation: e.group}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.WriteSpec(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := client.StartShim(ctx, e.opts, id, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := client.Connect(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = s.Kill(cctx, id, "", uint32(unix.SIGKILL), true)
+		_, _ = s.Wait(cctx, id, "")
+		_, _ = s.Delete(cctx, id, "")
+		s.Close()
+		_, _ = client.DeleteShim(cctx, e.opts, id, bundle)
+	})
+	if _, err := s.Create(ctx, client.CreateOpts{ID: id, Bundle: bundle, Stdio: stdio}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	return s, id
 }
