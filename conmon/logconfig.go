@@ -228,6 +228,9 @@ func resolveLogSettings(c *Config, ann map[string]string) (*LogSettings, error) 
 	}
 	drivers := flagDrivers
 	for _, n := range extra {
+		if !knownDriver(n) {
+			return nil, fmt.Errorf("log option driver: no such log driver %q (known: k8s-file, json-file, journald, syslog, fluentd, binary, plugin, none): %w", n, errdefs.ErrInvalidArgument)
+		}
 		if canonDriver(n) == DriverPassthrough {
 			return nil, fmt.Errorf("log driver passthrough cannot be added by the configuration or an annotation (it is Podman's --log-driver): %w", errdefs.ErrInvalidArgument)
 		}
@@ -297,6 +300,16 @@ func commonLogOptions(lc *logging.Config) map[string]string {
 	set(logging.OptFsyncInterval, lc.FsyncInterval.String(), lc.FsyncInterval > 0)
 	set(logging.OptGlobalSizeMax, strconv.FormatInt(lc.GlobalSizeMax, 10), lc.GlobalSizeMax > 0)
 	return o
+}
+
+// knownDriver reports whether n names a driver of conmon-v2-full.
+func knownDriver(n string) bool {
+	switch canonDriver(n) {
+	case DriverK8sFile, DriverJSONFile, DriverJournald, DriverPassthrough, DriverNone,
+		DriverSyslog, DriverFluentd, DriverBinary, DriverPlugin:
+		return true
+	}
+	return false
 }
 
 func canonDriver(n string) string {

@@ -115,6 +115,11 @@ func TestLogSettingsPrecedence(t *testing.T) {
 		ann:  map[string]string{annPrefix + "colour": "red"},
 		err:  `unknown log option "colour"`,
 	}, {
+		name: "unknown driver",
+		args: []string{"-l", "k8s-file:/k"},
+		ann:  map[string]string{annPrefix + "driver": "carrier-pigeon"},
+		err:  `no such log driver "carrier-pigeon"`,
+	}, {
 		name: "passthrough cannot be added",
 		args: []string{"-l", "k8s-file:/k"},
 		ann:  map[string]string{annPrefix + "driver": "passthrough"},

@@ -78,10 +78,12 @@ func run(p Program) int {
 	if settingsErr == nil && first {
 		missing := settings.MissingDrivers(p.Registry(nil))
 		if len(missing) > 0 {
-			if p.Fallback != "" {
-				handOver(p.Fallback, missing)
+			if p.Fallback == "" {
+				fmt.Fprintf(os.Stderr, "[conmon:e]: No such log driver %s\n", missing[0])
+				return 1
 			}
-			fmt.Fprintf(os.Stderr, "[conmon:e]: No such log driver %s (not in this build of conmon-v2; %s has every driver)\n", missing[0], fallbackName(p.Fallback))
+			handOver(p.Fallback, missing)
+			fmt.Fprintf(os.Stderr, "[conmon:e]: No such log driver %s (not in this build of conmon-v2; %s, installed next to it, has every driver)\n", missing[0], p.Fallback)
 			return 1
 		}
 	}
@@ -165,13 +167,6 @@ func run(p Program) int {
 	cancel()
 	<-done
 	return code
-}
-
-func fallbackName(name string) string {
-	if name == "" {
-		return "conmon-v2-full"
-	}
-	return name
 }
 
 // handOver replaces the process with the fallback build, found next to
