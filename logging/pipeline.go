@@ -339,6 +339,13 @@ type readState struct {
 // its ReadSize buffer.
 const BusyReadSize = 128 << 10
 
+// BusyPipeSize is what the pipe of a busy stream is grown to, when the
+// reader exposes its descriptor (syscall.Conn): a 64 KiB pipe never
+// fills a read of BusyReadSize. A pipe that never fills keeps the
+// kernel's default, so quiet containers do not count against the user's
+// pipe pages (fs.pipe-user-pages-soft).
+const BusyPipeSize = 1 << 20
+
 func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 	small := p.bufPool.Get().(*[]byte)
 	defer p.bufPool.Put(small)
@@ -349,6 +356,7 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 		}
 	}()
 	st := &readState{}
+	grown := false
 	for {
 		buf := *small
 		if big != nil {
@@ -364,6 +372,10 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 		switch {
 		case big == nil && n == len(buf) && p.bigSize > len(buf):
 			big = p.bigPool.Get().(*[]byte)
+			if !grown {
+				grown = true
+				growPipe(r)
+			}
 		case big != nil && n < len(*small):
 			p.bigPool.Put(big)
 			big = nil

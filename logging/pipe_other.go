@@ -1,0 +1,7 @@
+//go:build !linux
+
+package logging
+
+import "io"
+
+func growPipe(io.Reader) {}
