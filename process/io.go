@@ -49,6 +49,10 @@ type IOConfig struct {
 	Tap       Tap          // optional
 	UID, GID  int          // owner of the pipes handed to the process
 	Log       *slog.Logger // nil: slog.Default()
+	// Exec is the exec ID ("" for init) and Custody, if not nil, the
+	// keeper that holds duplicates of the descriptors (custody.go).
+	Exec    string
+	Custody Custodian
 }
 
 // IO connects one process's stdio to its destinations: containerd's FIFOs,
@@ -275,6 +279,7 @@ func (i *IO) Start(ctx context.Context) error {
 // destinations, and the stdin copier (from fifo, the client's FIFO already
 // opened, when not nil).
 func (i *IO) startCopying(fifo *os.File) error {
+	i.holdInCustody() // before anything is read
 	if i.pty != nil {
 		i.copyOut(logging.Stdout, i.pty, false)
 	} else if i.pio != nil {
@@ -380,6 +385,7 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 		if c, ok := r.(io.Closer); ok && closeSrc {
 			_ = c.Close()
 		}
+		i.streamEnded(stream)
 	}()
 }
 
@@ -577,6 +583,7 @@ func (i *IO) Close() {
 			i.cfg.Log.Error("closing log pipeline", "container", i.cfg.ID, "error", err)
 		}
 	}
+	i.releaseCustody()
 }
 
 // refCloser closes c when its count reaches zero.

@@ -118,6 +118,10 @@ type Container struct {
 	// exit is reported after theirs.
 	InitExitDeferred *Exit
 
+	// Custody, if not nil, holds duplicates of the processes'
+	// descriptors (a keeper; custody.go).
+	Custody Custodian
+
 	rt            Runtime
 	log           *slog.Logger
 	rootfsMounted bool
@@ -142,6 +146,8 @@ type CreateConfig struct {
 	// (containerd.runc.v1.Options io_uid/io_gid).
 	IOOwner *[2]int
 	Log     *slog.Logger // nil: slog.Default()
+	// Custody, if not nil, holds duplicates of the stdio descriptors.
+	Custody Custodian
 }
 
 // ReadSpec reads bundle/config.json.
@@ -182,6 +188,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 		Spec:      spec,
 		Init:      newProcess(cfg.ID, cfg.ID, true, cfg.Stdio),
 		Execs:     make(map[string]*Process),
+		Custody:   cfg.Custody,
 		rt:        cfg.Runtime,
 		log:       cfg.Log,
 	}
@@ -211,7 +218,7 @@ func Create(ctx context.Context, cfg CreateConfig) (_ *Container, retErr error) 
 	if cfg.IOOwner != nil {
 		uid, gid = cfg.IOOwner[0], cfg.IOOwner[1]
 	}
-	pio, err := NewIO(ctx, IOConfig{ID: cfg.ID, Namespace: cfg.Namespace, Stdio: st, Starter: cfg.Starter, Tap: tap, UID: uid, GID: gid, Log: cfg.Log})
+	pio, err := NewIO(ctx, IOConfig{ID: cfg.ID, Namespace: cfg.Namespace, Stdio: st, Starter: cfg.Starter, Tap: tap, UID: uid, GID: gid, Log: cfg.Log, Custody: cfg.Custody})
 	if err != nil {
 		if tap != nil {
 			_ = tap.Close()
@@ -323,7 +330,7 @@ func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, 
 		return 0, nil, err
 	}
 	uid, gid := processOwner(c.Spec, p.Spec)
-	pio, err := NewIO(ctx, IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: starter, UID: uid, GID: gid, Log: c.log})
+	pio, err := NewIO(ctx, IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: starter, UID: uid, GID: gid, Log: c.log, Exec: p.ID, Custody: c.Custody})
 	if err != nil {
 		return 0, nil, err
 	}

@@ -117,9 +117,23 @@ func (s *Service) Adopt(ctx context.Context, keep func(process.Record) bool) ([]
 
 // adopt adds one task; watched says its init runs and is watched.
 func (s *Service) adopt(rec process.Record) (_ *process.Container, watched bool, _ error) {
+	return s.adoptWith(rec, nil)
+}
+
+// adoptWith is adopt; prepare, if not nil, is called with the task before
+// it is registered and its init watched (Restore gives it its stdio
+// there), and not when the task is refused.
+func (s *Service) adoptWith(rec process.Record, prepare func(*process.Container)) (_ *process.Container, watched bool, _ error) {
 	c, err := process.Adopt(rec, s.rt, s.cfg.Log)
 	if err != nil {
 		return nil, false, err
+	}
+	c.Custody = s.cfg.Custody
+	s.mu.Lock()
+	taken := s.containers[c.ID] != nil || s.reserved[c.ID]
+	s.mu.Unlock()
+	if !taken && prepare != nil {
+		prepare(c)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

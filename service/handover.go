@@ -306,9 +306,25 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (_ *process.Container,
 		return nil, fmt.Errorf("record names task %q: %w", rec.ID, errdefs.ErrInvalidArgument)
 	}
 	if live(rec.Status) && rec.Pid > 0 && !ourChild(rec.Pid) {
-		// Adopted by the previous binary after a crash (no stdio, watched
-		// through a pidfd): the same again.
-		c, watched, err := s.adopt(rec)
+		// Not this process's child: adopted by the previous binary after
+		// a crash, or handed back by the keeper after one (which held its
+		// stdio: descriptor custody). Watched through a pidfd as Adopt
+		// does; its stdio, when handed, restored before the watch starts.
+		owned = false
+		var (
+			ioErr    error
+			prepared bool
+		)
+		c, watched, err := s.adoptWith(rec, func(c *process.Container) {
+			prepared = true
+			_, ioErr = s.restoreIO(ctx, c, t)
+		})
+		if !prepared {
+			t.Close() // refused, or ours already
+		}
+		if ioErr != nil {
+			s.cfg.Log.Error("restore: stdio of an adopted task", "task", t.ID, "error", ioErr)
+		}
 		if err != nil || !watched {
 			return nil, err
 		}
@@ -318,15 +334,9 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (_ *process.Container,
 	if err != nil {
 		return nil, err
 	}
-	ioCfg := func(p *process.Process) (process.IOConfig, error) {
-		st, err := process.ParseStdio(p.Stdio, s.cfg.LoggerDirs)
-		if err != nil {
-			return process.IOConfig{}, err
-		}
-		return process.IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: s.starter, Log: s.cfg.Log}, nil
-	}
+	c.Custody = s.cfg.Custody
 	owned = false
-	var closers []*process.IO
+	closers, err := s.restoreIO(ctx, c, t)
 	defer func() {
 		if retErr != nil {
 			for _, io := range closers {
@@ -334,54 +344,9 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (_ *process.Container,
 			}
 		}
 	}()
-	if fds := t.Init.List(); len(fds) > 0 {
-		cfg, err := ioCfg(c.Init)
-		if err != nil {
-			t.Close()
-			return nil, err
-		}
-		if s.cfg.Logging != nil {
-			tap, err := s.cfg.Logging(ctx, c.ID, c.Namespace, c.Spec)
-			if err != nil {
-				t.Close()
-				return nil, fmt.Errorf("logging: %w", err)
-			}
-			if tap != nil {
-				cfg.Tap = tap
-			}
-		}
-		pio, err := process.RestoreIO(ctx, cfg, t.Init)
-		if err != nil {
-			for _, x := range t.Execs {
-				x.Close()
-			}
-			if cfg.Tap != nil {
-				_ = cfg.Tap.Close()
-			}
-			return nil, err
-		}
-		c.Init.IO = pio
-		closers = append(closers, pio)
+	if err != nil {
+		return nil, err
 	}
-	for id, fds := range t.Execs {
-		x := c.Execs[id]
-		if x == nil {
-			fds.Close()
-			continue
-		}
-		cfg, err := ioCfg(x)
-		if err == nil {
-			x.IO, err = process.RestoreIO(ctx, cfg, fds)
-		} else {
-			fds.Close()
-		}
-		if err != nil {
-			s.cfg.Log.Error("restore after upgrade: exec stdio", "task", c.ID, "exec", id, "error", err)
-			continue
-		}
-		closers = append(closers, x.IO)
-	}
-
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -429,4 +394,70 @@ func live(status string) bool {
 func ourChild(pid int) bool {
 	ps := process.ProcStatus(pid)
 	return ps.Exists && ps.PPid == os.Getpid()
+}
+
+// restoreIO rebuilds the stdio of c's processes from the descriptors in t
+// (it owns them, also on error) and returns the IOs it made.
+func (s *Service) restoreIO(ctx context.Context, c *process.Container, t TaskFDs) ([]*process.IO, error) {
+	ioCfg := func(p *process.Process) (process.IOConfig, error) {
+		st, err := process.ParseStdio(p.Stdio, s.cfg.LoggerDirs)
+		if err != nil {
+			return process.IOConfig{}, err
+		}
+		exec := ""
+		if p != c.Init {
+			exec = p.ID
+		}
+		return process.IOConfig{ID: c.ID, Namespace: c.Namespace, Stdio: st, Starter: s.starter, Log: s.cfg.Log,
+			Exec: exec, Custody: s.cfg.Custody}, nil
+	}
+	var closers []*process.IO
+	if fds := t.Init.List(); len(fds) > 0 {
+		cfg, err := ioCfg(c.Init)
+		if err != nil {
+			t.Close()
+			return closers, err
+		}
+		if s.cfg.Logging != nil {
+			tap, err := s.cfg.Logging(ctx, c.ID, c.Namespace, c.Spec)
+			if err != nil {
+				t.Close()
+				return closers, fmt.Errorf("logging: %w", err)
+			}
+			if tap != nil {
+				cfg.Tap = tap
+			}
+		}
+		pio, err := process.RestoreIO(ctx, cfg, t.Init)
+		if err != nil {
+			for _, x := range t.Execs {
+				x.Close()
+			}
+			if cfg.Tap != nil {
+				_ = cfg.Tap.Close()
+			}
+			return closers, err
+		}
+		c.Init.IO = pio
+		closers = append(closers, pio)
+	}
+	for id, fds := range t.Execs {
+		x := c.Execs[id]
+		if x == nil {
+			fds.Close()
+			continue
+		}
+		cfg, err := ioCfg(x)
+		if err == nil {
+			x.IO, err = process.RestoreIO(ctx, cfg, fds)
+		} else {
+			fds.Close()
+		}
+		if err != nil {
+			s.cfg.Log.Error("restore after upgrade: exec stdio", "task", c.ID, "exec", id, "error", err)
+			continue
+		}
+		closers = append(closers, x.IO)
+	}
+	return closers, nil
 }

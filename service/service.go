@@ -75,6 +75,9 @@ type Config struct {
 	// (the logging pipeline), or nil for none. nil: AnnotationLogging with
 	// the built-in drivers and logging.DefaultConfig.
 	Logging LogTapFunc
+	// Custody, if not nil, holds duplicates of every process's stdio
+	// descriptors outside this process (the group's keeper).
+	Custody process.Custodian
 }
 
 // DefaultMaxExecs is Config.MaxExecs' default.

@@ -89,6 +89,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		NoPivot:      runcOpts.NoPivotRoot,
 		NoNewKeyring: runcOpts.NoNewKeyring,
 		Log:          s.cfg.Log,
+		Custody:      s.cfg.Custody,
 	}
 	if runcOpts.IoUid != 0 || runcOpts.IoGid != 0 {
 		cfg.IOOwner = &[2]int{int(runcOpts.IoUid), int(runcOpts.IoGid)}

@@ -4,13 +4,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/containers/conmon-v2/internal/version"
 	"github.com/containers/conmon-v2/reaper"
 	"github.com/containers/conmon-v2/service"
 	"github.com/containers/conmon-v2/shim"
@@ -58,32 +60,85 @@ func runKeeper(f shim.Flags, cfg shim.Config, ready *os.File) error {
 		return fmt.Errorf("keeper: %w", err)
 	}
 
-	spawn := func(ready *os.File) (int, error) {
-		cmd := exec.Command(self, os.Args[1:]...)
-		cmd.Dir = "/"
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, os.Stderr
+	devnull, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("keeper: %w", err)
+	}
+	defer unix.Close(devnull)
+	var sockPath string
+	if sa, err := unix.Getsockname(3); err == nil {
+		if ua, ok := sa.(*unix.SockaddrUnix); ok {
+			sockPath = ua.Name
+		}
+	}
+	// Descriptor custody (custody.go): what the daemon hands us.
+	held := newCustodySet(log)
+	// spawn starts the daemon: fds 0-2 /dev/null, /dev/null, our stderr;
+	// 3 the listener; then the ready pipe (first start only), the
+	// daemon's end of a new custody socket and, after a crash, the
+	// handover description (a memfd) and the descriptors it names.
+	// Raw fork and exec: os/exec would make the handed descriptors
+	// blocking (os.File.Fd), which they must not be in the daemon.
+	spawn := func(ready *os.File, diedAt time.Time) (int, <-chan struct{}, error) {
+		kfd, dfd, err := custodyPair()
+		if err != nil {
+			return 0, nil, err
+		}
+		defer unix.Close(dfd)
+		files := []uintptr{uintptr(devnull), uintptr(devnull), 2, 3}
 		env := []string{keeperChildEnv + "=1"}
 		if ready != nil {
-			env = append(env, shim.ReadyFDEnv+"=4")
+			env = append(env, shim.ReadyFDEnv+"="+strconv.Itoa(len(files)))
+			files = append(files, ready.Fd())
+		}
+		env = append(env, custodyEnv+"="+strconv.Itoa(len(files)))
+		files = append(files, uintptr(dfd))
+		var mf *os.File
+		if !diedAt.IsZero() {
+			base := len(files) + 1 // after the memfd
+			tasks, conns, fds := held.handover(base)
+			h := &handover{
+				Version:    handoverVersion,
+				FrozenAt:   diedAt,
+				From:       version.Version + " (keeper, after a crash)",
+				Config:     string(cfg.Encode()),
+				Group:      os.Getenv(shim.GroupEnv),
+				Listener:   3,
+				SocketPath: sockPath,
+				Conns:      conns,
+				Tasks:      tasks,
+			}
+			if mf, err = writeHandover(h); err != nil {
+				unix.Close(kfd)
+				return 0, nil, err
+			}
+			defer mf.Close()
+			env = append(env, handoverEnv+"="+strconv.Itoa(len(files)))
+			files = append(files, uintptr(fdOf(mf)))
+			for _, fd := range fds {
+				files = append(files, uintptr(fd))
+			}
+			log.Info("handing the held descriptors to the new daemon", "tasks", len(tasks), "connections", len(conns), "descriptors", len(fds))
 		}
 		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, shim.ReadyFDEnv+"=") {
+			if !strings.HasPrefix(kv, shim.ReadyFDEnv+"=") && !strings.HasPrefix(kv, custodyEnv+"=") && !strings.HasPrefix(kv, handoverEnv+"=") {
 				env = append(env, kv)
 			}
 		}
-		cmd.Env = env
-		cmd.ExtraFiles = []*os.File{listener} // fd 3
-		if ready != nil {
-			cmd.ExtraFiles = append(cmd.ExtraFiles, ready) // fd 4, as start passed it
+		pid, err := syscall.ForkExec(self, append([]string{self}, os.Args[1:]...), &syscall.ProcAttr{Dir: "/", Env: env, Files: files})
+		if err != nil {
+			unix.Close(kfd)
+			return 0, nil, err
 		}
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid := cmd.Process.Pid
-		_ = cmd.Process.Release() // reaped by the loop below
-		return pid, nil
+		// reaped by the loop below
+		served := make(chan struct{})
+		go func() { // owned by the keeper: ends when this daemon's end closes
+			defer close(served)
+			held.serve(kfd)
+		}()
+		return pid, served, nil
 	}
-	daemon, err := spawn(ready)
+	daemon, served, err := spawn(ready, time.Time{})
 	if ready != nil {
 		ready.Close() // start sees EOF if the daemon dies before it is ready
 	}
@@ -122,9 +177,16 @@ func runKeeper(f shim.Flags, cfg shim.Config, ready *os.File) error {
 			listener.Close()
 			return fmt.Errorf("keeper: the daemon crashed %d times within %s", len(crashes), keeperWindow)
 		}
-		log.Warn("daemon died: restarting it", "pid", daemon, "status", exitCode(ws))
+		diedAt := time.Now()
+		// Every message the dead daemon sent is applied once its end of
+		// the custody socket is closed (a child that inherited it by
+		// mistake would hold it: then we go on with what we have).
+		if !waitServed(served, 2*time.Second) {
+			log.Error("custody socket still open after the daemon died; handing over what is held")
+		}
+		log.Warn("daemon died: restarting it", "pid", daemon, "status", exitCode(ws), "held_descriptors", held.count())
 		time.Sleep(time.Duration(len(crashes)-1) * 200 * time.Millisecond)
-		if daemon, err = spawn(nil); err != nil {
+		if daemon, served, err = spawn(nil, diedAt); err != nil {
 			listener.Close()
 			return fmt.Errorf("keeper: restart the daemon: %w", err)
 		}

@@ -122,6 +122,12 @@ func daemon(f shim.Flags) (err error) {
 	// a write must fail with EPIPE rather than kill the daemon. Notify, not
 	// Ignore: an ignored SIGPIPE would be inherited by the containers.
 	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
+	// Under a keeper: descriptor custody (custody.go).
+	var custody process.Custodian
+	custodian := custodyFromEnv(log)
+	if custodian != nil {
+		custody = custodian
+	}
 
 	group := os.Getenv(shim.GroupEnv)
 	os.Unsetenv(shim.ConfigEnv)
@@ -165,6 +171,9 @@ func daemon(f shim.Flags) (err error) {
 	exchange := newEventHub(f.Namespace, os.Getenv(shim.TTRPCAddressEnv), log)
 	up := &upgrader{log: log, startedAt: startedAt, version: version.Version, config: cfg.Encode(), group: group,
 		sockPath: sockPath, hub: exchange, reaper: reaping}
+	if custodian != nil {
+		up.extraFDs = []int{custodian.fd} // the new binary keeps talking to the keeper
+	}
 	hupCtx, stopHup := context.WithCancel(context.Background())
 	defer stopHup()
 	go onSIGHUP(hupCtx, up, log)
@@ -203,6 +212,7 @@ func daemon(f shim.Flags) (err error) {
 				LoggerDirs:  cfg.LoggerDirs,
 				OnEmpty:     onEmpty,
 				Log:         log,
+				Custody:     custody,
 			})
 			if err != nil {
 				return nil, err

@@ -285,6 +285,9 @@ type upgrader struct {
 	reaper    *reaperLoop
 	// freezeTimeout bounds the wait for requests in flight and copiers.
 	freezeTimeout time.Duration
+	// extraFDs are passed on to the new binary besides the handover's
+	// (the keeper's custody socket).
+	extraFDs []int
 
 	mu       sync.Mutex
 	listener *drain.Listener  // set once the server serves
@@ -444,6 +447,7 @@ func (u *upgrader) run(binary string) (retErr error) {
 		"freeze", froze.String(), "before_exec", time.Since(start).String())
 
 	inherit := append(h.fds(), fdOf(mf))
+	inherit = append(inherit, u.extraFDs...)
 	err = execSelf(binary, fdOf(mf), inherit)
 	u.log.Error("upgrade: exec of the new binary failed; restarting this one", "binary", binary, "error", err)
 	err = execSelf("/proc/self/exe", fdOf(mf), inherit)

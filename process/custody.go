@@ -1,0 +1,189 @@
+package process
+
+import (
+	"io"
+	"sync"
+
+	"github.com/containers/conmon-v2/logging"
+)
+
+// Descriptor custody (docs/resilience.md §4, "The keeper"): under a
+// keeper, a monitor gives the keeper a duplicate of every descriptor of a
+// process's IO as soon as it has it and before it copies anything, and
+// tells it when it closes one. When the monitor dies the keeper still
+// holds the pipes: what the container writes waits in them (no EPIPE),
+// and the keeper hands them to the next monitor in the live upgrade's
+// format (IOFDs, RestoreIO).
+
+// Custodian keeps duplicates of processes' descriptors outside the
+// monitor. A process is named by its task ID and exec ID ("" for init).
+// Its methods must not block for long: they run on the IO's paths.
+type Custodian interface {
+	// Hold takes ownership of the descriptors in fds (duplicates, which
+	// it closes once sent); they replace what it held for the process.
+	Hold(task, exec string, fds IOFDs)
+	// Drop forgets the process's descriptors in the given roles (IOFDs'
+	// JSON names): the monitor closed its own.
+	Drop(task, exec string, roles ...string)
+	// Release forgets every descriptor of the process (its IO closed).
+	Release(task, exec string)
+}
+
+// The roles of IOFDs, as their JSON names.
+const (
+	RoleStdin        = "stdin"
+	RoleStdout       = "stdout"
+	RoleStderr       = "stderr"
+	RoleConsole      = "console"
+	RoleStdinFifo    = "stdin_fifo"
+	RoleStdoutFifo   = "stdout_fifo"
+	RoleStderrFifo   = "stderr_fifo"
+	RoleLoggerStdout = "logger_stdout"
+	RoleLoggerStderr = "logger_stderr"
+)
+
+// Slot returns the field of d that holds the descriptor of role, or nil
+// for an unknown role.
+func (d *IOFDs) Slot(role string) *int {
+	switch role {
+	case RoleStdin:
+		return &d.Stdin
+	case RoleStdout:
+		return &d.Stdout
+	case RoleStderr:
+		return &d.Stderr
+	case RoleConsole:
+		return &d.Console
+	case RoleStdinFifo:
+		return &d.StdinFifo
+	case RoleStdoutFifo:
+		return &d.StdoutFifo
+	case RoleStderrFifo:
+		return &d.StderrFifo
+	case RoleLoggerStdout:
+		return &d.LoggerStdout
+	case RoleLoggerStderr:
+		return &d.LoggerStderr
+	}
+	return nil
+}
+
+// Roles lists the roles of d that hold a descriptor, in a fixed order.
+func (d *IOFDs) Roles() []string {
+	var out []string
+	for _, r := range []string{RoleStdin, RoleStdout, RoleStderr, RoleConsole, RoleStdinFifo, RoleStdoutFifo, RoleStderrFifo, RoleLoggerStdout, RoleLoggerStderr} {
+		if *d.Slot(r) > 0 {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// custodyFDs duplicates what the keeper should hold of this IO, about to
+// be copied (startCopying): the pipes or terminal, the client's output
+// FIFOs and a binary:// logger's pipes, of the streams that have not
+// ended. The client's stdin FIFO is not held (the stdin copier opens it
+// later). Failed duplicates are left out: custody is best effort.
+func (i *IO) custodyFDs() IOFDs {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var d IOFDs
+	dup := func(dst *int, f any) {
+		if f == nil {
+			return
+		}
+		if fd, err := dupOf(f); err == nil {
+			*dst = fd
+		}
+	}
+	copied := func(s logging.Stream) bool { return !i.ended[s] && len(i.dests[s]) > 0 }
+	var out, errs bool
+	if i.pty != nil {
+		dup(&d.Console, i.pty)
+		out = !i.ended[logging.Stdout]
+	} else if i.pio != nil {
+		if w := i.pio.Stdin(); w != nil && i.cfg.Stdio.Stdin != "" && !i.stdinCl && !i.stdinEnded {
+			dup(&d.Stdin, w)
+		}
+		if r := i.pio.Stdout(); r != nil && copied(logging.Stdout) {
+			dup(&d.Stdout, r)
+			out = true
+		}
+		if r := i.pio.Stderr(); r != nil && copied(logging.Stderr) {
+			dup(&d.Stderr, r)
+			errs = true
+		}
+	}
+	d.StdinEnded = i.stdinEnded || i.stdinCl
+	if f := i.fifos[logging.Stdout]; f != nil && out {
+		dup(&d.StdoutFifo, f)
+	}
+	if f := i.fifos[logging.Stderr]; f != nil && errs {
+		dup(&d.StderrFifo, f)
+	}
+	if l := i.logger; l != nil {
+		d.LoggerPid = l.pid
+		if out {
+			dup(&d.LoggerStdout, l.out)
+		}
+		if errs && !i.cfg.Stdio.Terminal {
+			dup(&d.LoggerStderr, l.err)
+		}
+	}
+	return d
+}
+
+// holdInCustody gives the keeper this IO's descriptors (a no-op without
+// a custodian) and makes closing the process's stdin tell it.
+func (i *IO) holdInCustody() {
+	c := i.cfg.Custody
+	if c == nil {
+		return
+	}
+	c.Hold(i.cfg.ID, i.cfg.Exec, i.custodyFDs())
+	i.mu.Lock()
+	if i.pty == nil && i.stdinW != nil {
+		if _, ok := i.stdinW.(*custodyStdin); !ok {
+			i.stdinW = &custodyStdin{WriteCloser: i.stdinW, drop: func() { c.Drop(i.cfg.ID, i.cfg.Exec, RoleStdin) }}
+		}
+	}
+	i.mu.Unlock()
+}
+
+// streamEnded tells the keeper that stream reached its end: the monitor
+// closed its destinations, and the keeper must not keep the client's
+// FIFO (or the logger's pipe) open, or the client would never see EOF.
+func (i *IO) streamEnded(stream logging.Stream) {
+	c := i.cfg.Custody
+	if c == nil {
+		return
+	}
+	switch stream {
+	case logging.Stdout:
+		c.Drop(i.cfg.ID, i.cfg.Exec, RoleStdout, RoleConsole, RoleStdoutFifo, RoleLoggerStdout)
+	case logging.Stderr:
+		c.Drop(i.cfg.ID, i.cfg.Exec, RoleStderr, RoleStderrFifo, RoleLoggerStderr)
+	}
+}
+
+// releaseCustody tells the keeper the IO is closed.
+func (i *IO) releaseCustody() {
+	if c := i.cfg.Custody; c != nil {
+		c.Release(i.cfg.ID, i.cfg.Exec)
+	}
+}
+
+// custodyStdin is the process's stdin pipe under custody: closing it (the
+// process's EOF) also drops the keeper's duplicate, which would otherwise
+// keep the pipe open.
+type custodyStdin struct {
+	io.WriteCloser
+	once sync.Once
+	drop func()
+}
+
+func (c *custodyStdin) Close() error {
+	err := c.WriteCloser.Close()
+	c.once.Do(c.drop)
+	return err
+}
