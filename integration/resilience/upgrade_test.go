@@ -650,8 +650,25 @@ func TestLiveUpgradeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
-	s, id := e.startRaw(ctx, "stuck", client.Stdio{Stdout: out})
-	time.Sleep(3 * time.Second) // the FIFO (64 KiB) fills, the copier waits on it
+	// seq writes as fast as it can: the FIFO fills, the copier waits on
+	// it (and seq on its pipe).
+	s, id := e.startRaw(ctx, "stuck", client.Stdio{Stdout: out}, "seq", "1", "1000000000")
+	eventually(t, 30*time.Second, func() error {
+		// Not rd.Fd(): it would make rd blocking, and its Close could no
+		// longer end the reader below.
+		var n int
+		rc, err := rd.SyscallConn()
+		if err == nil {
+			cerr := rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }) // FIONREAD
+			if err == nil {
+				err = cerr
+			}
+		}
+		if err != nil || n < 60000 {
+			return fmt.Errorf("FIFO holds %d bytes (%v)", n, err)
+		}
+		return nil
+	})
 	before, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -698,15 +715,18 @@ func TestLiveUpgradeRefused(t *testing.T) {
 	checkSeqText(t, "FIFO after the failed upgrade", outBuf.String())
 }
 
-// startRaw creates and starts a counter container in the env's group with
-// the given stdio, on a connection of its own; the container is removed at
-// the end of the test.
-func (e *env) startRaw(ctx context.Context, name string, stdio client.Stdio) (*client.Shim, string) {
+// startRaw creates and starts a container running args (default: the
+// counter) in the env's group with the given stdio, on a connection of
+// its own; the container is removed at the end of the test.
+func (e *env) startRaw(ctx context.Context, name string, stdio client.Stdio, args ...string) (*client.Shim, string) {
 	t := e.t
 	t.Helper()
 	id := name + "-" + e.suffix
 	bundle := filepath.Join(e.dir, id)
-	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sh", "-c", counterScript}, Hostname: id,
+	if len(args) == 0 {
+		args = []string{"sh", "-c", counterScript}
+	}
+	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: args, Hostname: id,
 		Annotations: map[string]string{client.GroupAnnotation: e.group}})
 	if err != nil {
 		t.Fatal(err)
