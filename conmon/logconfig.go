@@ -127,57 +127,35 @@ func readLogAnnotations(path string) (map[string]string, error) {
 	for k, v := range spec.Annotations {
 		// One Kubernetes annotation and Podman's manager annotation are
 		// kept as the evidence of who set the annotations (see
-		// fromKubernetes).
-		if strings.HasPrefix(k, logging.AnnotationPrefix) || k == managerAnnotation ||
-			!kube && strings.HasPrefix(k, kubernetesPrefix) {
+		// logging.FromKubernetes).
+		if strings.HasPrefix(k, logging.AnnotationPrefix) || k == logging.ManagerAnnotation ||
+			!kube && strings.HasPrefix(k, logging.KubernetesAnnotationPrefix) {
 			if out == nil {
 				out = map[string]string{}
 			}
 			out[k] = v
-			kube = kube || strings.HasPrefix(k, kubernetesPrefix)
+			kube = kube || strings.HasPrefix(k, logging.KubernetesAnnotationPrefix)
 		}
 	}
 	return out, nil
 }
 
-// kubernetesPrefix starts the annotations CRI-O (and every CRI runtime)
-// puts in the spec of a Kubernetes container. Podman sets a few of them
-// too (io.kubernetes.cri-o.Created, .TTY), and always managerAnnotation.
-const (
-	kubernetesPrefix  = "io.kubernetes."
-	managerAnnotation = "io.container.manager"
-)
-
-// fromKubernetes reports whether annotations of a spec came from a CRI
-// runtime (Kubernetes users) rather than from Podman.
-func fromKubernetes(ann map[string]string) bool {
-	if ann[managerAnnotation] == "libpod" {
-		return false
-	}
-	for k := range ann {
-		if strings.HasPrefix(k, kubernetesPrefix) {
-			return true
-		}
-	}
-	return false
-}
-
 // loadLogConfig reads the [logging] table of the configuration file and
-// whether it names drivers and sets annotation-allow.
-func loadLogConfig() (lc logging.Config, drivers, allow bool, err error) {
+// whether it names drivers.
+func loadLogConfig() (lc logging.Config, drivers bool, err error) {
 	path, explicit := os.LookupEnv(EnvConfig)
 	if !explicit || path == "" {
 		path = logging.DefaultConfigPath
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		return logging.DefaultConfig(), false, false, nil
+		return logging.DefaultConfig(), false, nil
 	}
 	if err != nil {
-		return logging.DefaultConfig(), false, false, fmt.Errorf("configuration file %s (%s): %w", path, EnvConfig, err)
+		return logging.DefaultConfig(), false, fmt.Errorf("configuration file %s (%s): %w", path, EnvConfig, err)
 	}
 	if lc, err = logging.ParseConfig(data); err != nil {
-		return lc, false, false, fmt.Errorf("%s: %w", path, err)
+		return lc, false, fmt.Errorf("%s: %w", path, err)
 	}
 	var doc struct {
 		Logging map[string]toml.Primitive `toml:"logging"`
@@ -185,8 +163,7 @@ func loadLogConfig() (lc logging.Config, drivers, allow bool, err error) {
 	_, _ = toml.Decode(string(data), &doc)
 	_, d1 := doc.Logging["driver"]
 	_, d2 := doc.Logging["drivers"]
-	_, allow = doc.Logging["annotation-allow"]
-	return lc, d1 || d2, allow, nil
+	return lc, d1 || d2, nil
 }
 
 func resolveLogSettings(c *Config, ann map[string]string) (*LogSettings, error) {
@@ -194,21 +171,18 @@ func resolveLogSettings(c *Config, ann map[string]string) (*LogSettings, error) 
 	lc := logging.DefaultConfig()
 	var extra []string
 	if usesLogConfig(c) {
-		var fileDrivers, fileAllow bool
+		var fileDrivers bool
 		var err error
-		if lc, fileDrivers, fileAllow, err = loadLogConfig(); err != nil {
+		if lc, fileDrivers, err = loadLogConfig(); err != nil {
 			return nil, err
 		}
 		if fileDrivers {
 			extra = lc.Drivers
 		}
-		if !fileAllow && fromKubernetes(ann) {
-			// Kubernetes users set these annotations, and the monitor
-			// runs as root: unless the file says otherwise, they may not
-			// name host files, sockets or addresses (docs/logging.md
-			// "Annotations and trust").
-			lc.AnnotationAllow = []string{}
-		}
+		// Unless the file sets annotation-allow, a Kubernetes container's
+		// annotations may name no host file, socket or address
+		// (logging.Config.AnnotationAllow, docs/logging.md "Annotations
+		// and trust").
 		if err := lc.ApplyAnnotations(ann); err != nil {
 			return nil, err
 		}

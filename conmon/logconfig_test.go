@@ -242,13 +242,13 @@ func TestReadLogAnnotationsAndOpen(t *testing.T) {
 	kspec := `{"annotations": {"io.kubernetes.a": "1", "io.kubernetes.b": "2", "x": "y"}}`
 	kpath := filepath.Join(t.TempDir(), "k.json")
 	os.WriteFile(kpath, []byte(kspec), 0o644)
-	if a, err := readLogAnnotations(kpath); err != nil || len(a) != 1 || !fromKubernetes(a) {
+	if a, err := readLogAnnotations(kpath); err != nil || len(a) != 1 || !logging.FromKubernetes(a) {
 		t.Fatalf("annotations of a Kubernetes spec: %v %v, want one io.kubernetes.* kept", a, err)
 	}
 	// Podman sets io.kubernetes.cri-o.Created and TTY itself.
 	pspec := `{"annotations": {"io.kubernetes.cri-o.Created": "1", "io.container.manager": "libpod"}}`
 	os.WriteFile(kpath, []byte(pspec), 0o644)
-	if a, err := readLogAnnotations(kpath); err != nil || fromKubernetes(a) {
+	if a, err := readLogAnnotations(kpath); err != nil || logging.FromKubernetes(a) {
 		t.Fatalf("annotations of a Podman spec: %v %v, taken for Kubernetes", a, err)
 	}
 	if e := (&LogSettings{Annotations: map[string]string{"io.kubernetes.a": "1"}}).env(); e != "" {

@@ -116,10 +116,12 @@ type Config struct {
 	// AnnotationAllow lists the options that annotations may set although
 	// they name a host file, socket or address (see ApplyAnnotations):
 	// exact keys, or prefixes ending in '*' ("opt.syslog.*"; "*" is every
-	// option). The default is ["*"], since conmonctl passes its trusted
-	// --log-opt path and addresses as annotations; a host whose
-	// annotations come from untrusted users (Kubernetes) sets it to [] or
-	// to what it allows. The TOML and Set forms replace the list.
+	// option). Nil, the default, decides by who made the annotations:
+	// none of them for a Kubernetes container's spec (FromKubernetes: its
+	// annotations come from the cluster's users, the monitor runs as
+	// root), every one otherwise (conmonctl passes its trusted --log-opt
+	// path and addresses as annotations, Podman its users' --annotation).
+	// The TOML and Set forms replace the list; an empty list allows none.
 	AnnotationAllow []string
 
 	redactNames []string // the <name> of each Redact entry set through Set
@@ -129,15 +131,14 @@ type Config struct {
 // exit, no rotation, the local cache on (8 MiB, 2 files).
 func DefaultConfig() Config {
 	return Config{
-		Drivers:         []string{"k8s-file"},
-		Fsync:           FsyncExit,
-		FsyncInterval:   time.Second,
-		Mode:            Blocking,
-		MaxBufferSize:   DefaultMaxBufferSize,
-		Cache:           true,
-		CacheMaxSize:    8 << 20,
-		CacheMaxFiles:   2,
-		AnnotationAllow: []string{"*"},
+		Drivers:       []string{"k8s-file"},
+		Fsync:         FsyncExit,
+		FsyncInterval: time.Second,
+		Mode:          Blocking,
+		MaxBufferSize: DefaultMaxBufferSize,
+		Cache:         true,
+		CacheMaxSize:  8 << 20,
+		CacheMaxFiles: 2,
 	}
 }
 
@@ -290,8 +291,8 @@ func (c *Config) Set(key, value string) error {
 // Other annotations are ignored. The first bad one fails with
 // ErrInvalidArgument naming the annotation. Options that name a host
 // file, socket or address (path, and a driver's path, socket, address and
-// tls-* options) are refused unless AnnotationAllow lists them (it lists
-// everything by default).
+// tls-* options) are refused unless AnnotationAllow lists them (by
+// default: all of them, except in a Kubernetes container's spec).
 func (c *Config) ApplyAnnotations(ann map[string]string) error {
 	keys := make([]string, 0, len(ann))
 	for k := range ann {
@@ -308,9 +309,10 @@ func (c *Config) ApplyAnnotations(ann map[string]string) error {
 		}
 		return keys[i] < keys[j]
 	})
+	kube := FromKubernetes(ann)
 	for _, k := range keys {
 		opt := strings.TrimPrefix(k, AnnotationPrefix)
-		if !c.annotationMaySet(opt) {
+		if !c.annotationMaySet(opt, kube) {
 			return fmt.Errorf("annotation %s: option %s names a file, socket or address on the host, which only the configuration file may set (or list it in annotation-allow): %w",
 				k, opt, errdefs.ErrInvalidArgument)
 		}
@@ -327,8 +329,8 @@ func (c *Config) ApplyAnnotations(ann map[string]string) error {
 // socket, address, TLS files) lets them write, as root, where they choose
 // (a cron directory, a container engine's API socket). Those need
 // annotation-allow to list them; annotation-allow itself is never set by
-// an annotation.
-func (c *Config) annotationMaySet(opt string) bool {
+// an annotation. kube says the annotations are a Kubernetes container's.
+func (c *Config) annotationMaySet(opt string, kube bool) bool {
 	if opt == "annotation-allow" {
 		return false
 	}
@@ -342,7 +344,11 @@ func (c *Config) annotationMaySet(opt string) bool {
 	if !sensitive {
 		return true
 	}
-	for _, a := range c.AnnotationAllow {
+	allow := c.AnnotationAllow
+	if allow == nil && !kube {
+		return true
+	}
+	for _, a := range allow {
 		if a == opt || strings.HasSuffix(a, "*") && strings.HasPrefix(opt, strings.TrimSuffix(a, "*")) {
 			return true
 		}
@@ -747,4 +753,29 @@ func ParseSize(s string) (int64, error) {
 		return 0, errors.New("too large")
 	}
 	return int64(v), nil
+}
+
+// Annotations that tell who made a spec's annotations.
+const (
+	// KubernetesAnnotationPrefix starts the annotations every CRI runtime
+	// (containerd's CRI plugin, CRI-O) puts in a Kubernetes container's
+	// spec. Podman sets a few of them too (io.kubernetes.cri-o.TTY, ...).
+	KubernetesAnnotationPrefix = "io.kubernetes."
+	// ManagerAnnotation is set to "libpod" by Podman.
+	ManagerAnnotation = "io.container.manager"
+)
+
+// FromKubernetes reports whether a spec's annotations were made by a CRI
+// runtime for Kubernetes, whose users choose them, rather than by Podman
+// or conmonctl.
+func FromKubernetes(ann map[string]string) bool {
+	if ann[ManagerAnnotation] == "libpod" {
+		return false
+	}
+	for k := range ann {
+		if strings.HasPrefix(k, KubernetesAnnotationPrefix) {
+			return true
+		}
+	}
+	return false
 }

@@ -341,10 +341,47 @@ func TestAnnotationsEndToEnd(t *testing.T) {
 
 func TestAnnotationAllow(t *testing.T) {
 	// The default allows everything (conmonctl's --log-opt path travels
-	// as an annotation).
-	d := logging.DefaultConfig()
-	if err := d.ApplyAnnotations(map[string]string{logging.AnnotationPrefix + "path": "/x/ctr.log"}); err != nil || d.Path != "/x/ctr.log" {
-		t.Fatalf("default: %v", err)
+	// as an annotation), except in a Kubernetes container's spec.
+	for _, tc := range []struct {
+		name    string
+		extra   map[string]string
+		allowed bool
+	}{
+		{"conmonctl", nil, true},
+		{"podman", map[string]string{"io.container.manager": "libpod", "io.kubernetes.cri-o.TTY": "false"}, true},
+		{"containerd CRI", map[string]string{"io.kubernetes.cri.sandbox-id": "abc"}, false},
+		{"CRI-O", map[string]string{"io.kubernetes.cri-o.Created": "x", "io.kubernetes.pod.name": "p"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ann := map[string]string{logging.AnnotationPrefix + "path": "/x/ctr.log", logging.AnnotationPrefix + "max-size": "1m"}
+			for k, v := range tc.extra {
+				ann[k] = v
+			}
+			d := logging.DefaultConfig()
+			err := d.ApplyAnnotations(ann)
+			if tc.allowed && (err != nil || d.Path != "/x/ctr.log") {
+				t.Fatalf("want the path taken: %v", err)
+			}
+			if !tc.allowed && (!errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "annotation-allow")) {
+				t.Fatalf("want the path refused, got %v", err)
+			}
+			// An option naming nothing on the host is always taken.
+			delete(ann, logging.AnnotationPrefix+"path")
+			d = logging.DefaultConfig()
+			if err := d.ApplyAnnotations(ann); err != nil || d.MaxSize != 1<<20 {
+				t.Fatalf("max-size: %v %d", err, d.MaxSize)
+			}
+			// The file's annotation-allow decides for every origin.
+			c, _ := logging.ParseConfig([]byte("[logging]\nannotation-allow = [\"path\"]\n"))
+			ann[logging.AnnotationPrefix+"path"] = "/y/ctr.log"
+			if err := c.ApplyAnnotations(ann); err != nil || c.Path != "/y/ctr.log" {
+				t.Fatalf("listed: %v", err)
+			}
+			c, _ = logging.ParseConfig([]byte("[logging]\nannotation-allow = []\n"))
+			if err := c.ApplyAnnotations(ann); err == nil {
+				t.Fatal("annotation-allow = [] took a path")
+			}
+		})
 	}
 	c, err := logging.ParseConfig([]byte("[logging]\nannotation-allow = [\"opt.syslog.*\", \"path\"]\n"))
 	if err != nil {
