@@ -42,8 +42,10 @@ const counterScript = `i=0; while :; do i=$((i+1)); echo $i; if [ $((i % 50)) = 
 // daemon's parent, which the upgrade does not involve).
 func TestLiveUpgrade(t *testing.T) {
 	for _, mode := range []struct{ name, toml string }{
-		{"dense", "grouping = \"namespace\"\n"},
-		{"keeper", "grouping = \"namespace\"\nkeeper = true\n"},
+		// The k8s-file path comes from annotations: allowed here (a
+		// Kubernetes container's may not name a host file by default).
+		{"dense", "grouping = \"namespace\"\n[logging]\nannotation-allow = [\"path\"]\n"},
+		{"keeper", "grouping = \"namespace\"\nkeeper = true\n[logging]\nannotation-allow = [\"path\"]\n"},
 	} {
 		t.Run(mode.name, func(t *testing.T) { testLiveUpgrade(t, mode.name, mode.toml) })
 	}
