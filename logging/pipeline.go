@@ -402,7 +402,7 @@ func (p *Pipeline) WriteChunk(s Stream, chunk []byte) {
 		p.opts.Tap(s, chunk)
 	}
 	st := p.statePool.Get().(*readState)
-	p.writeChunk(s, chunk, st, true)
+	p.writeChunk(s, chunk, st, endFlush)
 	st.rec = Record{}
 	p.statePool.Put(st)
 }
@@ -421,27 +421,41 @@ func (p *Pipeline) WriteChunks(s Stream, b []byte) {
 	p.statePool.Put(st)
 }
 
+// batchEnd says what ends the batch of one piece of a read.
+type batchEnd uint8
+
+const (
+	endNone  batchEnd = iota // more pieces of the same read follow
+	endFlush                 // flush the drivers now
+	endLater                 // flush within FlushDelay (the read filled its buffer)
+)
+
 // writeRead logs one read of b bytes as consecutive reads of at most
-// ReadSize, flushing (or not: flush) after the last piece.
+// ReadSize, and flushes after the last piece (within FlushDelay unless
+// flush).
 func (p *Pipeline) writeRead(s Stream, b []byte, st *readState, flush bool) {
 	if p.opts.Tap != nil {
 		p.opts.Tap(s, b)
 	}
 	for len(b) > p.opts.ReadSize {
-		p.writeChunk(s, b[:p.opts.ReadSize], st, false)
+		p.writeChunk(s, b[:p.opts.ReadSize], st, endNone)
 		b = b[p.opts.ReadSize:]
 	}
-	p.writeChunk(s, b, st, flush)
+	end := endLater
+	if flush {
+		end = endFlush
+	}
+	p.writeChunk(s, b, st, end)
 }
 
 // writeChunk logs one piece of at most ReadSize; the caller has tapped it.
-func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool) {
+func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, end batchEnd) {
 	now := p.now()
 	if p.direct {
 		if len(chunk) > 0 {
 			p.writeDirect(now, s, chunk, &st.rec)
 		}
-		p.endChunk(flush)
+		p.endBatch(end)
 		return
 	}
 	rec := &st.rec
@@ -466,13 +480,14 @@ func (p *Pipeline) writeChunk(s Stream, chunk []byte, st *readState, flush bool)
 	} else {
 		p.push(t.stage)
 	}
-	p.endChunk(flush)
+	p.endBatch(end)
 }
 
-func (p *Pipeline) endChunk(flush bool) {
-	if flush {
+func (p *Pipeline) endBatch(end batchEnd) {
+	switch end {
+	case endFlush:
 		p.flush()
-	} else {
+	case endLater:
 		p.flushLater()
 	}
 }
