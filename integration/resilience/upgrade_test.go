@@ -516,6 +516,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Fatal(err)
 	}
 	checkSeqText(t, "file:// log", string(data))
+	// The shim's log reaches containerd's: its handover figures.
+	ld, _ := os.ReadFile(logPath)
+	for _, line := range strings.Split(string(ld), "\n") {
+		if strings.Contains(line, "upgrade: ") {
+			t.Log("shim: " + line)
+		}
+	}
 }
 
 // upgradeTwice upgrades the daemon s talks to in place twice, pause
