@@ -246,6 +246,10 @@ func daemon(f shim.Flags) (err error) {
 		Handed: handed,
 		Drain: func(dl *drain.Listener) {
 			up.setListener(dl)
+			if custodian != nil {
+				// The connections too: containerd's survives a crash.
+				dl.SetCustody(custodian)
+			}
 			if h != nil {
 				log.Info("upgrade: serving again", "from", h.From, "tasks", len(h.Tasks), "connections", len(h.Conns),
 					"gap", time.Since(h.FrozenAt).String())

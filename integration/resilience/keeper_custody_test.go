@@ -1,17 +1,22 @@
 package resilience
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
 
@@ -19,16 +24,20 @@ import (
 // keeper a duplicate of every pipe it reads (descriptor custody). Two
 // containers print numbered lines without pause, one into a k8s-file log,
 // the other into the client's FIFOs and a k8s-file log; the daemon is
-// killed with SIGKILL twice; the keeper restarts it each time with the
+// killed with SIGKILL twice (with a live upgrade between the two kills);
+// the keeper restarts it each time with the
 // held descriptors and a handover description, and the new daemon
 // restores the tasks (service.Restore). Afterwards every number is in
 // each log and FIFO, once and in order (the output written while no
-// daemon ran waited in the pipes), the exit codes are right, and once the
-// containers are deleted the keeper holds no more descriptors than
-// before they were created.
+// daemon ran waited in the pipes), the connections opened before the
+// crashes still answer (the keeper held them too), the exit codes are
+// right, and once the containers are deleted the keeper holds no more
+// descriptors than before they were created.
 func TestKeeperCustody(t *testing.T) {
 	e := newEnv(t)
-	e.configure("custody", "keeper = true\n")
+	// The logs are named by annotations of a spec with a Kubernetes
+	// annotation (the group key): allowed explicitly.
+	e.configure("custody", "keeper = true\n[logging]\nannotation-allow = [\"path\"]\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	logDir := filepath.Join(e.dir, "logs")
@@ -64,44 +73,92 @@ func TestKeeperCustody(t *testing.T) {
 		t.Errorf("the keeper holds no descriptor of the counters (%d, baseline %d)", held, baseline)
 	}
 
+	// A probe calls Info on a connection opened before the crashes, in a
+	// loop, each call bounded: a call the dead daemon had read is never
+	// answered (it times out); the others are, by whichever daemon runs.
+	s := anchor.shim // the connection that must survive
+	var (
+		mu                sync.Mutex
+		calls, timeouts   int
+		otherErrs         []error
+		longest           time.Duration
+		stopProbe, probed = make(chan struct{}), make(chan struct{})
+	)
+	go func() {
+		defer close(probed)
+		for {
+			select {
+			case <-stopProbe:
+				return
+			default:
+			}
+			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+			t0 := time.Now()
+			_, err := s.Info(cctx)
+			d := time.Since(t0)
+			ccancel()
+			mu.Lock()
+			calls++
+			switch {
+			case err == nil:
+				longest = max(longest, d)
+			case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "deadline exceeded"):
+				timeouts++
+			default:
+				otherErrs = append(otherErrs, err)
+			}
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+
 	daemon := int(info.Pid)
 	for round := 1; round <= 2; round++ {
 		time.Sleep(time.Second)
+		if round == 2 {
+			// A live upgrade in between: the daemon keeps its custody
+			// socket across the exec and holds everything again.
+			info = upgradeOnce(ctx, t, s, info, 1)
+			time.Sleep(time.Second)
+		}
 		if err := unix.Kill(daemon, unix.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		killed := time.Now()
-		var s *client.Shim
 		eventually(t, 30*time.Second, func() error {
-			c, err := client.Connect(ctx, anchor.addr)
-			if err != nil {
-				return err
-			}
-			in, err := c.Info(ctx)
+			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+			defer ccancel()
+			in, err := s.Info(cctx)
 			if err != nil || int(in.Pid) == daemon {
-				c.Close()
-				return fmt.Errorf("no new daemon yet: %+v %v", in, err)
+				return fmt.Errorf("no new daemon on the old connection yet: %+v %v", in, err)
 			}
-			s, info = c, in
+			info = in
 			return nil
 		})
-		t.Logf("round %d: daemon %d killed; daemon %d (parent %d) answers after %v with %d tasks",
+		t.Logf("round %d: daemon %d killed; daemon %d (parent %d) answers on the same connection after %v with %d tasks",
 			round, daemon, info.Pid, ppid(t, int(info.Pid)), time.Since(killed).Round(time.Millisecond), info.Tasks)
 		if ppid(t, int(info.Pid)) != keeper {
 			t.Errorf("new daemon's parent is %d, want the keeper %d", ppid(t, int(info.Pid)), keeper)
 		}
 		daemon = int(info.Pid)
 		for _, tk := range append([]*task{anchor}, tasks...) {
-			st, err := s.State(ctx, tk.id, "")
+			// Each task's own connection survived too.
+			st, err := tk.shim.State(ctx, tk.id, "")
 			if err != nil || st.Status != client.Running {
-				t.Fatalf("round %d: State of %s: %+v %v", round, tk.id, st, err)
+				t.Fatalf("round %d: State of %s on its connection: %+v %v", round, tk.id, st, err)
 			}
-			tk.shim.Close()
-			tk.shim = s // the old connections died with the daemon
 		}
 	}
 	time.Sleep(time.Second)
-	s := anchor.shim
+	close(stopProbe)
+	<-probed
+	mu.Lock()
+	t.Logf("probe on the old connection: %d Info calls, %d timed out (read by a daemon that was killed), longest answered %v",
+		calls, timeouts, longest.Round(time.Millisecond))
+	if len(otherErrs) > 0 {
+		t.Errorf("probe: %d calls failed otherwise than by a timeout, first: %v", len(otherErrs), otherErrs[0])
+	}
+	mu.Unlock()
 	for _, tk := range tasks {
 		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
 			t.Fatal(err)
@@ -122,18 +179,22 @@ func TestKeeperCustody(t *testing.T) {
 		if _, err := s.Delete(ctx, tk.id, ""); err != nil {
 			t.Errorf("delete %s: %v", tk.id, err)
 		}
+		tk.shim.Close()
 		if tk.io != nil {
 			tk.io.Close()
 		}
 	}
+	// What a killed daemon had read and not yet written to a destination
+	// (its in-flight read: at most one read of the copier, 128 KiB) is
+	// lost; nothing else may be. So each log and the FIFO must hold the
+	// numbers in order, without repeats, with at most one gap per kill,
+	// each gap no larger than one read.
+	const kills, oneRead = 2, 128 << 10
 	for i := range tasks {
-		n, _ := checkSeqLog(t, filepath.Join(logDir, fmt.Sprintf("kc%d.log", i)), -1)
-		t.Logf("kc%d.log: %d numbers in order", i, n)
-		if n < 1000 {
-			t.Errorf("kc%d.log: only %d numbers", i, n)
-		}
+		path := filepath.Join(logDir, fmt.Sprintf("kc%d.log", i))
+		checkCustodySeq(t, fmt.Sprintf("kc%d.log", i), readK8sLines(t, path), kills, oneRead)
 	}
-	checkSeqText(t, "kc1 FIFO", tasks[1].out.String())
+	checkCustodySeq(t, "kc1 FIFO", strings.Split(strings.TrimSuffix(tasks[1].out.String(), "\n"), "\n"), kills, oneRead)
 
 	eventually(t, 10*time.Second, func() error {
 		if n := fdCount(t, keeper); n != baseline {
@@ -150,4 +211,63 @@ func TestKeeperCustody(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// readK8sLines returns the lines of a k8s-file log, partial records joined.
+func readK8sLines(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		out     []string
+		pending []byte
+	)
+	for _, l := range bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) {
+		var rec logging.Record
+		if !logging.ParseK8sLine(l, &rec) {
+			t.Fatalf("%s: bad line %q", path, l)
+		}
+		pending = append(pending, rec.Line...)
+		if !rec.Partial {
+			out = append(out, string(pending))
+			pending = pending[:0]
+		}
+	}
+	return out
+}
+
+// checkCustodySeq checks lines that should be "1", "2", ...: in order,
+// no repeats, at most maxGaps gaps, each of at most maxGapBytes of output
+// (the in-flight read of a killed daemon). It logs what it found.
+func checkCustodySeq(t *testing.T, what string, lines []string, maxGaps, maxGapBytes int) {
+	t.Helper()
+	var gaps []string
+	next := 1
+	for k, l := range lines {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < next {
+			t.Errorf("%s: line %d is %q after %d: not the next number", what, k+1, l, next-1)
+			return
+		}
+		if n > next {
+			size := 0
+			for m := next; m < n; m++ {
+				size += len(strconv.Itoa(m)) + 1
+			}
+			gaps = append(gaps, fmt.Sprintf("%d..%d (%d lines, %d bytes)", next, n-1, n-next, size))
+			if size > maxGapBytes {
+				t.Errorf("%s: %d..%d missing, %d bytes: more than one read (%d)", what, next, n-1, size, maxGapBytes)
+			}
+		}
+		next = n + 1
+	}
+	t.Logf("%s: %d numbers up to %d, in order, no repeats; gaps: %d %v", what, len(lines), next-1, len(gaps), gaps)
+	if len(gaps) > maxGaps {
+		t.Errorf("%s: %d gaps, more than the %d kills", what, len(gaps), maxGaps)
+	}
+	if next-1 < 1000 {
+		t.Errorf("%s: only up to %d", what, next-1)
+	}
 }

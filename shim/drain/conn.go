@@ -47,6 +47,8 @@ type conn struct {
 	rerr        error // the socket's read error (not our interruption)
 	werr        error
 	closed      bool
+	held        bool   // in custody (custody.go)
+	key         uint64 // its key there
 }
 
 // newConn registers a connection; pending are bytes to deliver before the
@@ -189,10 +191,33 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 		c.reading = readBoundary
 		buf := c.rbuf[c.w:]
+		whole := l.custody != nil
 		l.mu.Unlock()
-		n, err := c.Conn.Read(buf)
+		var (
+			n   int
+			big []byte
+			err error
+		)
+		if whole {
+			// Under custody: one whole frame, so that a crash leaves the
+			// socket at a frame boundary (custody.go).
+			n, big, err = readWholeFrame(c.Conn, buf)
+		} else {
+			n, err = c.Conn.Read(buf)
+		}
 		l.mu.Lock()
 		interrupted := c.afterRead()
+		if big != nil {
+			if c.r > 0 {
+				c.w = copy(c.rbuf, c.rbuf[c.r:c.w])
+				c.r = 0
+			}
+			nb := make([]byte, c.w+len(big), c.w+len(big)+readSize)
+			copy(nb, c.rbuf[:c.w])
+			copy(nb[c.w:], big)
+			c.rbuf = nb
+			n = len(big)
+		}
 		c.w += n
 		if err != nil && !(interrupted && errors.Is(err, os.ErrDeadlineExceeded)) {
 			c.rerr = err
@@ -233,6 +258,7 @@ func (c *conn) Close() error {
 	l.mu.Lock()
 	if !c.closed {
 		c.closed = true
+		c.release()
 		l.removeLocked(c)
 		l.cond.Broadcast()
 	}

@@ -100,6 +100,7 @@ type Listener struct {
 	handed         []*conn
 	handedErr      []error
 	conns          []*conn // every open connection, in accept order
+	custody        Custody // nil: none (custody.go)
 }
 
 // NewListener wraps l. Accept yields the handed connections first, in
@@ -182,7 +183,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		// Registered under the lock: a connection accepted while Freeze
 		// began is frozen from the start and part of the handover.
-		return l.newConn(nc, nil), nil
+		c := l.newConn(nc, nil)
+		c.hold() // before anything is read (custody.go)
+		return c, nil
 	}
 }
 
