@@ -768,3 +768,54 @@ func (e *env) startRaw(ctx context.Context, name string, stdio client.Stdio, arg
 	}
 	return s, id
 }
+
+// TestLiveUpgradeExecFails: the new binary cannot be executed once the
+// handover is committed (it is open for writing: execve fails with
+// ETXTBSY, which no check before can foresee). The daemon then execs its
+// own binary again with the same handover: it serves on, on the same
+// connection, with the old binary, and no output is lost.
+func TestLiveUpgradeExecFails(t *testing.T) {
+	e := newEnv(t)
+	e.configure("execfail", "grouping = \"namespace\"\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tk := e.start(ctx, "xf", []string{"sh", "-c", counterScript}, true, nil)
+	s := tk.shim
+	data, err := os.ReadFile(e.shim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := filepath.Join(e.dir, "busy-shim")
+	if err := os.WriteFile(busy, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(busy, os.O_WRONLY, 0) // execve: ETXTBSY
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	time.Sleep(500 * time.Millisecond)
+	before, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Upgrade(ctx, busy); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	info, err := s.WaitUpgraded(wctx, before)
+	wcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Pid != before.Pid || info.Binary == busy {
+		t.Fatalf("after the failed exec: pid %d binary %s, want pid %d and the old binary", info.Pid, info.Binary, before.Pid)
+	}
+	t.Logf("re-executed %s after the exec of %s failed", info.Binary, busy)
+	time.Sleep(500 * time.Millisecond)
+	tk.remove(t)
+	if !tk.io.Wait(10 * time.Second) {
+		t.Fatal("FIFO output did not end")
+	}
+	checkSeqText(t, "FIFO", tk.out.String())
+}
