@@ -39,7 +39,7 @@ func openFDs(t *testing.T, n int) []int {
 // format version, a descriptor that is not open, stdio numbers) is refused
 // with an error naming the problem.
 func TestHandoverEncoding(t *testing.T) {
-	fds := openFDs(t, 6)
+	fds := openFDs(t, 7)
 	closed := openFDs(t, 1)[0] + 1000 // not open
 	valid := func() *handover {
 		return &handover{
@@ -54,7 +54,7 @@ func TestHandoverEncoding(t *testing.T) {
 			Conns:      []handedConn{{FD: fds[1], Pending: []byte{0, 0, 0, 1, 0, 0, 0, 3, 1, 0, 42}}, {FD: fds[2]}},
 			Tasks: []service.TaskFDs{{
 				ID:    "c1",
-				Init:  process.IOFDs{Stdout: fds[3], Stderr: fds[4], StdinEnded: true},
+				Init:  process.IOFDs{Stdout: fds[3], Stderr: fds[4], StdinEnded: true, LoggerPid: 4242, LoggerStdout: fds[6]},
 				Execs: map[string]process.IOFDs{"e1": {Console: fds[5]}},
 			}},
 		}
