@@ -137,9 +137,11 @@ func (c *custodyClient) Release(task, exec string) {
 	c.send(custodyMsg{Op: "release", Task: task, Exec: exec}, nil)
 }
 
-// HoldConn gives the keeper a duplicate of an accepted connection.
+// HoldConn gives the keeper fd, a duplicate of an accepted connection,
+// and closes it here.
 func (c *custodyClient) HoldConn(id uint64, fd int) {
 	c.send(custodyMsg{Op: "conn", Conn: id}, []int{fd})
+	_ = unix.Close(fd)
 }
 
 // DropConn tells the keeper the connection is closed.

@@ -196,6 +196,25 @@ func TestKeeperCustody(t *testing.T) {
 	}
 	checkCustodySeq(t, "kc1 FIFO", strings.Split(strings.TrimSuffix(tasks[1].out.String(), "\n"), "\n"), kills, oneRead)
 
+	// Connections come and go without leaving a descriptor in the daemon
+	// or the keeper.
+	daemonFDs := fdCount(t, daemon)
+	for k := 0; k < 20; k++ {
+		c, err := client.Connect(ctx, anchor.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Info(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	eventually(t, 10*time.Second, func() error {
+		if n := fdCount(t, daemon); n > daemonFDs {
+			return fmt.Errorf("daemon holds %d descriptors after 20 connections came and went, %d before", n, daemonFDs)
+		}
+		return nil
+	})
 	eventually(t, 10*time.Second, func() error {
 		if n := fdCount(t, keeper); n != baseline {
 			return fmt.Errorf("keeper holds %d descriptors after the counters were deleted, %d before they were created", n, baseline)
