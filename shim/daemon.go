@@ -75,6 +75,16 @@ type Daemon struct {
 	// Drain, if set, gets the drain.Listener the server serves (wrapping
 	// Listener) before it serves: the live upgrade freezes it there.
 	Drain func(*drain.Listener)
+	// PendingJoins are members a previous binary had announced and not
+	// seen created yet (live upgrade), by task ID, with their expiry.
+	PendingJoins map[string]time.Time
+	// Joins, if set, gets a function returning the pending members, for
+	// a live upgrade to hand them on.
+	Joins func(func() map[string]time.Time)
+	// Upgraded: this daemon goes on from a previous binary (live
+	// upgrade). If it holds no task it leaves after EmptyGrace, as the
+	// previous one would have after its last Delete.
+	Upgraded bool
 }
 
 // Serve runs the daemon until its last task is gone (Shutdown on an empty
@@ -104,6 +114,20 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 		}
 	}
 	members := newMembership(joinTTL)
+	for id, exp := range d.PendingJoins {
+		members.pending[id] = exp
+	}
+	if d.Joins != nil {
+		d.Joins(func() map[string]time.Time {
+			members.mu.Lock()
+			defer members.mu.Unlock()
+			out := make(map[string]time.Time, len(members.pending))
+			for id, exp := range members.pending {
+				out[id] = exp
+			}
+			return out
+		})
+	}
 
 	svc, err := d.NewService(ctx, notify(emptied))
 	if err != nil {
@@ -171,6 +195,9 @@ func (d Daemon) Serve(ctx context.Context) (string, error) {
 	wasEmpty := false // at the previous idle tick
 	var reason string
 	var graceTimer <-chan time.Time
+	if d.Upgraded && svc.Empty() {
+		graceTimer = time.After(grace)
+	}
 loop:
 	for {
 		select {

@@ -137,8 +137,9 @@ func daemon(f shim.Flags) (err error) {
 		sockPath string
 		handed   []drain.Conn
 	)
+	var pendingJoins map[string]time.Time
 	if h != nil {
-		group = h.Group
+		group, pendingJoins = h.Group, h.Joins
 		l, sockPath, err = handedListener(h)
 		for _, c := range h.Conns {
 			handed = append(handed, drain.ConnFromFD(c.FD, c.Pending))
@@ -244,6 +245,10 @@ func daemon(f shim.Flags) (err error) {
 			return svc, nil
 		},
 		Handed: handed,
+		Joins:  up.setJoins,
+
+		PendingJoins: pendingJoins,
+		Upgraded:     h != nil,
 		Drain: func(dl *drain.Listener) {
 			up.setListener(dl)
 			if custodian != nil {

@@ -65,6 +65,9 @@ type handover struct {
 	// Tasks are the descriptors of each task's stdio; the rest of a task
 	// is in its record on disk.
 	Tasks []service.TaskFDs `json:"tasks,omitempty"`
+	// Joins are the group's members announced by start whose Create has
+	// not come yet, with their expiry: the new binary waits for them too.
+	Joins map[string]time.Time `json:"joins,omitempty"`
 }
 
 type handedConn struct {
@@ -292,6 +295,7 @@ type upgrader struct {
 	mu       sync.Mutex
 	listener *drain.Listener  // set once the server serves
 	svc      *service.Service // set once built
+	joins    func() map[string]time.Time
 	busy     bool
 	failedAt time.Time // the latest handover that failed (and thawed)
 	failure  error
@@ -308,6 +312,12 @@ func (u *upgrader) Failure() (time.Time, error) {
 func (u *upgrader) setListener(l *drain.Listener) {
 	u.mu.Lock()
 	u.listener = l
+	u.mu.Unlock()
+}
+
+func (u *upgrader) setJoins(f func() map[string]time.Time) {
+	u.mu.Lock()
+	u.joins = f
 	u.mu.Unlock()
 }
 
@@ -360,7 +370,7 @@ func (u *upgrader) Upgrade(ctx context.Context, binary string) error {
 // handover (which restores the daemon as it was).
 func (u *upgrader) run(binary string) (retErr error) {
 	u.mu.Lock()
-	l, svc := u.listener, u.svc
+	l, svc, joins := u.listener, u.svc, u.joins
 	u.mu.Unlock()
 	timeout := u.freezeTimeout
 	if timeout <= 0 {
@@ -424,6 +434,9 @@ func (u *upgrader) run(binary string) (retErr error) {
 		Listener:   fdOf(lf),
 		SocketPath: u.sockPath,
 		Tasks:      tasks,
+	}
+	if joins != nil {
+		h.Joins = joins() // the server is frozen: no Join comes meanwhile
 	}
 	for _, c := range conns {
 		h.Conns = append(h.Conns, handedConn{FD: int(c.Fd()), Pending: c.Pending})

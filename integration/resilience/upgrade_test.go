@@ -819,3 +819,76 @@ func TestLiveUpgradeExecFails(t *testing.T) {
 	}
 	checkSeqText(t, "FIFO", tk.out.String())
 }
+
+// TestLiveUpgradeGroupJoin: the group's bookkeeping survives an upgrade.
+// A daemon whose last container was just deleted (it leaves after a short
+// grace unless a new member was announced) gets a new member announced by
+// start, then is upgraded: the new binary waits for that member's Create,
+// which succeeds seconds later; once that container is deleted too, the
+// new binary leaves after the grace.
+func TestLiveUpgradeGroupJoin(t *testing.T) {
+	e := newEnv(t)
+	e.configure("join", "grouping = \"namespace\"\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first := e.start(ctx, "j1", []string{"sleep", "100"}, false, nil)
+	info, err := first.shim.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.remove(t) // the daemon is empty: it leaves after its grace...
+	// ... unless start announces a member (Join) first.
+	id := "j2-" + e.suffix
+	bundle := filepath.Join(e.dir, id)
+	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sleep", "100"}, Hostname: id,
+		Annotations: map[string]string{client.GroupAnnotation: e.group}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.WriteSpec(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	addr, err := client.StartShim(ctx, e.opts, id, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := client.Connect(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t.Cleanup(func() {
+		_ = s.Kill(context.Background(), id, "", uint32(unix.SIGKILL), true)
+		_, _ = client.DeleteShim(context.Background(), e.opts, id, bundle)
+	})
+	before, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Pid != info.Pid {
+		t.Fatalf("start spawned daemon %d instead of joining %d", before.Pid, info.Pid)
+	}
+	upgradeOnce(ctx, t, s, before, 2)
+	time.Sleep(3 * time.Second) // longer than the grace (2 s)
+	if _, err := s.Create(ctx, client.CreateOpts{ID: id, Bundle: bundle}); err != nil {
+		t.Fatalf("create of the member announced before the upgrade: %v", err)
+	}
+	if _, err := s.Start(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+	if _, err := s.Delete(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, func() error {
+		if alive(int(before.Pid)) {
+			return fmt.Errorf("daemon %d still runs with no task", before.Pid)
+		}
+		return nil
+	})
+}
