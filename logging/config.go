@@ -761,15 +761,18 @@ const (
 	// (containerd's CRI plugin, CRI-O) puts in a Kubernetes container's
 	// spec. Podman sets a few of them too (io.kubernetes.cri-o.TTY, ...).
 	KubernetesAnnotationPrefix = "io.kubernetes."
-	// ManagerAnnotation is set to "libpod" by Podman.
+	// ManagerAnnotation names the engine that made the spec: "libpod"
+	// (Podman), "cri-o" (CRI-O), "conmonctl" (conmonctl, which also uses
+	// CRI's name and sandbox annotations).
 	ManagerAnnotation = "io.container.manager"
 )
 
 // FromKubernetes reports whether a spec's annotations were made by a CRI
 // runtime for Kubernetes, whose users choose them, rather than by Podman
-// or conmonctl.
+// or conmonctl (which name themselves in ManagerAnnotation).
 func FromKubernetes(ann map[string]string) bool {
-	if ann[ManagerAnnotation] == "libpod" {
+	switch ann[ManagerAnnotation] {
+	case "libpod", "conmonctl":
 		return false
 	}
 	for k := range ann {

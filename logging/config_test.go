@@ -349,8 +349,9 @@ func TestAnnotationAllow(t *testing.T) {
 	}{
 		{"conmonctl", nil, true},
 		{"podman", map[string]string{"io.container.manager": "libpod", "io.kubernetes.cri-o.TTY": "false"}, true},
+		{"conmonctl --group", map[string]string{"io.container.manager": "conmonctl", "io.kubernetes.cri.sandbox-id": "g"}, true},
 		{"containerd CRI", map[string]string{"io.kubernetes.cri.sandbox-id": "abc"}, false},
-		{"CRI-O", map[string]string{"io.kubernetes.cri-o.Created": "x", "io.kubernetes.pod.name": "p"}, false},
+		{"CRI-O", map[string]string{"io.container.manager": "cri-o", "io.kubernetes.cri-o.Created": "x", "io.kubernetes.pod.name": "p"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ann := map[string]string{logging.AnnotationPrefix + "path": "/x/ctr.log", logging.AnnotationPrefix + "max-size": "1m"}

@@ -210,7 +210,9 @@ func cmdRun(ctx context.Context, a *app, args []string) (retErr error) {
 func (a *app) makeSpec(rec *record, o *options, args []string, memory int64, logOpts map[string]string) (*specs.Spec, error) {
 	// The shim names the container in its logs (journald's
 	// CONTAINER_NAME, the tag) after CRI's container-name annotation.
-	ann := map[string]string{nameAnnotation: rec.Name, criNameAnnotation: rec.Name}
+	// The manager annotation tells the shim these annotations are
+	// conmonctl's, not a Kubernetes user's (logging.FromKubernetes).
+	ann := map[string]string{nameAnnotation: rec.Name, criNameAnnotation: rec.Name, logging.ManagerAnnotation: "conmonctl"}
 	if o.group != "" {
 		ann[client.GroupAnnotation] = o.group
 	}
