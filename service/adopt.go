@@ -117,14 +117,21 @@ func (s *Service) Adopt(ctx context.Context, keep func(process.Record) bool) ([]
 
 // adopt adds one task; watched says its init runs and is watched.
 func (s *Service) adopt(rec process.Record) (_ *process.Container, watched bool, _ error) {
-	return s.adoptWith(rec, nil)
+	return s.adoptWith(rec, false, nil)
 }
 
 // adoptWith is adopt; prepare, if not nil, is called with the task before
 // it is registered and its init watched (Restore gives it its stdio
-// there), and not when the task is refused.
-func (s *Service) adoptWith(rec process.Record, prepare func(*process.Container)) (_ *process.Container, watched bool, _ error) {
-	c, err := process.Adopt(rec, s.rt, s.cfg.Log)
+// there), and not when the task is refused. With execs, the task's execs
+// are taken back too (process.Restore): each live one is watched through
+// a pidfd as init is, instead of being reported exited with 255; for a
+// keeper's hand-back, whose execs' stdio it held.
+func (s *Service) adoptWith(rec process.Record, execs bool, prepare func(*process.Container)) (_ *process.Container, watched bool, _ error) {
+	adopt := process.Adopt
+	if execs {
+		adopt = process.Restore
+	}
+	c, err := adopt(rec, s.rt, s.cfg.Log)
 	if err != nil {
 		return nil, false, err
 	}
@@ -144,6 +151,9 @@ func (s *Service) adoptWith(rec process.Record, prepare func(*process.Container)
 		return nil, false, nil // ours already
 	}
 	s.containers[c.ID] = c
+	if execs {
+		s.watchAdoptedExecsLocked(c)
+	}
 	p := c.Init
 	if p.Status == process.Stopped || p.Status == process.Deleted || p.Pid <= 0 {
 		s.recordLocked(c)
@@ -182,6 +192,46 @@ func (s *Service) adoptWith(rec process.Record, prepare func(*process.Container)
 	s.wg.Add(1)
 	go s.watchAdopted(fd, p.Pid, since)
 	return c, true, nil
+}
+
+// watchAdoptedExecsLocked watches the live execs of a task taken back
+// after a crash: they are not this process's children (the keeper reaps
+// them), so each is watched through a pidfd; one already gone gets the
+// keeper's record of its status, or 255. A pid is trusted to be the
+// exec's (execs have no runtime state to check its start against); the
+// crash window is short.
+func (s *Service) watchAdoptedExecsLocked(c *process.Container) {
+	now := time.Now()
+	for _, x := range c.Execs {
+		if !live(x.Status.String()) || x.Pid <= 0 || ourChild(x.Pid) {
+			continue
+		}
+		since := x.StartedAt
+		if since.IsZero() {
+			since = x.CreatedAt
+		}
+		ps := process.ProcStatus(x.Pid)
+		switch {
+		case !ps.Exists:
+			status := unknownExit
+			if st, ok := s.keeperExit(x.Pid, since); ok {
+				status = st
+			}
+			s.handleExitLocked(x, process.Exit{Pid: x.Pid, Status: status, Timestamp: now})
+			continue
+		case ps.Zombie:
+			s.handleExitLocked(x, process.Exit{Pid: x.Pid, Status: ps.ExitStatus, Timestamp: now})
+			continue
+		}
+		fd, err := unix.PidfdOpen(x.Pid, 0)
+		if err != nil {
+			s.handleExitLocked(x, process.Exit{Pid: x.Pid, Status: unknownExit, Timestamp: now})
+			continue
+		}
+		s.byPid[x.Pid] = x
+		s.wg.Add(1)
+		go s.watchAdopted(fd, x.Pid, since)
+	}
 }
 
 // watchAdopted waits for an adopted init to exit and hands its exit to the

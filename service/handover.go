@@ -315,7 +315,7 @@ func (s *Service) restore(ctx context.Context, t TaskFDs) (_ *process.Container,
 			ioErr    error
 			prepared bool
 		)
-		c, watched, err := s.adoptWith(rec, func(c *process.Container) {
+		c, watched, err := s.adoptWith(rec, true, func(c *process.Container) {
 			prepared = true
 			_, ioErr = s.restoreIO(ctx, c, t)
 		})

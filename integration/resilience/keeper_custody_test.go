@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
@@ -23,7 +24,8 @@ import (
 // TestKeeperCustody: under a keeper (keeper = true), the daemon gives the
 // keeper a duplicate of every pipe it reads (descriptor custody). Two
 // containers print numbered lines without pause, one into a k8s-file log,
-// the other into the client's FIFOs and a k8s-file log; the daemon is
+// the other into the client's FIFOs and a k8s-file log, and an exec of
+// the second into FIFOs; the daemon is
 // killed with SIGKILL twice (with a live upgrade between the two kills);
 // the keeper restarts it each time with the
 // held descriptors and a handover description, and the new daemon
@@ -66,6 +68,25 @@ func TestKeeperCustody(t *testing.T) {
 	tasks := []*task{
 		e.start(ctx, "kc0", []string{"sh", "-c", counterScript}, false, kfile(0)),
 		e.start(ctx, "kc1", []string{"sh", "-c", counterScript}, true, kfile(1)),
+	}
+	// An exec printing numbers into the client's FIFOs: after a crash it
+	// is the keeper's child, watched by the new daemon through a pidfd.
+	execOut := &syncBuffer{}
+	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execIO, err := client.OpenIO(ctx, fifos, client.Streams{Stdout: execOut}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer execIO.Close()
+	proc := &specs.Process{Args: []string{"sh", "-c", counterScript}, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin"}}
+	if err := tasks[1].shim.Exec(ctx, tasks[1].id, "counter", proc, fifos.Stdio); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tasks[1].shim.Start(ctx, tasks[1].id, "counter"); err != nil {
+		t.Fatal(err)
 	}
 	held := fdCount(t, keeper)
 	t.Logf("keeper %d: %d descriptors with the anchor alone, %d with the two counters", keeper, baseline, held)
@@ -159,6 +180,22 @@ func TestKeeperCustody(t *testing.T) {
 		t.Errorf("probe: %d calls failed otherwise than by a timeout, first: %v", len(otherErrs), otherErrs[0])
 	}
 	mu.Unlock()
+	// The exec, still running and watched: its kill's status is reported.
+	if st, err := s.State(ctx, tasks[1].id, "counter"); err != nil || st.Status != client.Running {
+		t.Errorf("exec after the crashes: %+v %v, want running", st, err)
+	}
+	if err := s.Kill(ctx, tasks[1].id, "counter", uint32(unix.SIGKILL), false); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, tasks[1].id, "counter"); err != nil || w.Status != 137 {
+		t.Errorf("exec: %+v %v, want 137", w, err)
+	}
+	if !execIO.Wait(10 * time.Second) {
+		t.Errorf("exec: FIFO output did not end")
+	}
+	if _, err := s.Delete(ctx, tasks[1].id, "counter"); err != nil {
+		t.Errorf("delete exec: %v", err)
+	}
 	for _, tk := range tasks {
 		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
 			t.Fatal(err)
@@ -195,6 +232,7 @@ func TestKeeperCustody(t *testing.T) {
 		checkCustodySeq(t, fmt.Sprintf("kc%d.log", i), readK8sLines(t, path), kills, oneRead)
 	}
 	checkCustodySeq(t, "kc1 FIFO", strings.Split(strings.TrimSuffix(tasks[1].out.String(), "\n"), "\n"), kills, oneRead)
+	checkCustodySeq(t, "exec FIFO", strings.Split(strings.TrimSuffix(execOut.String(), "\n"), "\n"), kills, oneRead)
 
 	// Connections come and go without leaving a descriptor in the daemon
 	// or the keeper.
