@@ -18,7 +18,9 @@ import (
 )
 
 // DefaultReadSize is the size of one read from a container's pipe, as in
-// conmon: a record is never longer than this.
+// conmon: a record is never longer than this. A busy stream is read in
+// larger reads (BusyReadSize) that are cut at this size, giving the same
+// records.
 const DefaultReadSize = 8192
 
 // CloseGrace is how long CloseContext still waits, once its context is
@@ -81,7 +83,7 @@ const MarkerPrefix = "conmon-v2: "
 type PipelineOptions struct {
 	Mode          Mode
 	MaxBufferSize int // bytes buffered in NonBlocking mode; default DefaultMaxBufferSize
-	ReadSize      int // bytes per read; default DefaultReadSize
+	ReadSize      int // bytes per read, and per record at most; default DefaultReadSize
 	RateLimit     RateLimit
 	// Drop lists patterns: a record whose line matches any is not logged
 	// (Stats.Filtered). Patterns see one record at a time: a line longer
