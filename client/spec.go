@@ -30,8 +30,21 @@ type SpecOpts struct {
 	// ReadonlyRootfs mounts the root read-only (runc spec's default);
 	// conmonctl leaves it writable, as docker does.
 	ReadonlyRootfs bool
-	Annotations    map[string]string
+	// Annotations of the spec. NewSpec adds ManagerAnnotation: Manager
+	// unless it is set.
+	Annotations map[string]string
 }
+
+// ManagerAnnotation names the engine that made a spec (Podman sets
+// "libpod", CRI-O "cri-o"). Specs made through this package carry Manager:
+// their annotations are their author's, not a Kubernetes user's, even
+// when they use CRI's sandbox annotation (GroupAnnotation) to group, so
+// the shim lets their log annotations name host paths
+// (logging.FromKubernetes).
+const (
+	ManagerAnnotation = "io.container.manager"
+	Manager           = "conmon-v2"
+)
 
 // NewSpec returns an OCI runtime spec for a Linux container: new pid, ipc,
 // uts, mount and network namespaces (no network but loopback), the runc
@@ -96,7 +109,7 @@ func NewSpec(o SpecOpts) (*specs.Spec, error) {
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 		},
-		Annotations: o.Annotations,
+		Annotations: withManager(o.Annotations),
 		Linux: &specs.Linux{
 			CgroupsPath: cgroupsPath,
 			Resources: &specs.LinuxResources{
@@ -152,4 +165,17 @@ func ReadSpec(bundle string) (*specs.Spec, error) {
 		return nil, fmt.Errorf("bundle %s: bad config.json: %v: %w", bundle, err, errdefs.ErrInvalidArgument)
 	}
 	return &s, nil
+}
+
+// withManager returns a copy of ann with ManagerAnnotation set to Manager
+// unless ann sets it.
+func withManager(ann map[string]string) map[string]string {
+	out := make(map[string]string, len(ann)+1)
+	for k, v := range ann {
+		out[k] = v
+	}
+	if _, ok := out[ManagerAnnotation]; !ok {
+		out[ManagerAnnotation] = Manager
+	}
+	return out
 }

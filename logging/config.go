@@ -762,8 +762,9 @@ const (
 	// spec. Podman sets a few of them too (io.kubernetes.cri-o.TTY, ...).
 	KubernetesAnnotationPrefix = "io.kubernetes."
 	// ManagerAnnotation names the engine that made the spec: "libpod"
-	// (Podman), "cri-o" (CRI-O), "conmonctl" (conmonctl, which also uses
-	// CRI's name and sandbox annotations).
+	// (Podman), "cri-o" (CRI-O), "conmon-v2" (conmonctl and the client
+	// package's NewSpec, which use CRI's name and sandbox annotations to
+	// name and group).
 	ManagerAnnotation = "io.container.manager"
 )
 
@@ -772,7 +773,7 @@ const (
 // or conmonctl (which name themselves in ManagerAnnotation).
 func FromKubernetes(ann map[string]string) bool {
 	switch ann[ManagerAnnotation] {
-	case "libpod", "conmonctl":
+	case "libpod", "conmon-v2":
 		return false
 	}
 	for k := range ann {

@@ -349,7 +349,7 @@ func TestAnnotationAllow(t *testing.T) {
 	}{
 		{"conmonctl", nil, true},
 		{"podman", map[string]string{"io.container.manager": "libpod", "io.kubernetes.cri-o.TTY": "false"}, true},
-		{"conmonctl --group", map[string]string{"io.container.manager": "conmonctl", "io.kubernetes.cri.sandbox-id": "g"}, true},
+		{"conmonctl --group", map[string]string{"io.container.manager": "conmon-v2", "io.kubernetes.cri.sandbox-id": "g"}, true},
 		{"containerd CRI", map[string]string{"io.kubernetes.cri.sandbox-id": "abc"}, false},
 		{"CRI-O", map[string]string{"io.container.manager": "cri-o", "io.kubernetes.cri-o.Created": "x", "io.kubernetes.pod.name": "p"}, false},
 	} {

@@ -212,7 +212,7 @@ func (a *app) makeSpec(rec *record, o *options, args []string, memory int64, log
 	// CONTAINER_NAME, the tag) after CRI's container-name annotation.
 	// The manager annotation tells the shim these annotations are
 	// conmonctl's, not a Kubernetes user's (logging.FromKubernetes).
-	ann := map[string]string{nameAnnotation: rec.Name, criNameAnnotation: rec.Name, logging.ManagerAnnotation: "conmonctl"}
+	ann := map[string]string{nameAnnotation: rec.Name, criNameAnnotation: rec.Name, client.ManagerAnnotation: client.Manager}
 	if o.group != "" {
 		ann[client.GroupAnnotation] = o.group
 	}
