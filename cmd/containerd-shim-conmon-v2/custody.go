@@ -36,7 +36,9 @@ const custodyEnv = "CONMON_V2_KEEPER_CUSTODY_FD"
 type custodyMsg struct {
 	// Op: "hold" (Fds' roles, replacing what is held for the process),
 	// "drop" (Roles of the process), "release" (the whole process),
-	// "conn" (an accepted connection, one descriptor), "conn_close".
+	// "conn" (an accepted connection, one descriptor), "conn_close",
+	// "synced" (a daemon started with a handover has held again all it
+	// restored: the rest of what was handed is not in use any more).
 	Op   string `json:"op"`
 	Task string `json:"task,omitempty"`
 	Exec string `json:"exec,omitempty"`
@@ -144,6 +146,12 @@ func (c *custodyClient) HoldConn(id uint64, fd int) {
 	_ = unix.Close(fd)
 }
 
+// Synced tells the keeper that everything restored from its handover is
+// held again.
+func (c *custodyClient) Synced() {
+	c.send(custodyMsg{Op: "synced"}, nil)
+}
+
 // DropConn tells the keeper the connection is closed.
 func (c *custodyClient) DropConn(id uint64) {
 	c.send(custodyMsg{Op: "conn_close", Conn: id}, nil)
@@ -157,6 +165,12 @@ type heldProc struct {
 	fds        map[string]int // by role
 	loggerPid  int
 	stdinEnded bool
+	gen        int // the daemon that held it (custodySet.gen)
+}
+
+type heldConn struct {
+	fd  int
+	gen int
 }
 
 // custodySet is what the keeper holds for its daemon.
@@ -165,11 +179,15 @@ type custodySet struct {
 
 	mu    sync.Mutex
 	procs map[procKey]*heldProc
-	conns map[uint64]int
+	conns map[uint64]heldConn
+	// gen counts the daemons started with a handover: what the current
+	// one has not held again by its "synced" was not restored (a task
+	// whose record was gone, a connection that failed) and is closed.
+	gen int
 }
 
 func newCustodySet(log *slog.Logger) *custodySet {
-	return &custodySet{log: log, procs: make(map[procKey]*heldProc), conns: make(map[uint64]int)}
+	return &custodySet{log: log, procs: make(map[procKey]*heldProc), conns: make(map[uint64]heldConn)}
 }
 
 // serve applies the messages read from fd (the keeper's end of one
@@ -234,7 +252,7 @@ func (s *custodySet) apply(m custodyMsg, fds []int) {
 				_ = unix.Close(fd)
 			}
 		}
-		p := &heldProc{fds: make(map[string]int), loggerPid: m.LoggerPid, stdinEnded: m.StdinEnded}
+		p := &heldProc{fds: make(map[string]int), loggerPid: m.LoggerPid, stdinEnded: m.StdinEnded, gen: s.gen}
 		var d process.IOFDs
 		for j, r := range m.Roles {
 			if d.Slot(r) == nil || p.fds[r] != 0 {
@@ -273,14 +291,36 @@ func (s *custodySet) apply(m custodyMsg, fds []int) {
 			return
 		}
 		if old, ok := s.conns[m.Conn]; ok {
-			_ = unix.Close(old)
+			_ = unix.Close(old.fd)
 		}
-		s.conns[m.Conn] = fds[0]
+		s.conns[m.Conn] = heldConn{fd: fds[0], gen: s.gen}
 	case "conn_close":
 		closeFDs(fds)
-		if fd, ok := s.conns[m.Conn]; ok {
-			_ = unix.Close(fd)
+		if c, ok := s.conns[m.Conn]; ok {
+			_ = unix.Close(c.fd)
 			delete(s.conns, m.Conn)
+		}
+	case "synced":
+		closeFDs(fds)
+		n := 0
+		for k, p := range s.procs {
+			if p.gen < s.gen {
+				for _, fd := range p.fds {
+					_ = unix.Close(fd)
+					n++
+				}
+				delete(s.procs, k)
+			}
+		}
+		for k, c := range s.conns {
+			if c.gen < s.gen {
+				_ = unix.Close(c.fd)
+				delete(s.conns, k)
+				n++
+			}
+		}
+		if n > 0 {
+			s.log.Warn("keeper custody: descriptors handed over and not taken back by the new daemon; closed", "descriptors", n)
 		}
 	default:
 		closeFDs(fds)
@@ -291,10 +331,12 @@ func (s *custodySet) apply(m custodyMsg, fds []int) {
 // handover describes what the set holds for the next daemon, numbering
 // the descriptors as that daemon will see them: files[j] becomes
 // descriptor base+j. The set keeps its own (the next daemon sends its
-// duplicates again as it restores: they replace these).
+// duplicates again as it restores: they replace these; what it does not
+// take back is closed at its "synced").
 func (s *custodySet) handover(base int) (tasks []service.TaskFDs, conns []handedConn, files []int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	add := func(fd int) int {
 		files = append(files, fd)
 		return base + len(files) - 1
@@ -305,7 +347,7 @@ func (s *custodySet) handover(base int) (tasks []service.TaskFDs, conns []handed
 	}
 	sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
 	for _, id := range ids {
-		conns = append(conns, handedConn{FD: add(s.conns[id])})
+		conns = append(conns, handedConn{FD: add(s.conns[id].fd)})
 	}
 	byTask := make(map[string]*service.TaskFDs)
 	keys := make([]procKey, 0, len(s.procs))

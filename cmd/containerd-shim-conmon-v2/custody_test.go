@@ -115,3 +115,51 @@ func TestCustody(t *testing.T) {
 		t.Errorf("%d descriptors open, %d before: the custody leaks: %v", n, base, l)
 	}
 }
+
+// TestCustodySynced: after a handover, what the new daemon holds again
+// replaces what was handed; at its "synced" the rest (a task it could not
+// restore, a connection it did not rebuild) is closed, and nothing else.
+func TestCustodySynced(t *testing.T) {
+	base := countFDs(t)
+	set := newCustodySet(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	dup := func() int {
+		d, err := unix.FcntlInt(uintptr(p[0]), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	set.apply(custodyMsg{Op: "hold", Task: "a", Roles: []string{process.RoleStdout, process.RoleStderr}}, []int{dup(), dup()})
+	set.apply(custodyMsg{Op: "hold", Task: "b", Roles: []string{process.RoleStdout}}, []int{dup()})
+	set.apply(custodyMsg{Op: "conn", Conn: 1}, []int{dup()})
+	set.apply(custodyMsg{Op: "conn", Conn: 2}, []int{dup()})
+	if _, _, files := set.handover(3); len(files) != 5 {
+		t.Fatalf("%d descriptors handed, want 5", len(files))
+	}
+	// The new daemon restored a and connection 1 only.
+	set.apply(custodyMsg{Op: "hold", Task: "a", Roles: []string{process.RoleStdout}}, []int{dup()})
+	set.apply(custodyMsg{Op: "conn", Conn: 1}, []int{dup()})
+	set.apply(custodyMsg{Op: "synced"}, nil)
+	tasks, conns, files := set.handover(3)
+	if len(tasks) != 1 || tasks[0].ID != "a" || len(conns) != 1 || len(files) != 2 {
+		t.Errorf("after synced: tasks %+v, connections %+v, %d descriptors; want a's stdout and one connection", tasks, conns, len(files))
+	}
+	// A "synced" with everything held again closes nothing.
+	set.apply(custodyMsg{Op: "hold", Task: "a", Roles: []string{process.RoleStdout}}, []int{dup()})
+	set.apply(custodyMsg{Op: "conn", Conn: 1}, []int{dup()})
+	set.apply(custodyMsg{Op: "synced"}, nil)
+	if n := set.count(); n != 2 {
+		t.Errorf("%d descriptors held, want 2", n)
+	}
+	set.apply(custodyMsg{Op: "release", Task: "a"}, nil)
+	set.apply(custodyMsg{Op: "conn_close", Conn: 1}, nil)
+	unix.Close(p[0])
+	unix.Close(p[1])
+	if n := countFDs(t); n != base {
+		t.Errorf("%d descriptors open, %d before", n, base)
+	}
+}

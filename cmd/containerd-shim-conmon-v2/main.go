@@ -254,6 +254,9 @@ func daemon(f shim.Flags) (err error) {
 			if custodian != nil {
 				// The connections too: containerd's survives a crash.
 				dl.SetCustody(custodian)
+				if h != nil {
+					custodian.Synced() // tasks and connections held again
+				}
 			}
 			if h != nil {
 				log.Info("upgrade: serving again", "from", h.From, "tasks", len(h.Tasks), "connections", len(h.Conns),
