@@ -2,6 +2,7 @@ package process
 
 import (
 	"io"
+	"os"
 	"sync"
 
 	"github.com/containers/conmon-v2/logging"
@@ -22,6 +23,10 @@ type Custodian interface {
 	// Hold takes ownership of the descriptors in fds (duplicates, which
 	// it closes once sent); they replace what it held for the process.
 	Hold(task, exec string, fds IOFDs)
+	// HoldMore takes ownership of the descriptors in fds and adds them
+	// to what it holds for the process (a descriptor opened later: the
+	// client's stdin FIFO), replacing those of the same roles.
+	HoldMore(task, exec string, fds IOFDs)
 	// Drop forgets the process's descriptors in the given roles (IOFDs'
 	// JSON names): the monitor closed its own.
 	Drop(task, exec string, roles ...string)
@@ -82,8 +87,9 @@ func (d *IOFDs) Roles() []string {
 // custodyFDs duplicates what the keeper should hold of this IO, about to
 // be copied (startCopying): the pipes or terminal, the client's output
 // FIFOs and a binary:// logger's pipes, of the streams that have not
-// ended. The client's stdin FIFO is not held (the stdin copier opens it
-// later). Failed duplicates are left out: custody is best effort.
+// ended. The client's stdin FIFO is held once the stdin copier has
+// opened it (stdinCustody). Failed duplicates are left out: custody is
+// best effort.
 func (i *IO) custodyFDs() IOFDs {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -148,6 +154,24 @@ func (i *IO) holdInCustody() {
 		}
 	}
 	i.mu.Unlock()
+}
+
+// stdinCustody makes a stdin copier give the keeper the client's FIFO
+// once it is open, and drop it once the copier closed it: while no
+// monitor runs, the client's writes then wait in the FIFO instead of
+// failing with EPIPE. Called before sc.start.
+func (i *IO) stdinCustody(sc *stdinCopier) {
+	c := i.cfg.Custody
+	if c == nil {
+		return
+	}
+	task, exec := i.cfg.ID, i.cfg.Exec
+	sc.onOpen = func(f *os.File) {
+		if fd, err := dupOf(f); err == nil {
+			c.HoldMore(task, exec, IOFDs{StdinFifo: fd})
+		}
+	}
+	sc.onEnd = func() { c.Drop(task, exec, RoleStdinFifo) }
 }
 
 // streamEnded tells the keeper that stream reached its end: the monitor

@@ -180,6 +180,7 @@ func (i *IO) Resume() {
 			default:
 				if sc, err := newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil, f); err == nil {
 					i.stdin = sc
+					i.stdinCustody(sc)
 					sc.start()
 				} else {
 					_ = f.Close()
@@ -195,6 +196,7 @@ func (i *IO) Resume() {
 		i.mu.Lock()
 		if sc, err := newStdinCopier(i.cfg.Stdio.Stdin, i.stdinW, i.pty != nil, fifo); err == nil {
 			i.stdin = sc
+			i.stdinCustody(sc)
 			sc.start()
 		} else {
 			_ = fifo.Close()

@@ -298,6 +298,7 @@ func (i *IO) startCopying(fifo *os.File) error {
 			return err
 		}
 		i.stdin = sc
+		i.stdinCustody(sc)
 		sc.start()
 	} else if fifo != nil {
 		_ = fifo.Close()

@@ -40,6 +40,12 @@ type stdinCopier struct {
 	ended   bool     // the copier gave the process its EOF (the client closed, or CloseIO)
 	opened  chan struct{}
 	done    chan struct{}
+
+	// onOpen, if set, gets the FIFO once open (before the first read);
+	// onEnd once the copier closed it (not when parked). Descriptor
+	// custody (custody.go).
+	onOpen func(*os.File)
+	onEnd  func()
 }
 
 // newStdinCopier returns a copier of the FIFO at path into dst. opened,
@@ -84,8 +90,12 @@ func (c *stdinCopier) start() {
 		}
 		c.mu.Lock()
 		stopped, closing := c.stopped || c.parked, c.closing
+		f := c.f
 		close(c.opened)
 		c.mu.Unlock()
+		if f != nil && c.onOpen != nil {
+			c.onOpen(f)
+		}
 		switch {
 		case err != nil || stopped:
 		case closing: // CloseIO came first: deliver what is there already
@@ -160,6 +170,9 @@ func (c *stdinCopier) finish() {
 		_ = c.f.Close()
 	}
 	c.mu.Unlock()
+	if c.onEnd != nil {
+		c.onEnd()
+	}
 }
 
 // release closes the O_PATH handle once the copier is done with it.

@@ -35,6 +35,7 @@ const custodyEnv = "CONMON_V2_KEEPER_CUSTODY_FD"
 // datagram; the descriptors of a hold ride along as SCM_RIGHTS).
 type custodyMsg struct {
 	// Op: "hold" (Fds' roles, replacing what is held for the process),
+	// "add" (Fds' roles, added to what is held for the process),
 	// "drop" (Roles of the process), "release" (the whole process),
 	// "conn" (an accepted connection, one descriptor), "conn_close",
 	// "synced" (a daemon started with a handover has held again all it
@@ -120,6 +121,18 @@ func (c *custodyClient) send(m custodyMsg, fds []int) {
 // Hold is process.Custodian.
 func (c *custodyClient) Hold(task, exec string, d process.IOFDs) {
 	m := custodyMsg{Op: "hold", Task: task, Exec: exec, LoggerPid: d.LoggerPid, StdinEnded: d.StdinEnded}
+	var fds []int
+	for _, r := range d.Roles() {
+		m.Roles = append(m.Roles, r)
+		fds = append(fds, *d.Slot(r))
+	}
+	c.send(m, fds)
+	d.Close()
+}
+
+// HoldMore is process.Custodian.
+func (c *custodyClient) HoldMore(task, exec string, d process.IOFDs) {
+	m := custodyMsg{Op: "add", Task: task, Exec: exec}
 	var fds []int
 	for _, r := range d.Roles() {
 		m.Roles = append(m.Roles, r)
@@ -262,6 +275,28 @@ func (s *custodySet) apply(m custodyMsg, fds []int) {
 			p.fds[r] = fds[j]
 		}
 		s.procs[k] = p
+	case "add":
+		if len(fds) != len(m.Roles) {
+			s.log.Error("keeper custody: add with roles and descriptors that do not match", "task", m.Task, "exec", m.Exec, "roles", m.Roles, "fds", len(fds))
+			closeFDs(fds)
+			return
+		}
+		p := s.procs[k]
+		if p == nil {
+			p = &heldProc{fds: make(map[string]int), gen: s.gen}
+			s.procs[k] = p
+		}
+		var d process.IOFDs
+		for j, r := range m.Roles {
+			if d.Slot(r) == nil {
+				_ = unix.Close(fds[j])
+				continue
+			}
+			if old, ok := p.fds[r]; ok {
+				_ = unix.Close(old)
+			}
+			p.fds[r] = fds[j]
+		}
 	case "drop":
 		closeFDs(fds)
 		p := s.procs[k]

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,8 +25,9 @@ import (
 // TestKeeperCustody: under a keeper (keeper = true), the daemon gives the
 // keeper a duplicate of every pipe it reads (descriptor custody). Two
 // containers print numbered lines without pause, one into a k8s-file log,
-// the other into the client's FIFOs and a k8s-file log, and an exec of
-// the second into FIFOs; the daemon is
+// the other into the client's FIFOs and a k8s-file log, an exec of the
+// second into FIFOs, and a terminal exec (cat) of the first reads stdin
+// from the client's FIFO; the daemon is
 // killed with SIGKILL twice (with a live upgrade between the two kills);
 // the keeper restarts it each time with the
 // held descriptors and a handover description, and the new daemon
@@ -88,6 +90,46 @@ func TestKeeperCustody(t *testing.T) {
 	if _, err := tasks[1].shim.Start(ctx, tasks[1].id, "counter"); err != nil {
 		t.Fatal(err)
 	}
+	// A terminal exec (cat) with stdin from the client's FIFO: the keeper
+	// holds the terminal's master and the FIFO, so a line written while
+	// no daemon runs waits in the FIFO and comes back after.
+	ttyFifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-tty"), "tty", true, true, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdinR, stdinW := io.Pipe()
+	defer stdinW.Close()
+	ttyOut := &syncBuffer{}
+	ttyIO, err := client.OpenIO(ctx, ttyFifos, client.Streams{Stdin: stdinR, Stdout: ttyOut}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ttyIO.Close()
+	ttyProc := &specs.Process{Args: []string{"cat"}, Terminal: true, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin", "TERM=xterm"}}
+	if err := tasks[0].shim.Exec(ctx, tasks[0].id, "tty", ttyProc, ttyFifos.Stdio); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tasks[0].shim.Start(ctx, tasks[0].id, "tty"); err != nil {
+		t.Fatal(err)
+	}
+	echoed := func(word string) {
+		t.Helper()
+		// The terminal echoes the line, then cat writes it.
+		eventually(t, 10*time.Second, func() error {
+			if n := strings.Count(ttyOut.String(), word); n < 2 {
+				return fmt.Errorf("terminal output %q: %q %d times, want 2", ttyOut.String(), word, n)
+			}
+			return nil
+		})
+	}
+	say := func(word string) {
+		t.Helper()
+		if _, err := io.WriteString(stdinW, word+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	say("before-crash")
+	echoed("before-crash")
 	held := fdCount(t, keeper)
 	t.Logf("keeper %d: %d descriptors with the anchor alone, %d with the two counters", keeper, baseline, held)
 	if held <= baseline {
@@ -146,6 +188,7 @@ func TestKeeperCustody(t *testing.T) {
 			t.Fatal(err)
 		}
 		killed := time.Now()
+		say(fmt.Sprintf("during-crash-%d", round)) // most likely before the new daemon runs
 		eventually(t, 30*time.Second, func() error {
 			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
 			defer ccancel()
@@ -180,6 +223,21 @@ func TestKeeperCustody(t *testing.T) {
 		t.Errorf("probe: %d calls failed otherwise than by a timeout, first: %v", len(otherErrs), otherErrs[0])
 	}
 	mu.Unlock()
+	// The terminal exec: what was written during the crashes and after
+	// comes back.
+	say("after-crash")
+	for _, w := range []string{"during-crash-1", "during-crash-2", "after-crash"} {
+		echoed(w)
+	}
+	if err := s.Kill(ctx, tasks[0].id, "tty", uint32(unix.SIGKILL), false); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, tasks[0].id, "tty"); err != nil || w.Status != 137 {
+		t.Errorf("terminal exec: %+v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, tasks[0].id, "tty"); err != nil {
+		t.Errorf("delete terminal exec: %v", err)
+	}
 	// The exec, still running and watched: its kill's status is reported.
 	if st, err := s.State(ctx, tasks[1].id, "counter"); err != nil || st.Status != client.Running {
 		t.Errorf("exec after the crashes: %+v %v, want running", st, err)
