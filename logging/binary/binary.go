@@ -86,7 +86,7 @@ func NewFactory(cfg Config) logging.Factory {
 		cfg.AllowedDirs = DefaultAllowedDirs
 	}
 	if cfg.Runner == nil {
-		cfg.Runner = execRunner{}
+		cfg.Runner = ExecRunner{}
 	}
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 10 * time.Second
@@ -193,8 +193,22 @@ func newDriver(ctx context.Context, cfg Config, info logging.Info) (*Driver, err
 // executable regular file inside one of dirs (also resolved). A refusal is
 // an InvalidArgument naming the path.
 func allowed(path string, dirs []string) (string, error) {
+	resolved, err := CheckInDirs(path, dirs, true)
+	if err != nil {
+		return "", fmt.Errorf("binary: logger %q refused: %w", path, err)
+	}
+	return resolved, nil
+}
+
+// CheckInDirs is the allow-list check of the binary and plugin drivers:
+// path must be absolute and, resolved through ResolveInDirs, lie inside one
+// of dirs and be an executable regular file (executable) or a socket (not
+// executable). It returns the resolved path, or why not as an
+// InvalidArgument whose message (the reason alone) the caller prefixes
+// with the driver and path.
+func CheckInDirs(path string, dirs []string, executable bool) (string, error) {
 	refuse := func(why string) error {
-		return fmt.Errorf("binary: logger %q refused: %s: %w", path, why, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s: %w", why, errdefs.ErrInvalidArgument)
 	}
 	if !filepath.IsAbs(path) {
 		return "", refuse("not an absolute path")
@@ -210,8 +224,11 @@ func allowed(path string, dirs []string) (string, error) {
 	if err != nil {
 		return "", refuse(err.Error())
 	}
-	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+	switch {
+	case executable && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0):
 		return "", refuse("not an executable file")
+	case !executable && fi.Mode()&os.ModeSocket == 0:
+		return "", refuse("not a socket")
 	}
 	return resolved, nil
 }
@@ -421,17 +438,22 @@ func (d *Driver) exitedWithin(timeout time.Duration) bool {
 	}
 }
 
-// execRunner runs the program with os/exec, for processes without a reaper.
-type execRunner struct{}
+// ExecRunner runs programs with os/exec, for processes without a reaper:
+// the default Runner of this package and of package plugin.
+type ExecRunner struct{}
 
-func (execRunner) Start(cmd *exec.Cmd) (chan runc.Exit, error) {
+// Start starts cmd; the channel it returns is never sent on (Wait does
+// not read it).
+func (ExecRunner) Start(cmd *exec.Cmd) (chan runc.Exit, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	return make(chan runc.Exit, 1), nil
 }
 
-func (execRunner) Wait(cmd *exec.Cmd, _ chan runc.Exit) (int, error) {
+// Wait waits for cmd and returns its exit code, or -1 and the error when
+// it has no exit state.
+func (ExecRunner) Wait(cmd *exec.Cmd, _ chan runc.Exit) (int, error) {
 	err := cmd.Wait()
 	if cmd.ProcessState != nil {
 		return cmd.ProcessState.ExitCode(), nil

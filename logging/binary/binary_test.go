@@ -3,6 +3,7 @@ package binary
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,6 +116,45 @@ func TestAllowList(t *testing.T) {
 	}
 	if _, err := factory(allowedDir)(context.Background(), logging.Info{Meta: meta}); err == nil || !strings.Contains(err.Error(), "path") {
 		t.Errorf("no path: err = %v", err)
+	}
+}
+
+// TestCheckInDirs: the whole refusal message as the drivers give it, and
+// the socket kind that package plugin asks for.
+func TestCheckInDirs(t *testing.T) {
+	dir := t.TempDir()
+	exe := logger(t, dir, "ok", copier)
+	sock := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = factory(dir)(context.Background(), logging.Info{Meta: meta, Options: map[string]string{"path": "ok"}})
+	if want := `binary: logger "ok" refused: not an absolute path: invalid argument`; err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %s", err, want)
+	}
+	for _, tc := range []struct {
+		name       string
+		path       string
+		executable bool
+		want       string // "" for accepted
+	}{
+		{"executable", exe, true, ""},
+		{"socket", sock, false, ""},
+		{"socket for an executable", sock, true, "not an executable file"},
+		{"executable for a socket", exe, false, "not a socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := CheckInDirs(tc.path, []string{dir}, tc.executable)
+			resolved, _ := filepath.EvalSymlinks(tc.path)
+			switch {
+			case tc.want == "" && (err != nil || got != resolved):
+				t.Errorf("got %q, %v; want %q accepted", got, err, resolved)
+			case tc.want != "" && (err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), tc.want)):
+				t.Errorf("err = %v, want InvalidArgument %q", err, tc.want)
+			}
+		})
 	}
 }
 

@@ -38,9 +38,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -99,7 +97,7 @@ func NewFactory(cfg Config) logging.Factory {
 		cfg.SocketDirs = DefaultSocketDirs
 	}
 	if cfg.Runner == nil {
-		cfg.Runner = execRunner{}
+		cfg.Runner = binary.ExecRunner{}
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 100 * time.Millisecond
@@ -226,28 +224,9 @@ func open(ctx context.Context, cfg Config, info logging.Info) (*Driver, error) {
 // executable, that it is an executable regular file. A refusal is an
 // InvalidArgument naming the path.
 func allowed(what, path string, dirs []string, executable bool) (string, error) {
-	refuse := func(why string) error {
-		return fmt.Errorf("plugin: %s %q refused: %s: %w", what, path, why, errdefs.ErrInvalidArgument)
-	}
-	if !filepath.IsAbs(path) {
-		return "", refuse("not an absolute path")
-	}
-	resolved, inside, err := binary.ResolveInDirs(path, dirs)
+	resolved, err := binary.CheckInDirs(path, dirs, executable)
 	if err != nil {
-		return "", refuse(err.Error())
-	}
-	if !inside {
-		return "", refuse(fmt.Sprintf("not inside an allowed directory (%s)", strings.Join(dirs, ", ")))
-	}
-	fi, err := os.Stat(resolved)
-	if err != nil {
-		return "", refuse(err.Error())
-	}
-	switch {
-	case executable && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0):
-		return "", refuse("not an executable file")
-	case !executable && fi.Mode()&os.ModeSocket == 0:
-		return "", refuse("not a socket")
+		return "", fmt.Errorf("plugin: %s %q refused: %w", what, path, err)
 	}
 	return resolved, nil
 }
@@ -521,22 +500,4 @@ func (d *Driver) Close() error {
 		errs = append(errs, fmt.Errorf("plugin %s: %d records (%d bytes) lost: %w", d.target(), d.lost.Lines, d.lost.Bytes, errdefs.ErrUnavailable))
 	}
 	return errors.Join(errs...)
-}
-
-// execRunner runs plugins with os/exec, for processes without a reaper.
-type execRunner struct{}
-
-func (execRunner) Start(cmd *exec.Cmd) (chan runc.Exit, error) {
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return make(chan runc.Exit, 1), nil
-}
-
-func (execRunner) Wait(cmd *exec.Cmd, _ chan runc.Exit) (int, error) {
-	err := cmd.Wait()
-	if cmd.ProcessState != nil {
-		return cmd.ProcessState.ExitCode(), nil
-	}
-	return -1, err
 }
