@@ -386,3 +386,95 @@ func checkCustodySeq(t *testing.T, what string, lines []string, maxGaps, maxGapB
 		t.Errorf("%s: only up to %d", what, next-1)
 	}
 }
+
+// TestKeeperCustodyBinaryLogger: a container whose output goes to a
+// binary:// logger (containerd's --log-uri binary://), under a keeper,
+// across two kills -9 of the daemon: the logger, the dead daemon's child
+// and then the keeper's, keeps its pipes (the keeper holds their write
+// ends), the new daemon watches it through a pidfd and goes on writing
+// into it; it is started once, gets every number in order (gaps only of
+// an in-flight read), and is stopped when the task is deleted.
+func TestKeeperCustodyBinaryLogger(t *testing.T) {
+	e := newEnv(t)
+	loggers := filepath.Join(e.dir, "loggers")
+	if err := os.MkdirAll(loggers, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.configure("kbinlog", fmt.Sprintf("keeper = true\nlogger_dirs = [%q]\n", loggers))
+	got := filepath.Join(e.dir, "logger.out")
+	pids := filepath.Join(e.dir, "logger.pids")
+	logger := filepath.Join(loggers, "logger")
+	script := "#!/bin/sh\necho $$ >> " + pids + "\nexec 5>&-\ncat <&3 >> " + got + " &\ncat <&4 >/dev/null &\nwait\n"
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	uri := "binary://" + logger
+	s, id := e.startRaw(ctx, "kbin", client.Stdio{Stdout: uri, Stderr: uri})
+	size := func() int64 {
+		st, err := os.Stat(got)
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	eventually(t, 10*time.Second, func() error {
+		if size() == 0 {
+			return fmt.Errorf("no output at the logger yet")
+		}
+		return nil
+	})
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 2; round++ {
+		time.Sleep(500 * time.Millisecond)
+		daemon := int(info.Pid)
+		if err := unix.Kill(daemon, unix.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, func() error {
+			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+			defer ccancel()
+			in, err := s.Info(cctx)
+			if err != nil || int(in.Pid) == daemon {
+				return fmt.Errorf("no new daemon on the connection yet: %+v %v", in, err)
+			}
+			info = in
+			return nil
+		})
+		n := size()
+		eventually(t, 10*time.Second, func() error {
+			if size() <= n {
+				return fmt.Errorf("round %d: the logger gets no output after the kill", round)
+			}
+			return nil
+		})
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
+		t.Fatalf("wait: %v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	pidData, _ := os.ReadFile(pids)
+	lp := strings.Fields(string(pidData))
+	if len(lp) != 1 {
+		t.Fatalf("logger started %d times (%q), want once", len(lp), lp)
+	}
+	pid, _ := strconv.Atoi(lp[0])
+	eventually(t, 10*time.Second, func() error {
+		if alive(pid) && !process.ProcStatus(pid).Zombie {
+			return fmt.Errorf("logger %d still runs after the delete", pid)
+		}
+		return nil
+	})
+	data, _ := os.ReadFile(got)
+	checkCustodySeq(t, "binary:// logger", strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"), 2, 128<<10)
+}
