@@ -592,26 +592,14 @@ func cmdEvents(ctx context.Context, a *app, args []string) error {
 	}
 }
 
+// containerOf returns the container ID of the task events `events` shows
+// ("" for any other message), all read through the one generated getter.
 func containerOf(m any) string {
-	switch e := m.(type) {
-	case *apievents.TaskCreate:
-		return e.ContainerID
-	case *apievents.TaskStart:
-		return e.ContainerID
-	case *apievents.TaskExit:
-		return e.ContainerID
-	case *apievents.TaskDelete:
-		return e.ContainerID
-	case *apievents.TaskOOM:
-		return e.ContainerID
-	case *apievents.TaskExecAdded:
-		return e.ContainerID
-	case *apievents.TaskExecStarted:
-		return e.ContainerID
-	case *apievents.TaskPaused:
-		return e.ContainerID
-	case *apievents.TaskResumed:
-		return e.ContainerID
+	switch m.(type) {
+	case *apievents.TaskCreate, *apievents.TaskStart, *apievents.TaskExit,
+		*apievents.TaskDelete, *apievents.TaskOOM, *apievents.TaskExecAdded,
+		*apievents.TaskExecStarted, *apievents.TaskPaused, *apievents.TaskResumed:
+		return m.(interface{ GetContainerID() string }).GetContainerID()
 	}
 	return ""
 }
