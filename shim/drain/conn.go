@@ -49,6 +49,13 @@ type conn struct {
 	closed      bool
 	held        bool   // in custody (custody.go)
 	key         uint64 // its key there
+
+	// wholeWrites (set once, before the first Write: custody) makes
+	// Write send whole frames only, each batch in one write (wbuf holds a
+	// frame ttrpc has not finished writing), so that a crash does not
+	// leave a response cut in the client's socket. Guarded by wmu.
+	wholeWrites bool
+	wbuf        []byte
 }
 
 // newConn registers a connection; pending are bytes to deliver before the
@@ -231,11 +238,30 @@ func (c *conn) Read(p []byte) (int, error) {
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	n, err := c.Conn.Write(p)
+	out := p
+	if c.wholeWrites {
+		// ttrpc writes a message in pieces (a 4 KiB bufio.Writer) and
+		// flushes at its end: send complete frames only.
+		c.wbuf = append(c.wbuf, p...)
+		k := completeFrames(c.wbuf)
+		if k == 0 {
+			return len(p), nil
+		}
+		out = c.wbuf[:k]
+	}
+	n, err := c.Conn.Write(out)
+	if c.wholeWrites {
+		defer func() {
+			c.wbuf = c.wbuf[:copy(c.wbuf, c.wbuf[n:])]
+			if cap(c.wbuf) > 64<<10 && len(c.wbuf) == 0 {
+				c.wbuf = nil // a large response: do not keep its buffer
+			}
+		}()
+	}
 	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c.wf.feed(p[:n], func(h header) {
+	c.wf.feed(out[:n], func(h header) {
 		if !h.closesStream() || c.inflight[h.stream] == 0 {
 			return
 		}
@@ -249,6 +275,12 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	c.interrupt()
 	l.cond.Broadcast()
+	if c.wholeWrites {
+		if err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	return n, err
 }
 

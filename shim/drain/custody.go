@@ -30,7 +30,9 @@ type Custody interface {
 // readWholeFrame), so that a crash of this process leaves each socket at a
 // frame boundary for the next daemon: a request this process had read and
 // not answered is lost (its caller times out), but the connection goes on.
-// Call it before serving.
+// They also write whole frames only, each batch with one write, so that a
+// crash does not leave a response cut (up to the socket's send buffer: a
+// larger write may still be cut). Call it before serving.
 func (l *Listener) SetCustody(c Custody) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -80,7 +82,22 @@ func (c *conn) hold() {
 		return
 	}
 	c.key, c.held = st.Ino, true
+	c.wholeWrites = true // before the server's first Write (see SetCustody)
 	cu.HoldConn(c.key, fd)
+}
+
+// completeFrames returns the length of the complete ttrpc frames at the
+// start of b.
+func completeFrames(b []byte) int {
+	off := 0
+	for len(b)-off >= headerLen {
+		size := headerLen + int(binary.BigEndian.Uint32(b[off:off+4]))
+		if len(b)-off < size {
+			break
+		}
+		off += size
+	}
+	return off
 }
 
 // release tells custody the connection is closed. Called with l.mu held.
