@@ -316,89 +316,142 @@ func (h *harness) runcCmd(args ...string) {
 	}
 }
 
-// TestCreateLikeCRIO is CRI-O's CreateContainer, start, attach and exit.
-func TestCreateLikeCRIO(t *testing.T) {
-	testutil.RequiresRoot(t)
+// createOK is create for a scenario that goes on with the container: the
+// monitor must exit 0 and report a pid. The sync pipe is closed when the
+// test ends.
+func (h *harness) createOK(id, bundle string, extra ...string) {
+	h.t.Helper()
+	msg, rc, syncParent := h.create(id, bundle, extra...)
+	h.t.Cleanup(func() { syncParent.Close() })
+	if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
+		h.t.Fatalf("create: exit %d, sync %q", rc, msg)
+	}
+}
+
+// startRunning starts the created container id; when the test ends it is
+// deleted with force and its exit file awaited, so its monitor is gone.
+func (h *harness) startRunning(id string) {
+	h.t.Helper()
+	h.runcCmd("start", id)
+	h.t.Cleanup(func() {
+		_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
+		waitFile(h.t, filepath.Join(h.exits, id))
+	})
+}
+
+// waitLog waits up to 10 s for the file at path to contain s.
+func waitLog(t *testing.T, path, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if b, _ := os.ReadFile(path); strings.Contains(string(b), s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never logged %q", path, s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// attachFrames connects to the attach socket at path and reads its frames
+// until EOF; the function it returns waits for them, 20 s at most.
+func attachFrames(t *testing.T, path string) func() []string {
+	t.Helper()
+	fd := dialAttach(t, path)
+	frames := make(chan []string, 1)
+	go readFrames(fd, frames)
+	return func() []string {
+		t.Helper()
+		select {
+		case f := <-frames:
+			return f
+		case <-time.After(20 * time.Second):
+			t.Fatal("attach client never saw EOF")
+			return nil
+		}
+	}
+}
+
+// compareMonitors runs scenario once per monitor, as a subtest named after
+// it with its own harness (on one shared rootfs), and fails t unless both
+// monitors observed the same (compare).
+func compareMonitors(t *testing.T, scenario func(t *testing.T, h *harness) observation) {
+	t.Helper()
 	rootfs := sharedRootfs(t)
 	got := map[string]observation{}
 	for name, bin := range monitors(t) {
 		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("c0ffee")
-			bundle := h.bundle(id, []string{"sh", "-c", "printf 'out\\ntwo\\n'; sleep 0.3; echo err >&2; sleep 0.3; printf partial; exit 3"})
-			msg, rc, syncParent := h.create(id, bundle)
-			defer syncParent.Close()
-			if rc != 0 {
-				t.Fatalf("create: exit %d", rc)
-			}
-			if !regexp.MustCompile(`^\{"pid": [0-9]+\}\n$`).MatchString(msg) {
-				t.Fatalf("sync message %q, want {\"pid\": N}", msg)
-			}
-			// The conmon pid file names a live monitor.
-			pidData := waitFile(t, filepath.Join(bundle, "conmon-pidfile"))
-			mpid, err := strconv.Atoi(pidData)
-			if err != nil || unix.Kill(mpid, 0) != nil {
-				t.Fatalf("conmon-pidfile %q: not a live pid", pidData)
-			}
-			// Attach as CRI-O does, through the socket-dir symlink.
-			link := filepath.Join(h.sockets, id)
-			if target, err := os.Readlink(link); err != nil || target != bundle {
-				t.Fatalf("symlink %s -> %q (%v), want the bundle", link, target, err)
-			}
-			fd := dialAttach(t, filepath.Join(link, "attach"))
-			frames := make(chan []string, 1)
-			go readFrames(fd, frames)
-			h.runcCmd("start", id)
-			obs := observation{Sync: []string{normalize(msg)}}
-			obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
-			obs.PersistExit = waitFile(t, filepath.Join(h.dir, "persist", id, "exit"))
-			select {
-			case obs.Attach = <-frames:
-			case <-time.After(20 * time.Second):
-				t.Fatal("attach client never saw EOF")
-			}
-			obs.Log = logLines(t, filepath.Join(h.dir, id+".log"))
-			h.runcCmd("delete", "-f", id)
-			if obs.ExitFile != "3" || obs.PersistExit != "3" {
-				t.Fatalf("exit files %q and %q, want 3", obs.ExitFile, obs.PersistExit)
-			}
-			want := []string{"stdout F out", "stdout F two", "stderr F err", "stdout P partial"}
-			if !reflect.DeepEqual(obs.Log, want) {
-				t.Fatalf("log lines %q, want %q", obs.Log, want)
-			}
-			wantFrames := []string{"2:out\ntwo\n", "3:err\n", "2:partial"}
-			if !reflect.DeepEqual(obs.Attach, wantFrames) {
-				t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
-			}
-			got[name] = obs
+			got[name] = scenario(t, newHarness(t, bin, rootfs))
 		})
 	}
 	compare(t, got)
 }
 
+// TestCreateLikeCRIO is CRI-O's CreateContainer, start, attach and exit.
+func TestCreateLikeCRIO(t *testing.T) {
+	testutil.RequiresRoot(t)
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("c0ffee")
+		bundle := h.bundle(id, []string{"sh", "-c", "printf 'out\\ntwo\\n'; sleep 0.3; echo err >&2; sleep 0.3; printf partial; exit 3"})
+		msg, rc, syncParent := h.create(id, bundle)
+		defer syncParent.Close()
+		if rc != 0 {
+			t.Fatalf("create: exit %d", rc)
+		}
+		if !regexp.MustCompile(`^\{"pid": [0-9]+\}\n$`).MatchString(msg) {
+			t.Fatalf("sync message %q, want {\"pid\": N}", msg)
+		}
+		// The conmon pid file names a live monitor.
+		pidData := waitFile(t, filepath.Join(bundle, "conmon-pidfile"))
+		mpid, err := strconv.Atoi(pidData)
+		if err != nil || unix.Kill(mpid, 0) != nil {
+			t.Fatalf("conmon-pidfile %q: not a live pid", pidData)
+		}
+		// Attach as CRI-O does, through the socket-dir symlink.
+		link := filepath.Join(h.sockets, id)
+		if target, err := os.Readlink(link); err != nil || target != bundle {
+			t.Fatalf("symlink %s -> %q (%v), want the bundle", link, target, err)
+		}
+		frames := attachFrames(t, filepath.Join(link, "attach"))
+		h.runcCmd("start", id)
+		obs := observation{Sync: []string{normalize(msg)}}
+		obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
+		obs.PersistExit = waitFile(t, filepath.Join(h.dir, "persist", id, "exit"))
+		obs.Attach = frames()
+		obs.Log = logLines(t, filepath.Join(h.dir, id+".log"))
+		h.runcCmd("delete", "-f", id)
+		if obs.ExitFile != "3" || obs.PersistExit != "3" {
+			t.Fatalf("exit files %q and %q, want 3", obs.ExitFile, obs.PersistExit)
+		}
+		want := []string{"stdout F out", "stdout F two", "stderr F err", "stdout P partial"}
+		if !reflect.DeepEqual(obs.Log, want) {
+			t.Fatalf("log lines %q, want %q", obs.Log, want)
+		}
+		wantFrames := []string{"2:out\ntwo\n", "3:err\n", "2:partial"}
+		if !reflect.DeepEqual(obs.Attach, wantFrames) {
+			t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
+		}
+		return obs
+	})
+}
+
 // TestCreateFailureLikeCRIO: the runtime's error reaches the sync pipe.
 func TestCreateFailureLikeCRIO(t *testing.T) {
 	testutil.RequiresRoot(t)
-	rootfs := sharedRootfs(t)
-	got := map[string]observation{}
-	for name, bin := range monitors(t) {
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("bad0")
-			bundle := h.bundle(id, []string{"/nonexistent"})
-			msg, rc, syncParent := h.create(id, bundle)
-			syncParent.Close()
-			if rc != 0 {
-				t.Fatalf("first process exit %d, want 0 (failures go to the sync pipe)", rc)
-			}
-			if !strings.HasPrefix(msg, `{"pid": -1, "message": "`) || !strings.Contains(msg, `/nonexistent`) {
-				t.Fatalf("sync message %q, want pid -1 with runc's error", msg)
-			}
-			got[name] = observation{Sync: []string{normalize(msg)}}
-			_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
-		})
-	}
-	compare(t, got)
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("bad0")
+		bundle := h.bundle(id, []string{"/nonexistent"})
+		msg, rc, syncParent := h.create(id, bundle)
+		syncParent.Close()
+		if rc != 0 {
+			t.Fatalf("first process exit %d, want 0 (failures go to the sync pipe)", rc)
+		}
+		if !strings.HasPrefix(msg, `{"pid": -1, "message": "`) || !strings.Contains(msg, `/nonexistent`) {
+			t.Fatalf("sync message %q, want pid -1 with runc's error", msg)
+		}
+		_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
+		return observation{Sync: []string{normalize(msg)}}
+	})
 }
 
 // TestExecSyncLikeCRIO is CRI-O's ExecSync: legacy exec with --sync, a
@@ -406,45 +459,31 @@ func TestCreateFailureLikeCRIO(t *testing.T) {
 // the output in a k8s-file; then the -T timeout.
 func TestExecSyncLikeCRIO(t *testing.T) {
 	testutil.RequiresRoot(t)
-	rootfs := sharedRootfs(t)
-	got := map[string]observation{}
-	for name, bin := range monitors(t) {
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("e1ec")
-			bundle := h.bundle(id, []string{"sleep", "1000"})
-			msg, rc, syncParent := h.create(id, bundle)
-			defer syncParent.Close()
-			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-				t.Fatalf("create: exit %d, sync %q", rc, msg)
-			}
-			h.runcCmd("start", id)
-			defer func() {
-				_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
-				waitFile(t, filepath.Join(h.exits, id))
-			}()
-			obs := observation{}
-			o1 := h.execSync(id, []string{"sh", "-c", "echo eo; echo ee >&2; exit 4"}, nil)
-			if o1.RC != 4 || o1.Sync[0] != "{\"exit_code\": 4}\n" {
-				t.Fatalf("exec sync: rc %d, sync %q", o1.RC, o1.Sync)
-			}
-			if len(o1.Log) != 2 {
-				t.Fatalf("exec log %q", o1.Log)
-			}
-			o2 := h.execSync(id, []string{"sleep", "10"}, []string{"-T", "1"})
-			if o2.RC != 255 || o2.Sync[0] != "{\"exit_code\": -1, \"message\": \"command timed out\"}\n" {
-				t.Fatalf("exec sync timeout: rc %d, sync %q", o2.RC, o2.Sync)
-			}
-			obs.Sync = append(o1.Sync, o2.Sync...)
-			// stdout and stderr are two pipes: which of "eo" and "ee" is
-			// read first is a race in either monitor, so compare them as a
-			// set.
-			obs.Log = slices.Sorted(slices.Values(o1.Log))
-			obs.RC = o1.RC*1000 + o2.RC
-			got[name] = obs
-		})
-	}
-	compare(t, got)
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("e1ec")
+		bundle := h.bundle(id, []string{"sleep", "1000"})
+		h.createOK(id, bundle)
+		h.startRunning(id)
+		obs := observation{}
+		o1 := h.execSync(id, []string{"sh", "-c", "echo eo; echo ee >&2; exit 4"}, nil)
+		if o1.RC != 4 || o1.Sync[0] != "{\"exit_code\": 4}\n" {
+			t.Fatalf("exec sync: rc %d, sync %q", o1.RC, o1.Sync)
+		}
+		if len(o1.Log) != 2 {
+			t.Fatalf("exec log %q", o1.Log)
+		}
+		o2 := h.execSync(id, []string{"sleep", "10"}, []string{"-T", "1"})
+		if o2.RC != 255 || o2.Sync[0] != "{\"exit_code\": -1, \"message\": \"command timed out\"}\n" {
+			t.Fatalf("exec sync timeout: rc %d, sync %q", o2.RC, o2.Sync)
+		}
+		obs.Sync = append(o1.Sync, o2.Sync...)
+		// stdout and stderr are two pipes: which of "eo" and "ee" is
+		// read first is a race in either monitor, so compare them as a
+		// set.
+		obs.Log = slices.Sorted(slices.Values(o1.Log))
+		obs.RC = o1.RC*1000 + o2.RC
+		return obs
+	})
 }
 
 func (h *harness) execSync(id string, args, extra []string) observation {
@@ -499,27 +538,10 @@ func TestCtlReopenAndResize(t *testing.T) {
 	h := newHarness(t, testutil.Bin(t, "conmon-v2"), sharedRootfs(t))
 	id := uniqueID("c71c")
 	bundle := h.bundle(id, []string{"sh", "-c", "echo before; sleep 1; echo after; sleep 1000"})
-	msg, rc, syncParent := h.create(id, bundle)
-	defer syncParent.Close()
-	if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-		t.Fatalf("create: exit %d, sync %q", rc, msg)
-	}
-	h.runcCmd("start", id)
-	defer func() {
-		_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
-		waitFile(t, filepath.Join(h.exits, id))
-	}()
+	h.createOK(id, bundle)
+	h.startRunning(id)
 	logPath := filepath.Join(h.dir, id+".log")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "before") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("first line never logged")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitLog(t, logPath, "before")
 	if err := os.Rename(logPath, logPath+".1"); err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +555,7 @@ func TestCtlReopenAndResize(t *testing.T) {
 	}
 	ctl.Close()
 	got := waitFile(t, logPath)
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(got, "after") {
 		if time.Now().After(deadline) {
 			t.Fatalf("reopened log %q never got the next line", got)
@@ -584,65 +606,47 @@ func TestTrampolineSetsListenPid(t *testing.T) {
 // monitor's environment.
 func TestSignalAndExitCommand(t *testing.T) {
 	testutil.RequiresRoot(t)
-	rootfs := sharedRootfs(t)
-	got := map[string]observation{}
-	for name, bin := range monitors(t) {
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("519a")
-			bundle := h.bundle(id, []string{"sh", "-c", `trap "echo got-term; exit 9" TERM; echo up; while true; do sleep 0.1; done`})
-			marker := filepath.Join(h.dir, "exit-command-ran")
-			msg, rc, syncParent := h.create(id, bundle,
-				"--exit-command", "/bin/sh", "--exit-command-arg", "-c",
-				"--exit-command-arg", `echo "$0 $EXITCMD_ENV [${GOMAXPROCS-unset}]" > `+marker, "--exit-command-arg", "arg0",
-				"--exit-delay", "1")
-			defer syncParent.Close()
-			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-				t.Fatalf("create: exit %d, sync %q", rc, msg)
-			}
-			h.runcCmd("start", id)
-			logPath := filepath.Join(h.dir, id+".log")
-			for deadline := time.Now().Add(10 * time.Second); ; {
-				if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "up") {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("container never logged")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			mpid, err := strconv.Atoi(waitFile(t, filepath.Join(bundle, "conmon-pidfile")))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := unix.Kill(mpid, unix.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			obs := observation{}
-			obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
-			exited := time.Now()
-			ran := waitFile(t, marker)
-			for deadline := time.Now().Add(10 * time.Second); !strings.HasSuffix(ran, "\n") && time.Now().Before(deadline); {
-				time.Sleep(20 * time.Millisecond) // the shell creates the file, then writes
-				ran = waitFile(t, marker)
-			}
-			t.Logf("exit command ran %v after the exit file (--exit-delay 1)", time.Since(exited))
-			obs.Sync = []string{ran}
-			obs.Log = logLines(t, logPath)
-			h.runcCmd("delete", "-f", id)
-			// The caller's environment, unchanged (conmon-v2 runs itself
-			// with GOMAXPROCS=1 and must not pass that on).
-			want := "arg0 from-env [unset]\n"
-			if v, ok := os.LookupEnv("GOMAXPROCS"); ok {
-				want = "arg0 from-env [" + v + "]\n"
-			}
-			if obs.ExitFile != "9" || ran != want {
-				t.Fatalf("exit file %q (want 9), exit command wrote %q", obs.ExitFile, ran)
-			}
-			got[name] = obs
-		})
-	}
-	compare(t, got)
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("519a")
+		bundle := h.bundle(id, []string{"sh", "-c", `trap "echo got-term; exit 9" TERM; echo up; while true; do sleep 0.1; done`})
+		marker := filepath.Join(h.dir, "exit-command-ran")
+		h.createOK(id, bundle,
+			"--exit-command", "/bin/sh", "--exit-command-arg", "-c",
+			"--exit-command-arg", `echo "$0 $EXITCMD_ENV [${GOMAXPROCS-unset}]" > `+marker, "--exit-command-arg", "arg0",
+			"--exit-delay", "1")
+		h.runcCmd("start", id)
+		logPath := filepath.Join(h.dir, id+".log")
+		waitLog(t, logPath, "up")
+		mpid, err := strconv.Atoi(waitFile(t, filepath.Join(bundle, "conmon-pidfile")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Kill(mpid, unix.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		obs := observation{}
+		obs.ExitFile = waitFile(t, filepath.Join(h.exits, id))
+		exited := time.Now()
+		ran := waitFile(t, marker)
+		for deadline := time.Now().Add(10 * time.Second); !strings.HasSuffix(ran, "\n") && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond) // the shell creates the file, then writes
+			ran = waitFile(t, marker)
+		}
+		t.Logf("exit command ran %v after the exit file (--exit-delay 1)", time.Since(exited))
+		obs.Sync = []string{ran}
+		obs.Log = logLines(t, logPath)
+		h.runcCmd("delete", "-f", id)
+		// The caller's environment, unchanged (conmon-v2 runs itself
+		// with GOMAXPROCS=1 and must not pass that on).
+		want := "arg0 from-env [unset]\n"
+		if v, ok := os.LookupEnv("GOMAXPROCS"); ok {
+			want = "arg0 from-env [" + v + "]\n"
+		}
+		if obs.ExitFile != "9" || ran != want {
+			t.Fatalf("exit file %q (want 9), exit command wrote %q", obs.ExitFile, ran)
+		}
+		return obs
+	})
 }
 
 // TestExecAttachLikePodman is Podman's exec: --api-version 1 with
@@ -651,80 +655,60 @@ func TestSignalAndExitCommand(t *testing.T) {
 // the exit file in the session's exit dir, and the attach frames.
 func TestExecAttachLikePodman(t *testing.T) {
 	testutil.RequiresRoot(t)
-	rootfs := sharedRootfs(t)
-	got := map[string]observation{}
-	for name, bin := range monitors(t) {
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("e8ec")
-			bundle := h.bundle(id, []string{"sleep", "1000"})
-			msg, rc, syncParent := h.create(id, bundle)
-			defer syncParent.Close()
-			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-				t.Fatalf("create: exit %d, sync %q", rc, msg)
-			}
-			h.runcCmd("start", id)
-			defer func() {
-				_ = exec.Command(h.runc, "--root", h.runcRoot, "delete", "-f", id).Run()
-				waitFile(t, filepath.Join(h.exits, id))
-			}()
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("e8ec")
+		bundle := h.bundle(id, []string{"sleep", "1000"})
+		h.createOK(id, bundle)
+		h.startRunning(id)
 
-			session := uniqueID("5e55")
-			sdir := filepath.Join(bundle, session)
-			if err := os.MkdirAll(filepath.Join(sdir, "exit"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			spec, _ := json.Marshal(h.processSpec([]string{"sh", "-c", "printf 'xo\\n'; sleep 0.2; echo xe >&2; exit 4"}))
-			specPath := filepath.Join(sdir, "exec-process")
-			if err := os.WriteFile(specPath, spec, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			syncP, syncC := pipePair(t)
-			startP, startC := pipePair(t)
-			attP, attC := pipePair(t)
-			defer syncP.Close()
-			defer startP.Close()
-			defer attP.Close()
-			cmd := exec.Command(h.bin, "--api-version", "1", "-c", id, "-u", session, "-r", h.runc,
-				"-b", sdir, "-p", filepath.Join(sdir, "exec_pid"), "-n", "name", "--exit-dir", filepath.Join(sdir, "exit"),
-				"--full-attach", "-l", "none", "--log-level", "warning", "--runtime-arg", "--root="+h.runcRoot,
-				"-e", "--exec-attach", "--exec-process-spec", specPath)
-			cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4", "_OCI_ATTACHPIPE=5")
-			cmd.ExtraFiles = []*os.File{syncC, startC, attC}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			syncC.Close()
-			startC.Close()
-			attC.Close()
-			startP.Write([]byte{0})
-			if err := cmd.Wait(); err != nil {
-				t.Fatalf("first process: %v", err)
-			}
-			obs := observation{}
-			obs.Sync = append(obs.Sync, readLine(t, attP))
-			fd := dialAttach(t, filepath.Join(sdir, "attach"))
-			frames := make(chan []string, 1)
-			go readFrames(fd, frames)
-			startP.Write([]byte{0})
-			obs.Sync = append(obs.Sync, normalize(readLine(t, syncP)), readLine(t, syncP))
-			select {
-			case obs.Attach = <-frames:
-			case <-time.After(20 * time.Second):
-				t.Fatal("attach client never saw EOF")
-			}
-			obs.ExitFile = waitFile(t, filepath.Join(sdir, "exit", id))
-			want := []string{"{\"data\": 0}\n", "{\"data\": N}\n", "{\"data\": 4}\n"}
-			if !reflect.DeepEqual(obs.Sync, want) || obs.ExitFile != "4" {
-				t.Fatalf("pipes %q, exit file %q; want %q and 4", obs.Sync, obs.ExitFile, want)
-			}
-			if wantFrames := []string{"2:xo\n", "3:xe\n"}; !reflect.DeepEqual(obs.Attach, wantFrames) {
-				t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
-			}
-			got[name] = obs
-		})
-	}
-	compare(t, got)
+		session := uniqueID("5e55")
+		sdir := filepath.Join(bundle, session)
+		if err := os.MkdirAll(filepath.Join(sdir, "exit"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		spec, _ := json.Marshal(h.processSpec([]string{"sh", "-c", "printf 'xo\\n'; sleep 0.2; echo xe >&2; exit 4"}))
+		specPath := filepath.Join(sdir, "exec-process")
+		if err := os.WriteFile(specPath, spec, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		syncP, syncC := pipePair(t)
+		startP, startC := pipePair(t)
+		attP, attC := pipePair(t)
+		defer syncP.Close()
+		defer startP.Close()
+		defer attP.Close()
+		cmd := exec.Command(h.bin, "--api-version", "1", "-c", id, "-u", session, "-r", h.runc,
+			"-b", sdir, "-p", filepath.Join(sdir, "exec_pid"), "-n", "name", "--exit-dir", filepath.Join(sdir, "exit"),
+			"--full-attach", "-l", "none", "--log-level", "warning", "--runtime-arg", "--root="+h.runcRoot,
+			"-e", "--exec-attach", "--exec-process-spec", specPath)
+		cmd.Env = append(os.Environ(), "_OCI_SYNCPIPE=3", "_OCI_STARTPIPE=4", "_OCI_ATTACHPIPE=5")
+		cmd.ExtraFiles = []*os.File{syncC, startC, attC}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		syncC.Close()
+		startC.Close()
+		attC.Close()
+		startP.Write([]byte{0})
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("first process: %v", err)
+		}
+		obs := observation{}
+		obs.Sync = append(obs.Sync, readLine(t, attP))
+		frames := attachFrames(t, filepath.Join(sdir, "attach"))
+		startP.Write([]byte{0})
+		obs.Sync = append(obs.Sync, normalize(readLine(t, syncP)), readLine(t, syncP))
+		obs.Attach = frames()
+		obs.ExitFile = waitFile(t, filepath.Join(sdir, "exit", id))
+		want := []string{"{\"data\": 0}\n", "{\"data\": N}\n", "{\"data\": 4}\n"}
+		if !reflect.DeepEqual(obs.Sync, want) || obs.ExitFile != "4" {
+			t.Fatalf("pipes %q, exit file %q; want %q and 4", obs.Sync, obs.ExitFile, want)
+		}
+		if wantFrames := []string{"2:xo\n", "3:xe\n"}; !reflect.DeepEqual(obs.Attach, wantFrames) {
+			t.Fatalf("attach frames %q, want %q", obs.Attach, wantFrames)
+		}
+		return obs
+	})
 }
 
 // TestOOMLikeCRIO: a container killed by the memory cgroup's OOM killer
@@ -732,7 +716,6 @@ func TestExecAttachLikePodman(t *testing.T) {
 // conmon 2.1.6 writes it) and in the persist dir, before the exit file.
 func TestOOMLikeCRIO(t *testing.T) {
 	testutil.RequiresRoot(t)
-	rootfs := sharedRootfs(t)
 	t.Cleanup(func() {
 		// runc delete removes the containers' cgroups, not their parent.
 		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/conmon-v2-test")
@@ -741,71 +724,52 @@ func TestOOMLikeCRIO(t *testing.T) {
 			_ = os.Remove(d)
 		}
 	})
-	got := map[string]observation{}
-	for name, bin := range monitors(t) {
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("00a1")
-			limit := 16 << 20
-			bundle := h.bundle(id, []string{"sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x$x; done"},
-				func(spec map[string]any) {
-					linux := spec["linux"].(map[string]any)
-					linux["cgroupsPath"] = "/conmon-v2-test/" + id
-					linux["resources"] = map[string]any{"memory": map[string]any{"limit": limit, "swap": limit}}
-				})
-			msg, rc, syncParent := h.create(id, bundle)
-			defer syncParent.Close()
-			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-				t.Fatalf("create: exit %d, sync %q", rc, msg)
-			}
-			h.runcCmd("start", id)
-			obs := observation{ExitFile: waitFile(t, filepath.Join(h.exits, id))}
-			_, err1 := os.Stat(filepath.Join(bundle, "oom"))
-			_, err2 := os.Stat(filepath.Join(h.dir, "persist", id, "oom"))
-			obs.OOMFile = err1 == nil && err2 == nil
-			h.runcCmd("delete", "-f", id)
-			if obs.ExitFile != "137" || !obs.OOMFile {
-				t.Fatalf("exit file %q (want 137), oom files: bundle %v, persist dir %v", obs.ExitFile, err1, err2)
-			}
-			got[name] = obs
-		})
-	}
-	compare(t, got)
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("00a1")
+		limit := 16 << 20
+		bundle := h.bundle(id, []string{"sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x$x; done"},
+			func(spec map[string]any) {
+				linux := spec["linux"].(map[string]any)
+				linux["cgroupsPath"] = "/conmon-v2-test/" + id
+				linux["resources"] = map[string]any{"memory": map[string]any{"limit": limit, "swap": limit}}
+			})
+		h.createOK(id, bundle)
+		h.runcCmd("start", id)
+		obs := observation{ExitFile: waitFile(t, filepath.Join(h.exits, id))}
+		_, err1 := os.Stat(filepath.Join(bundle, "oom"))
+		_, err2 := os.Stat(filepath.Join(h.dir, "persist", id, "oom"))
+		obs.OOMFile = err1 == nil && err2 == nil
+		h.runcCmd("delete", "-f", id)
+		if obs.ExitFile != "137" || !obs.OOMFile {
+			t.Fatalf("exit file %q (want 137), oom files: bundle %v, persist dir %v", obs.ExitFile, err1, err2)
+		}
+		return obs
+	})
 }
 
 // TestLogSizeMaxLikeConmon: --log-size-max truncates the k8s-file as
 // conmon does (everything before the cut is gone, the file restarts).
 func TestLogSizeMaxLikeConmon(t *testing.T) {
 	testutil.RequiresRoot(t)
-	rootfs := sharedRootfs(t)
-	got := map[string]observation{}
-	for name, bin := range monitors(t) {
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, bin, rootfs)
-			id := uniqueID("512e")
-			bundle := h.bundle(id, []string{"sh", "-c",
-				"i=10; while [ $i -lt 70 ]; do echo line-$i-xxxxxxxx; i=$((i+1)); sleep 0.01; done"})
-			msg, rc, syncParent := h.create(id, bundle, "--log-size-max", "1000")
-			defer syncParent.Close()
-			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-				t.Fatalf("create: exit %d, sync %q", rc, msg)
-			}
-			h.runcCmd("start", id)
-			obs := observation{ExitFile: waitFile(t, filepath.Join(h.exits, id))}
-			h.runcCmd("delete", "-f", id)
-			path := filepath.Join(h.dir, id+".log")
-			fi, err := os.Stat(path)
-			if err != nil || fi.Size() > 1000 {
-				t.Fatalf("log file: %v, size %d > 1000", err, fi.Size())
-			}
-			obs.Log = logLines(t, path)
-			if len(obs.Log) == 0 || obs.Log[len(obs.Log)-1] != "stdout F line-69-xxxxxxxx" {
-				t.Fatalf("log after truncation %q", obs.Log)
-			}
-			got[name] = obs
-		})
-	}
-	compare(t, got)
+	compareMonitors(t, func(t *testing.T, h *harness) observation {
+		id := uniqueID("512e")
+		bundle := h.bundle(id, []string{"sh", "-c",
+			"i=10; while [ $i -lt 70 ]; do echo line-$i-xxxxxxxx; i=$((i+1)); sleep 0.01; done"})
+		h.createOK(id, bundle, "--log-size-max", "1000")
+		h.runcCmd("start", id)
+		obs := observation{ExitFile: waitFile(t, filepath.Join(h.exits, id))}
+		h.runcCmd("delete", "-f", id)
+		path := filepath.Join(h.dir, id+".log")
+		fi, err := os.Stat(path)
+		if err != nil || fi.Size() > 1000 {
+			t.Fatalf("log file: %v, size %d > 1000", err, fi.Size())
+		}
+		obs.Log = logLines(t, path)
+		if len(obs.Log) == 0 || obs.Log[len(obs.Log)-1] != "stdout F line-69-xxxxxxxx" {
+			t.Fatalf("log after truncation %q", obs.Log)
+		}
+		return obs
+	})
 }
 
 // uniqueID returns a 64-hex-digit container ID starting with prefix and

@@ -27,11 +27,7 @@ func TestJournaldLikeConmon(t *testing.T) {
 			h := newHarness(t, bin, rootfs)
 			id := uniqueID("10a1")
 			bundle := h.bundle(id, []string{"sh", "-c", "echo hello; sleep 0.2; echo err >&2; sleep 0.2; printf part"})
-			msg, rc, syncParent := h.create(id, bundle, "-l", "journald:", "--log-tag", "the-tag")
-			defer syncParent.Close()
-			if rc != 0 || !strings.HasPrefix(msg, `{"pid": `) {
-				t.Fatalf("create: exit %d, sync %q", rc, msg)
-			}
+			h.createOK(id, bundle, "-l", "journald:", "--log-tag", "the-tag")
 			h.runcCmd("start", id)
 			waitFile(t, h.exits+"/"+id)
 			h.runcCmd("delete", "-f", id)
