@@ -161,6 +161,17 @@ func fileRunUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPat
 		t.Fatal(err)
 	}
 	p := logging.NewPipeline(logging.Metadata{ID: id}, []logging.Driver{d}, logging.PipelineOptions{})
+	fileRunInto(t, ctx, p, root, bundle, id)
+	if st := p.Stats(); st.WriteError.Lines != 0 || st.ReadErrors != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// fileRunInto runs the bundle as container id with runc (state under
+// root) in the foreground, its stdout and stderr on pipes read by p, and
+// closes p once runc exited.
+func fileRunInto(t *testing.T, ctx context.Context, p *logging.Pipeline, root, bundle, id string) {
+	t.Helper()
 	or, ow, _ := os.Pipe()
 	er, ew, _ := os.Pipe()
 	cmd := exec.CommandContext(ctx, "runc", "--root", root, "run", "--bundle", bundle, id)
@@ -178,9 +189,35 @@ func fileRunUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPat
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.Stats(); st.WriteError.Lines != 0 || st.ReadErrors != 0 {
-		t.Fatalf("stats %+v", st)
+}
+
+// fileCompat is a side-by-side run of conmon and a Pipeline: a busybox
+// rootfs, each side's directory and its log file.
+type fileCompat struct {
+	ctx        context.Context
+	rootfs     string
+	cdir, vdir string
+	clog, vlog string
+}
+
+// newFileCompat skips without root, fails without runc or Debian's conmon,
+// and prepares the directories; ctx ends after 60 s or with the test.
+func newFileCompat(t *testing.T) fileCompat {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.NeedCommand(t, "runc")
+	if _, err := os.Stat(fileDebianConmon); err != nil {
+		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", fileDebianConmon, err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	base := t.TempDir()
+	c := fileCompat{ctx: ctx, rootfs: testutil.BusyboxRootfs(t, filepath.Join(base, "rootfs"))}
+	c.cdir, c.vdir = filepath.Join(base, "conmon"), filepath.Join(base, "v2")
+	os.MkdirAll(c.cdir, 0o755)
+	os.MkdirAll(c.vdir, 0o755)
+	c.clog, c.vlog = filepath.Join(c.cdir, "ctr.log"), filepath.Join(c.vdir, "ctr.log")
+	return c
 }
 
 // TestFileK8sByteCompatibleWithConmon runs the same container under
@@ -188,25 +225,12 @@ func fileRunUnderPipeline(t *testing.T, ctx context.Context, dir, bundle, logPat
 // identical but for the timestamps, which must have conmon's layout and
 // the same grouping (one per read).
 func TestFileK8sByteCompatibleWithConmon(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.NeedCommand(t, "runc")
-	if _, err := os.Stat(fileDebianConmon); err != nil {
-		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", fileDebianConmon, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	base := t.TempDir()
-	rootfs := testutil.BusyboxRootfs(t, filepath.Join(base, "rootfs"))
+	c := newFileCompat(t)
+	fileRunUnderConmon(t, c.ctx, c.cdir, fileBundle(t, c.cdir, c.rootfs, fileCompatScript), c.clog)
+	fileRunUnderPipeline(t, c.ctx, c.vdir, fileBundle(t, c.vdir, c.rootfs, fileCompatScript), c.vlog)
 
-	cdir, vdir := filepath.Join(base, "conmon"), filepath.Join(base, "v2")
-	os.MkdirAll(cdir, 0o755)
-	os.MkdirAll(vdir, 0o755)
-	clog, vlog := filepath.Join(cdir, "ctr.log"), filepath.Join(vdir, "ctr.log")
-	fileRunUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, fileCompatScript), clog)
-	fileRunUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, fileCompatScript), vlog)
-
-	cl, cg, co := fileSplitLog(t, clog)
-	vl, vg, vo := fileSplitLog(t, vlog)
+	cl, cg, co := fileSplitLog(t, c.clog)
+	vl, vg, vo := fileSplitLog(t, c.vlog)
 	if strings.Join(cl, "") != strings.Join(vl, "") {
 		t.Fatalf("lines differ:\nconmon:\n%s\nconmon-v2:\n%s", strings.Join(cl, ""), strings.Join(vl, ""))
 	}
@@ -222,25 +246,13 @@ func TestFileK8sByteCompatibleWithConmon(t *testing.T) {
 // TestFileK8sTruncateLikeConmon: conmon's --log-size-max and k8s-file's
 // truncate mode leave the same lines in the file.
 func TestFileK8sTruncateLikeConmon(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.NeedCommand(t, "runc")
-	if _, err := os.Stat(fileDebianConmon); err != nil {
-		t.Fatalf("%s is not installed (.ci/run installs conmon): %v", fileDebianConmon, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	base := t.TempDir()
-	rootfs := testutil.BusyboxRootfs(t, filepath.Join(base, "rootfs"))
+	c := newFileCompat(t)
 	// 60 lines of 65 bytes in the file with max 1000, one write each.
 	script := `for i in $(seq 10 69); do echo "line $i $(printf '%0.sx' $(seq 1 2))"; done`
-	cdir, vdir := filepath.Join(base, "conmon"), filepath.Join(base, "v2")
-	os.MkdirAll(cdir, 0o755)
-	os.MkdirAll(vdir, 0o755)
-	clog, vlog := filepath.Join(cdir, "ctr.log"), filepath.Join(vdir, "ctr.log")
-	fileRunUnderConmon(t, ctx, cdir, fileBundle(t, cdir, rootfs, script), clog, "--log-size-max", "1000")
-	fileRunUnderPipeline(t, ctx, vdir, fileBundle(t, vdir, rootfs, script), vlog, k8sfile.Options{MaxSize: 1000, Truncate: true})
-	cl, _, _ := fileSplitLog(t, clog)
-	vl, _, _ := fileSplitLog(t, vlog)
+	fileRunUnderConmon(t, c.ctx, c.cdir, fileBundle(t, c.cdir, c.rootfs, script), c.clog, "--log-size-max", "1000")
+	fileRunUnderPipeline(t, c.ctx, c.vdir, fileBundle(t, c.vdir, c.rootfs, script), c.vlog, k8sfile.Options{MaxSize: 1000, Truncate: true})
+	cl, _, _ := fileSplitLog(t, c.clog)
+	vl, _, _ := fileSplitLog(t, c.vlog)
 	if strings.Join(cl, "") != strings.Join(vl, "") {
 		t.Fatalf("files differ:\nconmon:\n%s\nconmon-v2:\n%s", strings.Join(cl, ""), strings.Join(vl, ""))
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -54,23 +53,7 @@ func TestFileRotationUnderLoadRealContainer(t *testing.T) {
 			fileCheckSeq(&next))
 	}()
 
-	or, ow, _ := os.Pipe()
-	er, ew, _ := os.Pipe()
-	cmd := exec.CommandContext(ctx, "runc", "--root", filepath.Join(base, "runc"), "run", "--bundle", bundle, id)
-	cmd.Stdout, cmd.Stderr = ow, ew
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ow.Close()
-	ew.Close()
-	p.ReadFrom(logging.Stdout, or)
-	p.ReadFrom(logging.Stderr, er)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("runc run: %v", err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	fileRunInto(t, ctx, p, filepath.Join(base, "runc"), bundle, id)
 	close(exited)
 	if err := <-followed; err != nil {
 		t.Fatal(err)
