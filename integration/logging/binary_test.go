@@ -66,6 +66,17 @@ func waitFile(t *testing.T, path, want string) {
 	}
 }
 
+// pipedPipeline returns a Pipeline for d reading the container's stdout
+// and stderr from two in-memory pipes, and the pipes' write ends.
+func pipedPipeline(meta logging.Metadata, d logging.Driver) (p *logging.Pipeline, stdout, stderr *io.PipeWriter) {
+	p = logging.NewPipeline(meta, []logging.Driver{d}, logging.PipelineOptions{})
+	outR, outW := io.Pipe()
+	errR, errW := io.Pipe()
+	p.ReadFrom(logging.Stdout, outR)
+	p.ReadFrom(logging.Stderr, errR)
+	return p, outW, errW
+}
+
 // TestBinaryThroughPipeline feeds raw container output through a Pipeline
 // into a containerd-protocol shell logger.
 func TestBinaryThroughPipeline(t *testing.T) {
@@ -78,11 +89,7 @@ func TestBinaryThroughPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := logging.NewPipeline(meta, []logging.Driver{d}, logging.PipelineOptions{})
-	outR, outW := io.Pipe()
-	errR, errW := io.Pipe()
-	p.ReadFrom(logging.Stdout, outR)
-	p.ReadFrom(logging.Stderr, errR)
+	p, outW, errW := pipedPipeline(meta, d)
 	var want strings.Builder
 	for i := 0; i < 1000; i++ {
 		fmt.Fprintf(outW, "line %d\n", i)

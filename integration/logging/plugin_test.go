@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,11 +78,7 @@ func TestPluginThroughPipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := logging.NewPipeline(meta, []logging.Driver{d}, logging.PipelineOptions{})
-	outR, outW := io.Pipe()
-	errR, errW := io.Pipe()
-	p.ReadFrom(logging.Stdout, outR)
-	p.ReadFrom(logging.Stderr, errR)
+	p, outW, errW := pipedPipeline(meta, d)
 	const n = 2000
 	go func() {
 		for i := 0; i < n; i++ {
