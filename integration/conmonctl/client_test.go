@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/internal/testutil"
 )
 
 // TestClient drives the Go client against the real shim: every task RPC,
@@ -50,7 +51,7 @@ func TestClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	stdin := &blockingReader{data: make(chan []byte, 1)}
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.SyncBuffer
 	cio, err := client.OpenIO(ctx, fifos, client.Streams{Stdin: stdin, Stdout: &stdout, Stderr: &stderr}, func() {
 		_ = s.CloseStdin(context.WithoutCancel(ctx), id, "")
 	})

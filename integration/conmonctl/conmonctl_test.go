@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -597,7 +596,7 @@ func TestEvents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ev := h.cmd(ctx, "events", "--json")
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	ev.Stdout = &out
 	if err := ev.Start(); err != nil {
 		t.Fatal(err)
@@ -773,24 +772,6 @@ func TestHelpAndCompletion(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "stats stop" {
 		t.Errorf("completion of 'st': %v %q", err, out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestLogsOfOtherDrivers: with a driver that cannot be read back (none
