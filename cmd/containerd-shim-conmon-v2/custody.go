@@ -106,7 +106,7 @@ func (c *custodyClient) send(m custodyMsg, fds []int) {
 		return
 	}
 	for {
-		err = unix.Sendmsg(c.fd, data, oob, nil, 0)
+		err = unix.Sendmsg(c.fd, data, oob, nil, unix.MSG_NOSIGNAL)
 		if err != unix.EINTR {
 			break
 		}
