@@ -246,6 +246,24 @@ func (a *app) forEach(ctx context.Context, names []string, f func(ctx context.Co
 	return nil
 }
 
+// forEachShim is forEach for commands that act through a container's
+// shim: call gets a connection of its own to r's shim, closed after it,
+// and the name of every container call succeeded on is printed.
+func (a *app) forEachShim(ctx context.Context, names []string, call func(ctx context.Context, s *client.Shim, r *record) error) error {
+	return a.forEach(ctx, names, func(ctx context.Context, r *record) error {
+		s, err := a.connect(ctx, r)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if err := call(ctx, s, r); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, r.Name)
+		return nil
+	})
+}
+
 // gone reports whether err says the shim or task no longer exists.
 func gone(err error) bool {
 	return errdefs.IsNotFound(err) || errdefs.IsUnavailable(err)

@@ -225,22 +225,14 @@ func cmdKill(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return usagef("-s %s: %v", a.opts.signal, err)
 	}
-	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
-		s, err := a.connect(ctx, r)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
+	return a.forEachShim(ctx, args, func(ctx context.Context, s *client.Shim, r *record) error {
 		cctx, cancel := withTimeout(ctx)
 		defer cancel()
-		if err := s.Kill(cctx, r.ID, "", uint32(sig), sig == unix.SIGKILL); err != nil {
-			if errdefs.IsNotFound(err) {
-				return fmt.Errorf("container %s is not running: %w", r.Name, err)
-			}
-			return err
+		err := s.Kill(cctx, r.ID, "", uint32(sig), sig == unix.SIGKILL)
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("container %s is not running: %w", r.Name, err)
 		}
-		fmt.Fprintln(a.stdout, r.Name)
-		return nil
+		return err
 	})
 }
 
@@ -251,16 +243,10 @@ func cmdStop(ctx context.Context, a *app, args []string) error {
 	if a.opts.timeout < 0 {
 		return usagef("-t %d: must not be negative", a.opts.timeout)
 	}
-	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
-		s, err := a.connect(ctx, r)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
+	return a.forEachShim(ctx, args, func(ctx context.Context, s *client.Shim, r *record) error {
 		if err := stopTask(ctx, s, r.ID, time.Duration(a.opts.timeout)*time.Second); err != nil {
 			return fmt.Errorf("stop %s: %w", r.Name, err)
 		}
-		fmt.Fprintln(a.stdout, r.Name)
 		return nil
 	})
 }
@@ -349,24 +335,13 @@ func pauseResume(ctx context.Context, a *app, args []string, pause bool) error {
 	if err := needArgs(args, 1, -1, "container NAME"); err != nil {
 		return err
 	}
-	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
-		s, err := a.connect(ctx, r)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
+	return a.forEachShim(ctx, args, func(ctx context.Context, s *client.Shim, r *record) error {
 		cctx, cancel := withTimeout(ctx)
 		defer cancel()
 		if pause {
-			err = s.Pause(cctx, r.ID)
-		} else {
-			err = s.Resume(cctx, r.ID)
+			return s.Pause(cctx, r.ID)
 		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(a.stdout, r.Name)
-		return nil
+		return s.Resume(cctx, r.ID)
 	})
 }
 
@@ -914,18 +889,9 @@ func cmdUpdate(ctx context.Context, a *app, args []string) error {
 		return usagef("nothing to update: give --memory")
 	}
 	res := &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &memory}}
-	return a.forEach(ctx, args, func(ctx context.Context, r *record) error {
-		s, err := a.connect(ctx, r)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
+	return a.forEachShim(ctx, args, func(ctx context.Context, s *client.Shim, r *record) error {
 		cctx, cancel := withTimeout(ctx)
 		defer cancel()
-		if err := s.Update(cctx, r.ID, res, nil); err != nil {
-			return err
-		}
-		fmt.Fprintln(a.stdout, r.Name)
-		return nil
+		return s.Update(cctx, r.ID, res, nil)
 	})
 }
