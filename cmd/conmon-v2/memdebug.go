@@ -14,22 +14,11 @@
 
 package main
 
-import (
-	"os"
-
-	"github.com/containers/conmon-v2/internal/memdebug"
-)
+import "github.com/containers/conmon-v2/internal/memdebug"
 
 func init() {
-	memdebug.Start(memdebug.Config{
-		Dir:      os.Getenv("CONMON_V2_MEMDEBUG"),
-		MemProf:  os.Getenv("CONMON_V2_MEMPROF") != "",
-		Profiles: os.Getenv("CONMON_V2_MEMDEBUG_PROFILES") != "",
-		Metrics: append(memdebug.MemoryClasses(),
-			"/gc/cycles/total:gc-cycles",
-			"/sched/gomaxprocs:threads",
-			"/gc/heap/goal:bytes",
-			"/sched/goroutines:goroutines",
-		),
-	})
+	c := memdebug.FromEnv("CONMON_V2_")
+	c.Metrics = append(memdebug.MemoryClasses(), "/gc/cycles/total:gc-cycles",
+		"/sched/gomaxprocs:threads", "/gc/heap/goal:bytes", "/sched/goroutines:goroutines")
+	memdebug.Start(c)
 }

@@ -13,20 +13,11 @@
 
 package main
 
-import (
-	"os"
-
-	"github.com/containers/conmon-v2/internal/memdebug"
-)
+import "github.com/containers/conmon-v2/internal/memdebug"
 
 func init() {
-	memdebug.Start(memdebug.Config{
-		Dir:      os.Getenv("CONMON_V2_SHIM_MEMDEBUG"),
-		MemProf:  os.Getenv("CONMON_V2_SHIM_MEMPROF") != "",
-		Profiles: true,
-		Metrics: append(memdebug.MemoryClasses(),
-			"/gc/heap/goal:bytes",
-			"/sched/goroutines:goroutines",
-		),
-	})
+	c := memdebug.FromEnv("CONMON_V2_SHIM_")
+	c.Profiles = true // the daemon always writes its profiles
+	c.Metrics = append(memdebug.MemoryClasses(), "/gc/heap/goal:bytes", "/sched/goroutines:goroutines")
+	memdebug.Start(c)
 }

@@ -37,6 +37,18 @@ type Config struct {
 	Metrics []string
 }
 
+// FromEnv reads a Config from the environment variables named by prefix:
+// Dir from prefix+"MEMDEBUG", MemProf from prefix+"MEMPROF" and Profiles
+// from prefix+"MEMDEBUG_PROFILES" (each set when not empty). Metrics is
+// left for the caller.
+func FromEnv(prefix string) Config {
+	return Config{
+		Dir:      os.Getenv(prefix + "MEMDEBUG"),
+		MemProf:  os.Getenv(prefix+"MEMPROF") != "",
+		Profiles: os.Getenv(prefix+"MEMDEBUG_PROFILES") != "",
+	}
+}
+
 // MemoryClasses returns the names of runtime/metrics' memory classes that
 // both monitors write, a new slice on every call so that callers may append.
 func MemoryClasses() []string {

@@ -8,47 +8,43 @@ import (
 	"testing"
 )
 
+// TestWrite: one line per metric, in the order asked for; the profiles
+// only when asked for.
 func TestWrite(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		profiles bool
-		want     []string
-		absent   []string
-	}{
-		{"metrics only", false, []string{".metrics"}, []string{".heap", ".goroutines"}},
-		{"with profiles", true, []string{".metrics", ".heap", ".goroutines"}, nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			base := filepath.Join(t.TempDir(), "1")
-			names := append(MemoryClasses(), "/sched/goroutines:goroutines")
-			samples := make([]metrics.Sample, len(names))
-			for i, n := range names {
-				samples[i].Name = n
+	names := append(MemoryClasses(), "/sched/goroutines:goroutines")
+	samples := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		samples[i].Name = n
+	}
+	for _, profiles := range []bool{false, true} {
+		base := filepath.Join(t.TempDir(), "1")
+		write(base, samples, profiles)
+		for ext, want := range map[string]bool{".metrics": true, ".heap": profiles, ".goroutines": profiles} {
+			if _, err := os.Stat(base + ext); (err == nil) != want {
+				t.Errorf("profiles %v: %s written: %v, want %v", profiles, ext, err == nil, want)
 			}
-			write(base, samples, tc.profiles)
-			for _, ext := range tc.want {
-				if _, err := os.Stat(base + ext); err != nil {
-					t.Errorf("%s: %v", ext, err)
-				}
+		}
+		b, err := os.ReadFile(base + ".metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		if len(lines) != len(names) {
+			t.Fatalf("%d lines, want %d:\n%s", len(lines), len(names), b)
+		}
+		for i, l := range lines {
+			if !strings.HasPrefix(l, names[i]+" ") {
+				t.Errorf("line %d = %q, want %s first", i, l, names[i])
 			}
-			for _, ext := range tc.absent {
-				if _, err := os.Stat(base + ext); err == nil {
-					t.Errorf("%s written without profiles", ext)
-				}
-			}
-			b, err := os.ReadFile(base + ".metrics")
-			if err != nil {
-				t.Fatal(err)
-			}
-			lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-			if len(lines) != len(names) {
-				t.Fatalf("%d lines, want %d:\n%s", len(lines), len(names), b)
-			}
-			for i, l := range lines {
-				if !strings.HasPrefix(l, names[i]+" ") {
-					t.Errorf("line %d = %q, want %s first", i, l, names[i])
-				}
-			}
-		})
+		}
+	}
+}
+
+func TestFromEnv(t *testing.T) {
+	t.Setenv("X_MEMDEBUG", "/d")
+	t.Setenv("X_MEMPROF", "1")
+	t.Setenv("X_MEMDEBUG_PROFILES", "")
+	if c := FromEnv("X_"); c.Dir != "/d" || !c.MemProf || c.Profiles {
+		t.Errorf("FromEnv = %+v", c)
 	}
 }
