@@ -173,8 +173,12 @@ func TestChaosLogDiskFull(t *testing.T) {
 				}
 			}
 		}
-		if reported != missing {
-			t.Errorf("%s: %d lines missing from its log, the daemon reported %d lost", tk.id, missing, reported)
+		// The daemon counts log records; a line that straddles two reads
+		// is two records (P, then F), so a dropped stretch may count a
+		// record or so per read more than the container's lines (reads
+		// carry hundreds of these short lines), never fewer.
+		if reported < missing || reported > missing+missing/50+1 {
+			t.Errorf("%s: %d lines missing from its log, the daemon reported %d records lost", tk.id, missing, reported)
 		}
 	}
 	for _, line := range strings.Split(daemonLog.String(), "\n") {
