@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/internal/testutil"
 	"github.com/containers/conmon-v2/logging"
 )
 
@@ -190,9 +191,9 @@ func TestChaosLogDiskFull(t *testing.T) {
 
 // captureDaemonLog makes bundle's log FIFO (the daemon started for the
 // bundle's container logs there) and collects what is written to it.
-func captureDaemonLog(t *testing.T, bundle string) *syncBuffer {
+func captureDaemonLog(t *testing.T, bundle string) *testutil.SyncBuffer {
 	t.Helper()
-	buf := &syncBuffer{}
+	buf := &testutil.SyncBuffer{}
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@
 package resilience
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -182,7 +180,7 @@ type task struct {
 	addr   string
 	shim   *client.Shim
 	io     *client.IO
-	out    *syncBuffer
+	out    *testutil.SyncBuffer
 	done   bool // removed
 }
 
@@ -213,7 +211,7 @@ func (e *env) start(ctx context.Context, id string, args []string, output bool, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	tk := &task{id: id, bundle: bundle, addr: addr, shim: s, out: &syncBuffer{}}
+	tk := &task{id: id, bundle: bundle, addr: addr, shim: s, out: &testutil.SyncBuffer{}}
 	t.Cleanup(func() {
 		// A test that failed half-way: leave no container behind.
 		if !tk.done {
@@ -299,20 +297,3 @@ func fdCount(t *testing.T, pid int) int {
 }
 
 func alive(pid int) bool { return unix.Kill(pid, 0) == nil }
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}

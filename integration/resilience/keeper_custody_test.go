@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/internal/testutil"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
@@ -73,7 +74,7 @@ func TestKeeperCustody(t *testing.T) {
 	}
 	// An exec printing numbers into the client's FIFOs: after a crash it
 	// is the keeper's child, watched by the new daemon through a pidfd.
-	execOut := &syncBuffer{}
+	execOut := &testutil.SyncBuffer{}
 	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +100,7 @@ func TestKeeperCustody(t *testing.T) {
 	}
 	stdinR, stdinW := io.Pipe()
 	defer stdinW.Close()
-	ttyOut := &syncBuffer{}
+	ttyOut := &testutil.SyncBuffer{}
 	ttyIO, err := client.OpenIO(ctx, ttyFifos, client.Streams{Stdin: stdinR, Stdout: ttyOut}, nil)
 	if err != nil {
 		t.Fatal(err)

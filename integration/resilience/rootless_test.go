@@ -67,7 +67,7 @@ func rootlessScenario(dir string) int {
 		if err != nil {
 			return err
 		}
-		var out syncBuffer
+		var out testutil.SyncBuffer
 		cio, err := client.OpenIO(ctx, fifos, client.Streams{Stdout: &out, Stderr: &out}, nil)
 		if err != nil {
 			return err

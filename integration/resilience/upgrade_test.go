@@ -61,7 +61,7 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 		t.Fatal(err)
 	}
 	// The daemon's own log: the bundle's log FIFO of its first container.
-	daemonLog := &syncBuffer{}
+	daemonLog := &testutil.SyncBuffer{}
 	firstBundle := filepath.Join(e.dir, "up0-"+e.suffix)
 	if err := os.MkdirAll(firstBundle, 0o700); err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 	}
 
 	// An exec printing numbers into FIFOs.
-	execOut := &syncBuffer{}
+	execOut := &testutil.SyncBuffer{}
 	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 	}
 	stdinR, stdinW := io.Pipe()
 	defer stdinW.Close()
-	ttyOut := &syncBuffer{}
+	ttyOut := &testutil.SyncBuffer{}
 	ttyIO, err := client.OpenIO(ctx, ttyFifos, client.Streams{Stdin: stdinR, Stdout: ttyOut}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -703,7 +703,7 @@ func TestLiveUpgradeRefused(t *testing.T) {
 		t.Errorf("the daemon changed: pid %d exec_at %v, was %d %v", info.Pid, info.ExecAt, before.Pid, before.ExecAt)
 	}
 	// The client reads again: everything arrives.
-	outBuf := &syncBuffer{}
+	outBuf := &testutil.SyncBuffer{}
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
