@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -360,119 +359,10 @@ func checkSeqText(t *testing.T, what, out string) {
 // that works, the kill's exit code and a log with every number prove that
 // containerd's connection survived the exec.
 func TestLiveUpgradeContainerd(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.NeedCommand(t, "runc")
-	ctrd := testutil.NeedCommand(t, "containerd")
-	ctrBin := testutil.NeedCommand(t, "ctr")
-	shimBin := testutil.Bin(t, "containerd-shim-conmon-v2")
-	dir, err := os.MkdirTemp("", "ctrd-up") // short: socket paths must fit 106 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	rootfs := testutil.BusyboxRootfs(t, filepath.Join(dir, "rootfs"))
-	address := filepath.Join(dir, "c.sock")
-	for _, d := range []string{"bin", "fifo", "log"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Symlink(shimBin, filepath.Join(dir, "bin", "containerd-shim-conmon-v2")); err != nil {
-		t.Fatal(err)
-	}
-	shimCfg := filepath.Join(dir, "shim.toml")
-	write := func(path, content string) {
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(shimCfg, fmt.Sprintf("socket_dir = %q\nruntime_root = %q\nstate_dir = %q\n",
-		filepath.Join(dir, "s"), filepath.Join(dir, "runc"), filepath.Join(dir, "shimstate")))
-	write(filepath.Join(dir, "config.toml"), fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, address+".ttrpc", filepath.Join(dir, "opt")))
-	logPath := filepath.Join(dir, "log", "containerd.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(ctrd, "--config", filepath.Join(dir, "config.toml"))
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(dir, "bin")+":"+os.Getenv("PATH"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ctr := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c := exec.CommandContext(ctx, ctrBin, append([]string{"--address", address}, args...)...)
-		c.Dir = dir
-		out, err := c.CombinedOutput()
-		return string(out), err
-	}
-	mustCtr := func(args ...string) string {
-		t.Helper()
-		out, err := ctr(args...)
-		if err != nil {
-			t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
-	t.Cleanup(func() {
-		ctr("task", "kill", "-a", "-s", "SIGKILL", "up")
-		time.Sleep(200 * time.Millisecond)
-		ctr("task", "rm", "-f", "up")
-		ctr("c", "rm", "up")
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			data, _ := os.ReadFile(logPath)
-			t.Logf("containerd log:\n%s", data)
-		}
-	})
-	eventually(t, 20*time.Second, func() error { _, err := ctr("version"); return err })
-	status := func() string {
-		out, _ := ctr("task", "ls")
-		for _, line := range strings.Split(out, "\n") {
-			if f := strings.Fields(line); len(f) == 3 && f[0] == "up" {
-				return f[2]
-			}
-		}
-		return ""
-	}
-
-	outLog := filepath.Join(dir, "up.log")
-	mustCtr("run", "-d", "--runtime", "io.containerd.conmon.v2", "--runtime-config-path", shimCfg,
-		"--log-uri", "file://"+outLog, "--rootfs", rootfs, "up", "/bin/sh", "-c", counterScript)
-	eventually(t, 10*time.Second, func() error {
-		if s := status(); s != "RUNNING" {
-			return fmt.Errorf("task up is %q", s)
-		}
-		return nil
-	})
-	addr, err := os.ReadFile(filepath.Join(dir, "state", "io.containerd.runtime.v2.task", "default", "up", "address"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := client.Connect(context.Background(), string(addr))
+	c := startContainerd(t, "ctrd-up", "", "up")
+	outLog := filepath.Join(c.dir, "up.log")
+	addr := c.runCounter("up", outLog)
+	s, err := client.Connect(context.Background(), addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,39 +376,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	for round := 1; round <= 2; round++ {
 		time.Sleep(500 * time.Millisecond)
 		before = upgradeOnce(ctx, t, s, before, round)
-		if st := status(); st != "RUNNING" {
-			t.Fatalf("round %d: task up is %q after the upgrade", round, st)
-		}
-		out := mustCtr("task", "exec", "--fifo-dir", filepath.Join(dir, "fifo"), "--exec-id", fmt.Sprintf("e%d", round), "up", "/bin/echo", "after-upgrade")
-		if !strings.Contains(out, "after-upgrade") {
-			t.Fatalf("exec after the upgrade: %q", out)
-		}
+		c.checkServes("up", round, "upgrade", "after-upgrade")
 	}
-	time.Sleep(500 * time.Millisecond)
 	// containerd logs "shim disconnected" when a shim's connection closes
 	// (it does at the end, after the task's removal).
-	if ld, _ := os.ReadFile(logPath); strings.Contains(string(ld), "shim disconnected") {
-		t.Errorf("containerd saw the shim's connection close")
-	}
-	mustCtr("task", "kill", "-s", "SIGKILL", "up")
-	eventually(t, 10*time.Second, func() error {
-		if s := status(); s != "STOPPED" {
-			return fmt.Errorf("task up is %q", s)
-		}
-		return nil
-	})
-	if out := mustCtr("task", "rm", "up"); !strings.Contains(out, "137") {
-		t.Errorf("task rm after SIGKILL reports %q, want exit code 137", out)
-	}
-	mustCtr("c", "rm", "up")
+	c.checkConnectionKept()
+	c.killAndRemove("up")
 	data, err := os.ReadFile(outLog)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkSeqText(t, "file:// log", string(data))
 	// The shim's log reaches containerd's: its handover figures.
-	ld, _ := os.ReadFile(logPath)
-	for _, line := range strings.Split(string(ld), "\n") {
+	for _, line := range strings.Split(c.log(), "\n") {
 		if strings.Contains(line, "upgrade: ") {
 			t.Log("shim: " + line)
 		}
