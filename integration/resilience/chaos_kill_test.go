@@ -72,23 +72,8 @@ func TestChaosRuntimeKilled(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(planDir, id), []byte(victim+" "+delay+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		bundle := filepath.Join(e.dir, id)
 		// Hostname = id: the container's cgroup is /conmon-v2/<id>.
-		spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sleep", "1000"}, Hostname: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := client.WriteSpec(bundle, spec); err != nil {
-			t.Fatal(err)
-		}
-		addr, err := client.StartShim(ctx, e.opts, id, bundle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := client.Connect(ctx, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		bundle, _, s := e.launch(ctx, id, client.SpecOpts{Args: []string{"sleep", "1000"}, Hostname: id})
 		step := func(what string, f func(context.Context) error) bool {
 			cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
 			defer ccancel()

@@ -41,45 +41,15 @@ func TestChaosRuntime(t *testing.T) {
 	if err := os.WriteFile(wrapper, []byte(chaosRuntime), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := filepath.Join(e.dir, "chaos.toml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("grouping = \"namespace\"\nruntime = %q\n", wrapper)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	shimWrapper := filepath.Join(e.dir, "shim-chaos")
-	if err := os.WriteFile(shimWrapper, []byte("#!/bin/sh\nexec "+e.shim+" -config "+conf+" \"$@\"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ns := "resilience-chaos-" + e.suffix
-	opts := client.ShimOpts{Binary: shimWrapper, Namespace: ns}
-	t.Cleanup(func() {
-		for _, d := range []string{"/run/conmon-v2/state/", "/run/conmon-v2/runc/"} {
-			_ = os.Remove(filepath.Join(d, ns, "runc.log"))
-			_ = os.Remove(filepath.Join(d, ns))
-		}
-	})
+	e.configure("chaos", fmt.Sprintf("grouping = \"namespace\"\nruntime = %q\n", wrapper))
+	ns := e.opts.Namespace
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var failed, ran int
-	var addr string
 	for i := range 12 {
 		id := fmt.Sprintf("chaos%d-%s", i, e.suffix)
-		bundle := filepath.Join(e.dir, id)
-		spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sleep", "1000"}, Hostname: "c"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := client.WriteSpec(bundle, spec); err != nil {
-			t.Fatal(err)
-		}
-		addr, err = client.StartShim(ctx, opts, id, bundle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := client.Connect(ctx, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		bundle, _, s := e.launch(ctx, id, client.SpecOpts{Args: []string{"sleep", "1000"}, Hostname: "c"})
 		step := func(what string, f func(context.Context) error) bool {
 			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 			defer ccancel()

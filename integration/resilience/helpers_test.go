@@ -191,26 +191,11 @@ func (e *env) start(ctx context.Context, id string, args []string, output bool, 
 	t := e.t
 	t.Helper()
 	id = id + "-" + e.suffix // unique: a failed run may leave runc state behind
-	bundle := filepath.Join(e.dir, id)
 	a := map[string]string{client.GroupAnnotation: e.group}
 	for k, v := range ann {
 		a[k] = v
 	}
-	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: args, Hostname: id, Annotations: a})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.WriteSpec(bundle, spec); err != nil {
-		t.Fatal(err)
-	}
-	addr, err := client.StartShim(ctx, e.opts, id, bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := client.Connect(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bundle, addr, s := e.launch(ctx, id, client.SpecOpts{Args: args, Hostname: id, Annotations: a})
 	tk := &task{id: id, bundle: bundle, addr: addr, shim: s, out: &testutil.SyncBuffer{}}
 	t.Cleanup(func() {
 		// A test that failed half-way: leave no container behind.
@@ -245,6 +230,32 @@ func (e *env) start(ctx context.Context, id string, args []string, output bool, 
 		t.Fatalf("start %s: %v", id, err)
 	}
 	return tk
+}
+
+// launch writes the bundle of container id (a directory of the env's)
+// with the spec so on the env's rootfs, starts the container's shim (or
+// joins a running daemon) with the env's options and connects to it.
+func (e *env) launch(ctx context.Context, id string, so client.SpecOpts) (bundle, addr string, s *client.Shim) {
+	t := e.t
+	t.Helper()
+	bundle = filepath.Join(e.dir, id)
+	so.Rootfs = e.rootfs
+	spec, err := client.NewSpec(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.WriteSpec(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	addr, err = client.StartShim(ctx, e.opts, id, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = client.Connect(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bundle, addr, s
 }
 
 // remove kills, waits for and deletes the task, and closes its client.

@@ -601,26 +601,11 @@ func (e *env) startRaw(ctx context.Context, name string, stdio client.Stdio, arg
 	t := e.t
 	t.Helper()
 	id := name + "-" + e.suffix
-	bundle := filepath.Join(e.dir, id)
 	if len(args) == 0 {
 		args = []string{"sh", "-c", counterScript}
 	}
-	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: args, Hostname: id,
+	bundle, _, s := e.launch(ctx, id, client.SpecOpts{Args: args, Hostname: id,
 		Annotations: map[string]string{client.GroupAnnotation: e.group}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.WriteSpec(bundle, spec); err != nil {
-		t.Fatal(err)
-	}
-	addr, err := client.StartShim(ctx, e.opts, id, bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := client.Connect(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -709,23 +694,8 @@ func TestLiveUpgradeGroupJoin(t *testing.T) {
 	first.remove(t) // the daemon is empty: it leaves after its grace...
 	// ... unless start announces a member (Join) first.
 	id := "j2-" + e.suffix
-	bundle := filepath.Join(e.dir, id)
-	spec, err := client.NewSpec(client.SpecOpts{Rootfs: e.rootfs, Args: []string{"sleep", "100"}, Hostname: id,
+	bundle, _, s := e.launch(ctx, id, client.SpecOpts{Args: []string{"sleep", "100"}, Hostname: id,
 		Annotations: map[string]string{client.GroupAnnotation: e.group}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.WriteSpec(bundle, spec); err != nil {
-		t.Fatal(err)
-	}
-	addr, err := client.StartShim(ctx, e.opts, id, bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := client.Connect(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer s.Close()
 	t.Cleanup(func() {
 		_ = s.Kill(context.Background(), id, "", uint32(unix.SIGKILL), true)
