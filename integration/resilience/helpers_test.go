@@ -24,6 +24,7 @@ import (
 	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/client"
 	"github.com/containers/conmon-v2/internal/testutil"
+	"github.com/containers/conmon-v2/process"
 )
 
 // probeEnv switches the test binary into the probe (see TestMain).
@@ -308,3 +309,94 @@ func fdCount(t *testing.T, pid int) int {
 }
 
 func alive(pid int) bool { return unix.Kill(pid, 0) == nil }
+
+// killAndDelete kills task id on s with SIGKILL, waits for its exit (137)
+// and deletes it; any failure ends the test.
+func killAndDelete(ctx context.Context, t *testing.T, s *client.Shim, id string) {
+	t.Helper()
+	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
+		t.Fatalf("wait: %v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// binaryLogger is a binary:// logger (a script, as containerd's --log-uri
+// binary:// runs) that appends the container's stdout to a file and
+// notes its pid each time it starts.
+type binaryLogger struct {
+	t    *testing.T
+	uri  string
+	got  string // what it received
+	pids string // its pids, one a start
+}
+
+// binaryLogger configures the env as configure(name, toml) does, the
+// logger's directory allowed (logger_dirs), and writes the logger there.
+func (e *env) binaryLogger(name, toml string) *binaryLogger {
+	t := e.t
+	t.Helper()
+	loggers := filepath.Join(e.dir, "loggers")
+	if err := os.MkdirAll(loggers, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.configure(name, toml+fmt.Sprintf("logger_dirs = [%q]\n", loggers))
+	l := &binaryLogger{t: t, got: filepath.Join(e.dir, "logger.out"), pids: filepath.Join(e.dir, "logger.pids")}
+	logger := filepath.Join(loggers, "logger")
+	script := "#!/bin/sh\necho $$ >> " + l.pids + "\nexec 5>&-\ncat <&3 >> " + l.got + " &\ncat <&4 >/dev/null &\nwait\n"
+	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l.uri = "binary://" + logger
+	return l
+}
+
+// size is how many bytes the logger received so far.
+func (l *binaryLogger) size() int64 {
+	st, err := os.Stat(l.got)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// waitMore waits until the logger received more than n bytes; why is the
+// error if it does not.
+func (l *binaryLogger) waitMore(n int64, why string) {
+	l.t.Helper()
+	eventually(l.t, 10*time.Second, func() error {
+		if l.size() <= n {
+			return errors.New(why)
+		}
+		return nil
+	})
+}
+
+// output is what the logger received.
+func (l *binaryLogger) output() string {
+	data, _ := os.ReadFile(l.got)
+	return string(data)
+}
+
+// checkStartedOnce checks that the logger was started once, and that it
+// stopped (the task was deleted).
+func (l *binaryLogger) checkStartedOnce() {
+	t := l.t
+	t.Helper()
+	pidData, _ := os.ReadFile(l.pids)
+	lp := strings.Fields(string(pidData))
+	if len(lp) != 1 {
+		t.Fatalf("logger started %d times (%q), want once", len(lp), lp)
+	}
+	pid, _ := strconv.Atoi(lp[0])
+	eventually(t, 10*time.Second, func() error {
+		if alive(pid) && !process.ProcStatus(pid).Zombie {
+			return fmt.Errorf("logger %d still runs after the delete", pid)
+		}
+		return nil
+	})
+}

@@ -397,35 +397,11 @@ func checkCustodySeq(t *testing.T, what string, lines []string, maxGaps, maxGapB
 // an in-flight read), and is stopped when the task is deleted.
 func TestKeeperCustodyBinaryLogger(t *testing.T) {
 	e := newEnv(t)
-	loggers := filepath.Join(e.dir, "loggers")
-	if err := os.MkdirAll(loggers, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	e.configure("kbinlog", fmt.Sprintf("keeper = true\nlogger_dirs = [%q]\n", loggers))
-	got := filepath.Join(e.dir, "logger.out")
-	pids := filepath.Join(e.dir, "logger.pids")
-	logger := filepath.Join(loggers, "logger")
-	script := "#!/bin/sh\necho $$ >> " + pids + "\nexec 5>&-\ncat <&3 >> " + got + " &\ncat <&4 >/dev/null &\nwait\n"
-	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	l := e.binaryLogger("kbinlog", "keeper = true\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	uri := "binary://" + logger
-	s, id := e.startRaw(ctx, "kbin", client.Stdio{Stdout: uri, Stderr: uri})
-	size := func() int64 {
-		st, err := os.Stat(got)
-		if err != nil {
-			return 0
-		}
-		return st.Size()
-	}
-	eventually(t, 10*time.Second, func() error {
-		if size() == 0 {
-			return fmt.Errorf("no output at the logger yet")
-		}
-		return nil
-	})
+	s, id := e.startRaw(ctx, "kbin", client.Stdio{Stdout: l.uri, Stderr: l.uri})
+	l.waitMore(0, "no output at the logger yet")
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -446,36 +422,10 @@ func TestKeeperCustodyBinaryLogger(t *testing.T) {
 			info = in
 			return nil
 		})
-		n := size()
-		eventually(t, 10*time.Second, func() error {
-			if size() <= n {
-				return fmt.Errorf("round %d: the logger gets no output after the kill", round)
-			}
-			return nil
-		})
+		l.waitMore(l.size(), fmt.Sprintf("round %d: the logger gets no output after the kill", round))
 	}
 	time.Sleep(500 * time.Millisecond)
-	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
-		t.Fatal(err)
-	}
-	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
-		t.Fatalf("wait: %v %v, want 137", w, err)
-	}
-	if _, err := s.Delete(ctx, id, ""); err != nil {
-		t.Fatal(err)
-	}
-	pidData, _ := os.ReadFile(pids)
-	lp := strings.Fields(string(pidData))
-	if len(lp) != 1 {
-		t.Fatalf("logger started %d times (%q), want once", len(lp), lp)
-	}
-	pid, _ := strconv.Atoi(lp[0])
-	eventually(t, 10*time.Second, func() error {
-		if alive(pid) && !process.ProcStatus(pid).Zombie {
-			return fmt.Errorf("logger %d still runs after the delete", pid)
-		}
-		return nil
-	})
-	data, _ := os.ReadFile(got)
-	checkCustodySeq(t, "binary:// logger", strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"), 2, 128<<10)
+	killAndDelete(ctx, t, s, id)
+	l.checkStartedOnce()
+	checkCustodySeq(t, "binary:// logger", strings.Split(strings.TrimSuffix(l.output(), "\n"), "\n"), 2, 128<<10)
 }

@@ -19,7 +19,6 @@ import (
 
 	"github.com/containers/conmon-v2/client"
 	"github.com/containers/conmon-v2/internal/testutil"
-	"github.com/containers/conmon-v2/process"
 )
 
 // counterScript prints 1, 2, 3, ... one number a line, about 5000 lines a
@@ -441,71 +440,21 @@ func upgradeOnce(ctx context.Context, t *testing.T, s *client.Shim, before clien
 // the new binary stops it when the task is deleted.
 func TestLiveUpgradeBinaryLogger(t *testing.T) {
 	e := newEnv(t)
-	loggers := filepath.Join(e.dir, "loggers")
-	if err := os.MkdirAll(loggers, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	e.configure("binlog", fmt.Sprintf("grouping = \"namespace\"\nlogger_dirs = [%q]\n", loggers))
-	got := filepath.Join(e.dir, "logger.out")
-	pids := filepath.Join(e.dir, "logger.pids")
-	logger := filepath.Join(loggers, "logger")
-	script := "#!/bin/sh\necho $$ >> " + pids + "\nexec 5>&-\ncat <&3 >> " + got + " &\ncat <&4 >/dev/null &\nwait\n"
-	if err := os.WriteFile(logger, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	l := e.binaryLogger("binlog", "grouping = \"namespace\"\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	uri := "binary://" + logger
-	s, id := e.startRaw(ctx, "bin", client.Stdio{Stdout: uri, Stderr: uri})
-	size := func() int64 {
-		st, err := os.Stat(got)
-		if err != nil {
-			return 0
-		}
-		return st.Size()
-	}
-	eventually(t, 10*time.Second, func() error {
-		if size() == 0 {
-			return fmt.Errorf("no output at the logger yet")
-		}
-		return nil
-	})
+	s, id := e.startRaw(ctx, "bin", client.Stdio{Stdout: l.uri, Stderr: l.uri})
+	l.waitMore(0, "no output at the logger yet")
 	before, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	upgradeOnce(ctx, t, s, before, 2)
-	n := size()
-	eventually(t, 10*time.Second, func() error {
-		if size() <= n {
-			return fmt.Errorf("the logger gets no output after the upgrade")
-		}
-		return nil
-	})
+	l.waitMore(l.size(), "the logger gets no output after the upgrade")
 	time.Sleep(time.Second)
-	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
-		t.Fatal(err)
-	}
-	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
-		t.Fatalf("wait: %v %v, want 137", w, err)
-	}
-	if _, err := s.Delete(ctx, id, ""); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := os.ReadFile(got)
-	checkSeqText(t, "binary:// logger", string(data))
-	pidData, _ := os.ReadFile(pids)
-	lp := strings.Fields(string(pidData))
-	if len(lp) != 1 {
-		t.Fatalf("logger started %d times (%q), want once", len(lp), lp)
-	}
-	pid, _ := strconv.Atoi(lp[0])
-	eventually(t, 10*time.Second, func() error {
-		if alive(pid) && !process.ProcStatus(pid).Zombie {
-			return fmt.Errorf("logger %d still runs after the delete", pid)
-		}
-		return nil
-	})
+	killAndDelete(ctx, t, s, id)
+	checkSeqText(t, "binary:// logger", l.output())
+	l.checkStartedOnce()
 }
 
 // TestLiveUpgradeRefused: a handover that cannot be done in time (a
@@ -580,15 +529,7 @@ func TestLiveUpgradeRefused(t *testing.T) {
 		_, _ = io.Copy(outBuf, rd)
 	}()
 	time.Sleep(time.Second)
-	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
-		t.Fatal(err)
-	}
-	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
-		t.Fatalf("wait: %v %v, want 137", w, err)
-	}
-	if _, err := s.Delete(ctx, id, ""); err != nil {
-		t.Fatal(err)
-	}
+	killAndDelete(ctx, t, s, id)
 	rd.Close() // we held a writer-less read end: no EOF to wait for
 	<-copied
 	checkSeqText(t, "FIFO after the failed upgrade", outBuf.String())
@@ -716,15 +657,7 @@ func TestLiveUpgradeGroupJoin(t *testing.T) {
 	if _, err := s.Start(ctx, id, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Kill(ctx, id, "", uint32(unix.SIGKILL), true); err != nil {
-		t.Fatal(err)
-	}
-	if w, err := s.Wait(ctx, id, ""); err != nil || w.Status != 137 {
-		t.Fatalf("wait: %v %v", w, err)
-	}
-	if _, err := s.Delete(ctx, id, ""); err != nil {
-		t.Fatal(err)
-	}
+	killAndDelete(ctx, t, s, id)
 	eventually(t, 15*time.Second, func() error {
 		if alive(int(before.Pid)) {
 			return fmt.Errorf("daemon %d still runs with no task", before.Pid)
