@@ -2,14 +2,18 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
@@ -27,7 +31,11 @@ const logReportInterval = time.Second
 // nobody asks for in the shim. The pipeline is looked at after a write of
 // the container's output, at most once a second: an idle container costs
 // nothing.
-func reportLogErrors(f LogTapFunc, log *slog.Logger) LogTapFunc {
+//
+// With reg, each report is also kept by container id, for LogStats, and
+// publishes the events TopicLogFailing and TopicLogRecovered on the
+// same transitions (once each, never per failed write).
+func reportLogErrors(f LogTapFunc, log *slog.Logger, reg *logReports) LogTapFunc {
 	if f == nil || log == nil {
 		return f
 	}
@@ -37,8 +45,94 @@ func reportLogErrors(f LogTapFunc, log *slog.Logger) LogTapFunc {
 		if err != nil || !ok {
 			return tap, err
 		}
-		return &reportingTap{pipelineTap: pt, r: &logReport{log: log.With("container", id), p: pt.p}}, nil
+		r := &logReport{log: log.With("container", id), p: pt.p, id: id}
+		if reg != nil {
+			r.publish = reg.publish
+			reg.add(id, r)
+		}
+		return &reportingTap{pipelineTap: pt, r: r}, nil
 	}
+}
+
+// Topics of the events a container's log drivers cause; their payload is
+// a *conmonapi.LogDriverEvent.
+const (
+	TopicLogFailing   = "/conmon-v2/log/failing"
+	TopicLogRecovered = "/conmon-v2/log/recovered"
+)
+
+// logReports holds the log report of each container that has a logging
+// pipeline, from its tap's creation until the task is deleted (the
+// counters stay readable after the container exits).
+type logReports struct {
+	publish func(topic string, msg proto.Message) // may be nil
+
+	mu   sync.Mutex
+	byID map[string]*logReport
+}
+
+func (l *logReports) add(id string, r *logReport) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byID == nil {
+		l.byID = map[string]*logReport{}
+	}
+	l.byID[id] = r
+}
+
+func (l *logReports) remove(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.byID, id)
+}
+
+func (l *logReports) get(id string) *logReport {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.byID[id]
+}
+
+// LogDriverStats are one log driver's totals with what the shim noticed
+// of its failures.
+type LogDriverStats struct {
+	logging.DriverStats
+	// Failing is true from a write error until the driver writes again
+	// without a new one.
+	Failing bool
+	// LastErrorAt is when the shim noticed LastError (at most about a
+	// second after the write that failed); zero if none.
+	LastErrorAt time.Time
+}
+
+// LogStats are a container's logging pipeline totals (Pipeline false: it
+// has none, and the rest is zero).
+type LogStats struct {
+	ID       string
+	Pipeline bool
+	// Stats are the pipeline's counters; Drivers repeats Stats.Drivers,
+	// in the same order, with Failing and LastErrorAt.
+	Stats   logging.Stats
+	Drivers []LogDriverStats
+}
+
+// LogStats returns the totals of the logging pipeline of task id, read
+// now (a driver's failure or recovery is also reported, to the log and as
+// an event, by this call if no write did yet). The error is NotFound when
+// the service holds no such task.
+func (s *Service) LogStats(ctx context.Context, id string) (LogStats, error) {
+	if id == "" {
+		return LogStats{}, fmt.Errorf("log stats: a task id is required: %w", errdefs.ErrInvalidArgument)
+	}
+	if r := s.logs.get(id); r != nil {
+		return r.stats(), nil
+	}
+	s.mu.Lock()
+	_, ok := s.containers[id]
+	s.mu.Unlock()
+	if !ok {
+		return LogStats{}, fmt.Errorf("log stats: task %q: %w", id, errdefs.ErrNotFound)
+	}
+	return LogStats{ID: id}, nil
 }
 
 type reportingTap struct {
@@ -69,17 +163,49 @@ func (w reportingWriter) Write(b []byte) (int, error) {
 
 // logReport remembers, per driver, what was seen at the last check.
 type logReport struct {
-	log  *slog.Logger
-	p    *logging.Pipeline
-	next atomic.Int64 // unix nanoseconds of the next check
+	log     *slog.Logger
+	p       *logging.Pipeline
+	id      string
+	publish func(topic string, msg proto.Message) // may be nil
+	next    atomic.Int64                          // unix nanoseconds of the next check
 
 	mu      sync.Mutex
 	drivers map[string]driverReport
+	last    logging.Stats // at the last check
 }
 
 type driverReport struct {
-	errors, written uint64 // lines, at the last check
-	failing         bool
+	errors, written, lost uint64 // lines, at the last check
+	failing               bool
+	lastError             string
+	lastErrorAt           time.Time
+}
+
+// stats checks the pipeline now and returns its totals.
+func (r *logReport) stats() LogStats {
+	r.check(false)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := LogStats{ID: r.id, Pipeline: true, Stats: r.last}
+	for _, d := range r.last.Drivers {
+		dr := r.drivers[d.Name]
+		out.Drivers = append(out.Drivers, LogDriverStats{DriverStats: d, Failing: dr.failing, LastErrorAt: dr.lastErrorAt})
+	}
+	return out
+}
+
+// event publishes a driver's transition, if r has a publisher.
+func (r *logReport) event(topic string, d logging.DriverStats) {
+	if r.publish == nil {
+		return
+	}
+	r.publish(topic, &conmonapi.LogDriverEvent{
+		ContainerId: r.id,
+		Driver:      d.Name,
+		Error:       d.LastError,
+		Errors:      &conmonapi.LogCounter{Lines: d.Errors.Lines, Bytes: d.Errors.Bytes},
+		Lost:        &conmonapi.LogCounter{Lines: d.Lost.Lines, Bytes: d.Lost.Bytes},
+	})
 }
 
 func (r *logReport) maybeCheck() {
@@ -92,8 +218,9 @@ func (r *logReport) maybeCheck() {
 }
 
 // check compares each driver's counts with the last check: new write
-// errors make it failing, lines written without a new error make it
-// writing again. final reports the totals of a driver that had errors.
+// errors (or lost lines, or a new error text) make it failing, lines
+// written without a new error make it writing again; each transition is
+// logged and published once. final reports the totals of a driver that had errors.
 // (A file driver on a full disk keeps what it could not write, up to a
 // bound, and writes it once there is room: its "failed" lines are the
 // writes that returned an error, its "lost" lines those it gave up.)
@@ -103,24 +230,37 @@ func (r *logReport) check(final bool) {
 	if r.drivers == nil {
 		r.drivers = map[string]driverReport{}
 	}
-	for _, d := range r.p.Stats().Drivers {
+	r.last = r.p.Stats()
+	now := time.Now()
+	for _, d := range r.last.Drivers {
 		prev := r.drivers[d.Name]
-		cur := driverReport{errors: d.Errors.Lines, written: d.Written.Lines, failing: prev.failing}
+		cur := driverReport{errors: d.Errors.Lines, written: d.Written.Lines, lost: d.Lost.Lines,
+			failing: prev.failing, lastError: prev.lastError, lastErrorAt: prev.lastErrorAt}
+		// A new error: a failed write, lines given up (a retry buffer
+		// that overflowed), or another error text (a failed flush whose
+		// data is still held).
+		newError := cur.errors > prev.errors || cur.lost > prev.lost ||
+			(d.LastError != "" && d.LastError != prev.lastError)
+		if newError && d.LastError != "" {
+			cur.lastError, cur.lastErrorAt = d.LastError, now
+		}
 		switch {
 		case final:
 			if cur.errors > 0 || d.Lost.Lines > 0 {
 				r.log.Warn("container log closed after write errors", "driver", d.Name,
 					"failed_lines", cur.errors, "lost_lines", d.Lost.Lines, "lost_bytes", d.Lost.Bytes, "last_error", d.LastError)
 			}
-		case cur.errors > prev.errors:
+		case newError:
 			if !prev.failing {
 				r.log.Warn("container log: driver failing", "driver", d.Name, "error", d.LastError,
 					"failed_lines", cur.errors, "lost_lines", d.Lost.Lines)
+				r.event(TopicLogFailing, d)
 			}
 			cur.failing = true
 		case prev.failing && cur.written > prev.written:
 			r.log.Info("container log: driver writing again", "driver", d.Name,
 				"failed_lines", cur.errors, "lost_lines", d.Lost.Lines)
+			r.event(TopicLogRecovered, d)
 			cur.failing = false
 		}
 		r.drivers[d.Name] = cur

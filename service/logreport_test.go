@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
@@ -53,7 +58,7 @@ func TestReportLogErrors(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&out, nil))
 	f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
 		return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
-	}, log)
+	}, log, nil)
 	tap, err := f(context.Background(), "c1", "ns", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -90,5 +95,142 @@ func TestReportLogErrors(t *testing.T) {
 	}
 	if n := strings.Count(got, "driver failing"); n != 1 {
 		t.Errorf("failing reported %d times, want once:\n%s", n, got)
+	}
+}
+
+// A driver's transitions are published once each (never per failed
+// write), and LogStats reports its counters, failing state and last error.
+func TestLogReportEventsAndStats(t *testing.T) {
+	type step struct {
+		full    bool
+		write   string
+		events  []string // topics published by this step
+		failing bool
+	}
+	tests := []struct {
+		name       string
+		steps      []step
+		wantErrors uint64
+	}{
+		{
+			name: "fails once, recovers once",
+			steps: []step{
+				{write: "ok\n"},
+				{full: true, write: "lost 1\n", events: []string{TopicLogFailing}, failing: true},
+				{full: true, write: "lost 2\nlost 3\n", failing: true},
+				{write: "back\n", events: []string{TopicLogRecovered}},
+				{write: "more\n"},
+			},
+			wantErrors: 3,
+		},
+		{
+			name: "fails twice",
+			steps: []step{
+				{full: true, write: "a\n", events: []string{TopicLogFailing}, failing: true},
+				{write: "b\n", events: []string{TopicLogRecovered}},
+				{full: true, write: "c\n", events: []string{TopicLogFailing}, failing: true},
+			},
+			wantErrors: 2,
+		},
+		{
+			name:  "never fails",
+			steps: []step{{write: "a\n"}, {write: "b\nc\n"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &flakyDriver{}
+			var mu sync.Mutex
+			var got []*conmonapi.LogDriverEvent
+			var topics []string
+			reg := &logReports{publish: func(topic string, msg proto.Message) {
+				mu.Lock()
+				defer mu.Unlock()
+				topics = append(topics, topic)
+				got = append(got, msg.(*conmonapi.LogDriverEvent))
+			}}
+			f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
+				return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
+			}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+			tap, err := f(context.Background(), "c1", "ns", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := tap.Writer(logging.Stdout)
+			r := reg.get("c1")
+			if r == nil {
+				t.Fatal("no report registered for c1")
+			}
+			for i, s := range tt.steps {
+				d.full.Store(s.full)
+				mu.Lock()
+				before := len(topics)
+				mu.Unlock()
+				if _, err := w.Write([]byte(s.write)); err != nil { // may check (the first one does)
+					t.Fatal(err)
+				}
+				st := r.stats() // checks now, as a write a second later would
+				mu.Lock()
+				step := append([]string(nil), topics[before:]...)
+				mu.Unlock()
+				if strings.Join(step, ",") != strings.Join(s.events, ",") {
+					t.Errorf("step %d: events %q, want %q", i, step, s.events)
+				}
+				if len(st.Drivers) != 1 || st.Drivers[0].Failing != s.failing {
+					t.Fatalf("step %d: drivers %+v, want failing=%v", i, st.Drivers, s.failing)
+				}
+			}
+			st := r.stats()
+			ds := st.Drivers[0]
+			if !st.Pipeline || st.ID != "c1" || ds.Errors.Lines != tt.wantErrors || st.Stats.WriteError.Lines != tt.wantErrors {
+				t.Errorf("stats %+v, want pipeline c1 with %d failed lines", st, tt.wantErrors)
+			}
+			if tt.wantErrors > 0 {
+				if !strings.Contains(ds.LastError, "no space left on device") || ds.LastErrorAt.IsZero() {
+					t.Errorf("last error %q at %v", ds.LastError, ds.LastErrorAt)
+				}
+				mu.Lock()
+				ev := got[0]
+				mu.Unlock()
+				if ev.GetContainerId() != "c1" || ev.GetDriver() != ds.Name || !strings.Contains(ev.GetError(), "no space left") || ev.GetErrors().GetLines() != 1 {
+					t.Errorf("failing event %v", ev)
+				}
+			} else if ds.LastError != "" || !ds.LastErrorAt.IsZero() {
+				t.Errorf("last error %q at %v, want none", ds.LastError, ds.LastErrorAt)
+			}
+			if err := tap.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// LogStats answers NotFound for an unknown task, pipeline false for a task
+// without one, and forgets a task's report when the task is deleted.
+func TestServiceLogStats(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	if _, err := h.s.LogStats(ctx, ""); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("empty id: %v, want InvalidArgument", err)
+	}
+	if _, err := h.s.LogStats(ctx, "nope"); !errdefs.IsNotFound(err) {
+		t.Errorf("unknown task: %v, want NotFound", err)
+	}
+	h.create(t, "c1")
+	st, err := h.s.LogStats(ctx, "c1")
+	if err != nil || st.Pipeline || st.ID != "c1" {
+		t.Fatalf("task without pipeline: %+v, %v", st, err)
+	}
+	p := logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{&flakyDriver{}}, logging.PipelineOptions{})
+	defer p.Close()
+	h.s.logs.add("c1", &logReport{log: slog.New(slog.NewTextHandler(io.Discard, nil)), p: p, id: "c1"})
+	if st, err = h.s.LogStats(ctx, "c1"); err != nil || !st.Pipeline || len(st.Drivers) != 1 {
+		t.Fatalf("task with pipeline: %+v, %v", st, err)
+	}
+	if _, err := h.s.Delete(ctx, &taskv2.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.s.LogStats(ctx, "c1"); !errdefs.IsNotFound(err) {
+		t.Errorf("deleted task: %v, want NotFound", err)
 	}
 }

@@ -99,6 +99,7 @@ type Service struct {
 	cancel  context.CancelFunc
 	exits   exitSource
 	events  *eventQueue
+	logs    *logReports    // the containers' log reports, for LogStats
 	wg      sync.WaitGroup // the exit loop
 
 	mu         sync.Mutex
@@ -167,7 +168,8 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		}
 		cfg.Logging = AnnotationLogging(builtin.Registry(opts), logging.DefaultConfig(), cfg.StateDir)
 	}
-	cfg.Logging = reportLogErrors(cfg.Logging, cfg.Log) // logreport.go
+	logs := &logReports{}
+	cfg.Logging = reportLogErrors(cfg.Logging, cfg.Log, logs) // logreport.go
 	rt := cfg.Runtime
 	if rt == nil {
 		if err := os.MkdirAll(cfg.RuntimeRoot, 0o711); err != nil {
@@ -184,6 +186,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		cancel:     cancel,
 		exits:      exits,
 		events:     newEventQueue(cfg.Publisher, cfg.Log),
+		logs:       logs,
 		containers: make(map[string]*process.Container),
 		reserved:   make(map[string]bool),
 		deleting:   make(map[string]bool),
@@ -195,6 +198,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		watchOOMFn: process.WatchOOM,
 		statsFn:    process.Stats,
 	}
+	logs.publish = s.events.push // before any tap exists: no task yet
 	s.events.start(sctx)
 	s.startExitLoop()
 	return s, nil

@@ -110,6 +110,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	early, exited := s.endStartLocked(pid)
 	if cerr != nil {
 		s.mu.Unlock()
+		s.logs.remove(r.ID)
 		return nil, cerr
 	}
 	s.containers[r.ID] = c
@@ -297,6 +298,7 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (_ *taskv
 	s.mu.Lock()
 	delete(s.deleting, r.ID)
 	delete(s.containers, r.ID)
+	s.logs.remove(r.ID)
 	if p.Status == process.Created {
 		// Never started: runc delete killed its init.
 		p.SetExited(137, time.Now())

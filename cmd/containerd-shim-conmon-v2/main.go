@@ -267,6 +267,7 @@ func daemon(f shim.Flags) (err error) {
 			monitor.Register(srv, monitor.New(monitor.Config{
 				Events:    exchange,
 				Tasks:     tasks,
+				Logs:      tasks,
 				Group:     group,
 				Namespace: f.Namespace,
 				Version:   version.Version,

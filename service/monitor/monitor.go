@@ -1,7 +1,7 @@
 // Package monitor serves conmon-v2's own API, conmon.v1.Monitor
 // (api/conmon/v1), next to the task service on a shim's ttrpc socket: Info
 // (the shim's pid, group and memory), List (its tasks with status and
-// times), Subscribe (its events, for clients without containerd, such
+// times), LogStats (a task's logging pipeline totals and driver errors), Subscribe (its events, for clients without containerd, such
 // as conmonctl and package client) and Upgrade (a live upgrade, through
 // the daemon's hook).
 //
@@ -11,6 +11,7 @@
 //	monitor.Register(srv, monitor.New(monitor.Config{
 //		Events:    exchange,            // *events.Exchange
 //		Tasks:     svc,                 // *service.Service
+//		Logs:      svc,                 // *service.Service
 //		Group:     group,               // shim.GroupKey(cfg, id, annotations)
 //		Namespace: f.Namespace,
 //		Version:   version.Version,
@@ -40,6 +41,7 @@ import (
 
 	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/events"
+	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/service"
 )
 
@@ -55,10 +57,17 @@ type Tasks interface {
 	List(ctx context.Context) []service.TaskInfo
 }
 
+// Logs is what the monitor needs to report a task's logging pipeline
+// (*service.Service): its totals now, NotFound for an unknown task.
+type Logs interface {
+	LogStats(ctx context.Context, id string) (service.LogStats, error)
+}
+
 // Config wires a Monitor.
 type Config struct {
 	Events    Events // required for Subscribe
 	Tasks     Tasks  // required for List and Info's task count
+	Logs      Logs   // required for LogStats
 	Group     string
 	Namespace string
 	Version   string
@@ -146,6 +155,11 @@ func (e edge) Upgrade(ctx context.Context, r *conmonapi.UpgradeRequest) (*conmon
 	return resp, errgrpc.ToGRPC(err)
 }
 
+func (e edge) LogStats(ctx context.Context, r *conmonapi.LogStatsRequest) (*conmonapi.LogStatsResponse, error) {
+	resp, err := e.m.LogStats(ctx, r)
+	return resp, errgrpc.ToGRPC(err)
+}
+
 func (e edge) Subscribe(ctx context.Context, r *conmonapi.SubscribeRequest, ss conmonapi.Monitor_SubscribeServer) error {
 	return errgrpc.ToGRPC(e.m.Subscribe(ctx, r, ss))
 }
@@ -201,6 +215,51 @@ func (m *Monitor) List(ctx context.Context, _ *conmonapi.ListRequest) (*conmonap
 		})
 	}
 	return out, nil
+}
+
+// LogStats returns the totals of task req.Id's logging pipeline, with
+// each driver's failures (a task without a pipeline answers pipeline
+// false; an unknown one NotFound).
+func (m *Monitor) LogStats(ctx context.Context, req *conmonapi.LogStatsRequest) (*conmonapi.LogStatsResponse, error) {
+	if m.cfg.Logs == nil {
+		return nil, fmt.Errorf("log stats: %w", errdefs.ErrNotImplemented)
+	}
+	if req.GetId() == "" {
+		return nil, fmt.Errorf("log stats: a task id is required: %w", errdefs.ErrInvalidArgument)
+	}
+	st, err := m.cfg.Logs.LogStats(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	p := st.Stats
+	out := &conmonapi.LogStatsResponse{
+		Id:          req.GetId(),
+		Pipeline:    st.Pipeline,
+		Read:        counter(p.Read),
+		Written:     counter(p.Written),
+		Filtered:    counter(p.Filtered),
+		Redacted:    p.Redacted,
+		RateLimited: counter(p.RateLimited),
+		BufferFull:  counter(p.BufferFull),
+		WriteError:  counter(p.WriteError),
+		ReadErrors:  p.ReadErrors,
+	}
+	for _, d := range st.Drivers {
+		out.Drivers = append(out.Drivers, &conmonapi.LogDriverStats{
+			Name:        d.Name,
+			Written:     counter(d.Written),
+			Errors:      counter(d.Errors),
+			Lost:        counter(d.Lost),
+			LastError:   d.LastError,
+			LastErrorAt: unixNano(d.LastErrorAt),
+			Failing:     d.Failing,
+		})
+	}
+	return out, nil
+}
+
+func counter(c logging.Counter) *conmonapi.LogCounter {
+	return &conmonapi.LogCounter{Lines: c.Lines, Bytes: c.Bytes}
 }
 
 // Upgrade checks the requested binary (ResolveBinary) and hands it to the

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/service"
 )
 
@@ -372,4 +373,83 @@ func TestWaitUpgraded(t *testing.T) {
 		t.Fatalf("WaitUpgraded after a failed upgrade: %v, want Aborted with the shim's reason", err)
 	}
 	t.Log(err)
+}
+
+// fakeLogs answers LogStats from a map (a missing id: NotFound).
+type fakeLogs map[string]service.LogStats
+
+func (f fakeLogs) LogStats(_ context.Context, id string) (service.LogStats, error) {
+	st, ok := f[id]
+	if !ok {
+		return service.LogStats{}, fmt.Errorf("task %q: %w", id, errdefs.ErrNotFound)
+	}
+	return st, nil
+}
+
+func TestLogStats(t *testing.T) {
+	failedAt := time.Unix(1700000000, 5)
+	logs := fakeLogs{
+		"plain": {ID: "plain"},
+		"full": {
+			ID: "full", Pipeline: true,
+			Stats: logging.Stats{
+				Read: logging.Counter{Lines: 10, Bytes: 100}, Written: logging.Counter{Lines: 8, Bytes: 80},
+				Filtered: logging.Counter{Lines: 1, Bytes: 5}, Redacted: 2,
+				RateLimited: logging.Counter{Lines: 1, Bytes: 15}, BufferFull: logging.Counter{Lines: 3, Bytes: 30},
+				WriteError: logging.Counter{Lines: 4, Bytes: 40}, ReadErrors: 1,
+			},
+			Drivers: []service.LogDriverStats{{
+				DriverStats: logging.DriverStats{
+					Name: "k8s-file", Written: logging.Counter{Lines: 4, Bytes: 40},
+					Errors: logging.Counter{Lines: 3, Bytes: 30}, Lost: logging.Counter{Lines: 1, Bytes: 10},
+					LastError: "write ctr.log: no space left on device",
+				},
+				Failing: true, LastErrorAt: failedAt,
+			}},
+		},
+	}
+	s := serve(t, New(Config{Logs: logs}))
+	ctx := context.Background()
+	tests := []struct {
+		id      string
+		want    client.LogStats
+		wantErr func(error) bool
+	}{
+		{id: "", wantErr: errdefs.IsInvalidArgument},
+		{id: "nope", wantErr: errdefs.IsNotFound},
+		{id: "plain", want: client.LogStats{ID: "plain"}},
+		{id: "full", want: client.LogStats{
+			ID: "full", Pipeline: true,
+			Read: client.LogCounter{Lines: 10, Bytes: 100}, Written: client.LogCounter{Lines: 8, Bytes: 80},
+			Filtered: client.LogCounter{Lines: 1, Bytes: 5}, Redacted: 2,
+			RateLimited: client.LogCounter{Lines: 1, Bytes: 15}, BufferFull: client.LogCounter{Lines: 3, Bytes: 30},
+			WriteError: client.LogCounter{Lines: 4, Bytes: 40}, ReadErrors: 1,
+			Drivers: []client.LogDriverStats{{
+				Name: "k8s-file", Written: client.LogCounter{Lines: 4, Bytes: 40},
+				Errors: client.LogCounter{Lines: 3, Bytes: 30}, Lost: client.LogCounter{Lines: 1, Bytes: 10},
+				LastError: "write ctr.log: no space left on device", LastErrorAt: failedAt, Failing: true,
+			}},
+		}},
+	}
+	for _, tc := range tests {
+		got, err := s.LogStats(ctx, tc.id)
+		if tc.wantErr != nil {
+			if !tc.wantErr(err) {
+				t.Errorf("LogStats(%q): %v", tc.id, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("LogStats(%q): %v", tc.id, err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) || (len(got.Drivers) == 1 && !got.Drivers[0].LastErrorAt.Equal(failedAt)) {
+			t.Errorf("LogStats(%q) =\n%+v\nwant\n%+v", tc.id, got, tc.want)
+		}
+	}
+	if l := (client.LogStats{RateLimited: client.LogCounter{Lines: 1}, BufferFull: client.LogCounter{Lines: 3}, WriteError: client.LogCounter{Lines: 4}}).Lost(); l.Lines != 8 {
+		t.Errorf("Lost() = %+v, want 8 lines", l)
+	}
+	if _, err := serve(t, New(Config{})).LogStats(ctx, "x"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("LogStats without Logs: %v, want NotImplemented", err)
+	}
 }

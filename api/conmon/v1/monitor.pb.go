@@ -663,6 +663,424 @@ func (x *UpgradeResponse) GetPid() uint32 {
 	return 0
 }
 
+type LogStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the task's (container's) id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogStatsRequest) Reset() {
+	*x = LogStatsRequest{}
+	mi := &file_monitor_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogStatsRequest) ProtoMessage() {}
+
+func (x *LogStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogStatsRequest.ProtoReflect.Descriptor instead.
+func (*LogStatsRequest) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LogStatsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// LogCounter counts records (a partial line counts as one) and their bytes
+// (without the newline).
+type LogCounter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lines         uint64                 `protobuf:"varint,1,opt,name=lines,proto3" json:"lines,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogCounter) Reset() {
+	*x = LogCounter{}
+	mi := &file_monitor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogCounter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogCounter) ProtoMessage() {}
+
+func (x *LogCounter) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogCounter.ProtoReflect.Descriptor instead.
+func (*LogCounter) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LogCounter) GetLines() uint64 {
+	if x != nil {
+		return x.Lines
+	}
+	return 0
+}
+
+func (x *LogCounter) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// LogStatsResponse holds a task's logging pipeline totals since the
+// pipeline was opened (at create, or again after a live upgrade).
+type LogStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// pipeline is false when the task has no logging pipeline (no log
+	// annotations: its output goes only to the caller's FIFOs); every
+	// counter is then 0.
+	Pipeline bool `protobuf:"varint,2,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
+	// read is what was cut from the container's output, written what was
+	// handed to the drivers.
+	Read    *LogCounter `protobuf:"bytes,3,opt,name=read,proto3" json:"read,omitempty"`
+	Written *LogCounter `protobuf:"bytes,4,opt,name=written,proto3" json:"written,omitempty"`
+	// filtered were dropped by a drop pattern, redacted changed by a
+	// redaction, rate_limited dropped by the rate limit, buffer_full
+	// dropped (oldest first) by the non-blocking mode's full buffer.
+	Filtered    *LogCounter `protobuf:"bytes,5,opt,name=filtered,proto3" json:"filtered,omitempty"`
+	Redacted    uint64      `protobuf:"varint,6,opt,name=redacted,proto3" json:"redacted,omitempty"`
+	RateLimited *LogCounter `protobuf:"bytes,7,opt,name=rate_limited,json=rateLimited,proto3" json:"rate_limited,omitempty"`
+	BufferFull  *LogCounter `protobuf:"bytes,8,opt,name=buffer_full,json=bufferFull,proto3" json:"buffer_full,omitempty"`
+	// write_error sums, over the drivers, the records they failed to write
+	// and those they reported lost.
+	WriteError *LogCounter `protobuf:"bytes,9,opt,name=write_error,json=writeError,proto3" json:"write_error,omitempty"`
+	// read_errors counts reads of the output that failed (other than EOF).
+	ReadErrors    uint64            `protobuf:"varint,10,opt,name=read_errors,json=readErrors,proto3" json:"read_errors,omitempty"`
+	Drivers       []*LogDriverStats `protobuf:"bytes,11,rep,name=drivers,proto3" json:"drivers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogStatsResponse) Reset() {
+	*x = LogStatsResponse{}
+	mi := &file_monitor_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogStatsResponse) ProtoMessage() {}
+
+func (x *LogStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogStatsResponse.ProtoReflect.Descriptor instead.
+func (*LogStatsResponse) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *LogStatsResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LogStatsResponse) GetPipeline() bool {
+	if x != nil {
+		return x.Pipeline
+	}
+	return false
+}
+
+func (x *LogStatsResponse) GetRead() *LogCounter {
+	if x != nil {
+		return x.Read
+	}
+	return nil
+}
+
+func (x *LogStatsResponse) GetWritten() *LogCounter {
+	if x != nil {
+		return x.Written
+	}
+	return nil
+}
+
+func (x *LogStatsResponse) GetFiltered() *LogCounter {
+	if x != nil {
+		return x.Filtered
+	}
+	return nil
+}
+
+func (x *LogStatsResponse) GetRedacted() uint64 {
+	if x != nil {
+		return x.Redacted
+	}
+	return 0
+}
+
+func (x *LogStatsResponse) GetRateLimited() *LogCounter {
+	if x != nil {
+		return x.RateLimited
+	}
+	return nil
+}
+
+func (x *LogStatsResponse) GetBufferFull() *LogCounter {
+	if x != nil {
+		return x.BufferFull
+	}
+	return nil
+}
+
+func (x *LogStatsResponse) GetWriteError() *LogCounter {
+	if x != nil {
+		return x.WriteError
+	}
+	return nil
+}
+
+func (x *LogStatsResponse) GetReadErrors() uint64 {
+	if x != nil {
+		return x.ReadErrors
+	}
+	return 0
+}
+
+func (x *LogStatsResponse) GetDrivers() []*LogDriverStats {
+	if x != nil {
+		return x.Drivers
+	}
+	return nil
+}
+
+// LogDriverStats are one log driver's totals.
+type LogDriverStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// written are the records the driver accepted, errors those whose
+	// write failed, lost those it gave up after accepting them (e.g. a
+	// file driver that held lines back on a full disk beyond its bound).
+	Written *LogCounter `protobuf:"bytes,2,opt,name=written,proto3" json:"written,omitempty"`
+	Errors  *LogCounter `protobuf:"bytes,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	Lost    *LogCounter `protobuf:"bytes,4,opt,name=lost,proto3" json:"lost,omitempty"`
+	// last_error is the driver's latest error ("" if none), noticed by
+	// the shim at last_error_at (within about a second of the write).
+	LastError   string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorAt int64  `protobuf:"varint,6,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	// failing is true from a write error until the driver writes again
+	// without a new one.
+	Failing       bool `protobuf:"varint,7,opt,name=failing,proto3" json:"failing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogDriverStats) Reset() {
+	*x = LogDriverStats{}
+	mi := &file_monitor_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogDriverStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogDriverStats) ProtoMessage() {}
+
+func (x *LogDriverStats) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogDriverStats.ProtoReflect.Descriptor instead.
+func (*LogDriverStats) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *LogDriverStats) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LogDriverStats) GetWritten() *LogCounter {
+	if x != nil {
+		return x.Written
+	}
+	return nil
+}
+
+func (x *LogDriverStats) GetErrors() *LogCounter {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *LogDriverStats) GetLost() *LogCounter {
+	if x != nil {
+		return x.Lost
+	}
+	return nil
+}
+
+func (x *LogDriverStats) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *LogDriverStats) GetLastErrorAt() int64 {
+	if x != nil {
+		return x.LastErrorAt
+	}
+	return 0
+}
+
+func (x *LogDriverStats) GetFailing() bool {
+	if x != nil {
+		return x.Failing
+	}
+	return false
+}
+
+// LogDriverEvent is the payload of the events /conmon-v2/log/failing (a
+// driver's writes started failing) and /conmon-v2/log/recovered (it
+// writes again). One event per transition, not per failed write.
+type LogDriverEvent struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Driver      string                 `protobuf:"bytes,2,opt,name=driver,proto3" json:"driver,omitempty"`
+	// error is the driver's latest error (on recovery: the one it
+	// recovered from).
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// errors and lost are the driver's totals at the transition.
+	Errors        *LogCounter `protobuf:"bytes,4,opt,name=errors,proto3" json:"errors,omitempty"`
+	Lost          *LogCounter `protobuf:"bytes,5,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogDriverEvent) Reset() {
+	*x = LogDriverEvent{}
+	mi := &file_monitor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogDriverEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogDriverEvent) ProtoMessage() {}
+
+func (x *LogDriverEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_monitor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogDriverEvent.ProtoReflect.Descriptor instead.
+func (*LogDriverEvent) Descriptor() ([]byte, []int) {
+	return file_monitor_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *LogDriverEvent) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *LogDriverEvent) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
+}
+
+func (x *LogDriverEvent) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *LogDriverEvent) GetErrors() *LogCounter {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *LogDriverEvent) GetLost() *LogCounter {
+	if x != nil {
+		return x.Lost
+	}
+	return nil
+}
+
 var File_monitor_proto protoreflect.FileDescriptor
 
 const file_monitor_proto_rawDesc = "" +
@@ -719,12 +1137,50 @@ const file_monitor_proto_rawDesc = "" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\";\n" +
 	"\x0fUpgradeResponse\x12\x16\n" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x10\n" +
-	"\x03pid\x18\x02 \x01(\rR\x03pid2\xfe\x01\n" +
+	"\x03pid\x18\x02 \x01(\rR\x03pid\"!\n" +
+	"\x0fLogStatsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"8\n" +
+	"\n" +
+	"LogCounter\x12\x14\n" +
+	"\x05lines\x18\x01 \x01(\x04R\x05lines\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xe9\x03\n" +
+	"\x10LogStatsResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bpipeline\x18\x02 \x01(\bR\bpipeline\x12)\n" +
+	"\x04read\x18\x03 \x01(\v2\x15.conmon.v1.LogCounterR\x04read\x12/\n" +
+	"\awritten\x18\x04 \x01(\v2\x15.conmon.v1.LogCounterR\awritten\x121\n" +
+	"\bfiltered\x18\x05 \x01(\v2\x15.conmon.v1.LogCounterR\bfiltered\x12\x1a\n" +
+	"\bredacted\x18\x06 \x01(\x04R\bredacted\x128\n" +
+	"\frate_limited\x18\a \x01(\v2\x15.conmon.v1.LogCounterR\vrateLimited\x126\n" +
+	"\vbuffer_full\x18\b \x01(\v2\x15.conmon.v1.LogCounterR\n" +
+	"bufferFull\x126\n" +
+	"\vwrite_error\x18\t \x01(\v2\x15.conmon.v1.LogCounterR\n" +
+	"writeError\x12\x1f\n" +
+	"\vread_errors\x18\n" +
+	" \x01(\x04R\n" +
+	"readErrors\x123\n" +
+	"\adrivers\x18\v \x03(\v2\x19.conmon.v1.LogDriverStatsR\adrivers\"\x8c\x02\n" +
+	"\x0eLogDriverStats\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
+	"\awritten\x18\x02 \x01(\v2\x15.conmon.v1.LogCounterR\awritten\x12-\n" +
+	"\x06errors\x18\x03 \x01(\v2\x15.conmon.v1.LogCounterR\x06errors\x12)\n" +
+	"\x04lost\x18\x04 \x01(\v2\x15.conmon.v1.LogCounterR\x04lost\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x05 \x01(\tR\tlastError\x12\"\n" +
+	"\rlast_error_at\x18\x06 \x01(\x03R\vlastErrorAt\x12\x18\n" +
+	"\afailing\x18\a \x01(\bR\afailing\"\xbb\x01\n" +
+	"\x0eLogDriverEvent\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
+	"\x06driver\x18\x02 \x01(\tR\x06driver\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12-\n" +
+	"\x06errors\x18\x04 \x01(\v2\x15.conmon.v1.LogCounterR\x06errors\x12)\n" +
+	"\x04lost\x18\x05 \x01(\v2\x15.conmon.v1.LogCounterR\x04lost2\xc3\x02\n" +
 	"\aMonitor\x12?\n" +
 	"\tSubscribe\x12\x1b.conmon.v1.SubscribeRequest\x1a\x13.conmon.v1.Envelope0\x01\x127\n" +
 	"\x04List\x12\x16.conmon.v1.ListRequest\x1a\x17.conmon.v1.ListResponse\x127\n" +
 	"\x04Info\x12\x16.conmon.v1.InfoRequest\x1a\x17.conmon.v1.InfoResponse\x12@\n" +
-	"\aUpgrade\x12\x19.conmon.v1.UpgradeRequest\x1a\x1a.conmon.v1.UpgradeResponseB6Z4github.com/containers/conmon-v2/api/conmon/v1;conmonb\x06proto3"
+	"\aUpgrade\x12\x19.conmon.v1.UpgradeRequest\x1a\x1a.conmon.v1.UpgradeResponse\x12C\n" +
+	"\bLogStats\x12\x1a.conmon.v1.LogStatsRequest\x1a\x1b.conmon.v1.LogStatsResponseB6Z4github.com/containers/conmon-v2/api/conmon/v1;conmonb\x06proto3"
 
 var (
 	file_monitor_proto_rawDescOnce sync.Once
@@ -738,7 +1194,7 @@ func file_monitor_proto_rawDescGZIP() []byte {
 	return file_monitor_proto_rawDescData
 }
 
-var file_monitor_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_monitor_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_monitor_proto_goTypes = []any{
 	(*SubscribeRequest)(nil), // 0: conmon.v1.SubscribeRequest
 	(*Envelope)(nil),         // 1: conmon.v1.Envelope
@@ -749,22 +1205,41 @@ var file_monitor_proto_goTypes = []any{
 	(*InfoResponse)(nil),     // 6: conmon.v1.InfoResponse
 	(*UpgradeRequest)(nil),   // 7: conmon.v1.UpgradeRequest
 	(*UpgradeResponse)(nil),  // 8: conmon.v1.UpgradeResponse
+	(*LogStatsRequest)(nil),  // 9: conmon.v1.LogStatsRequest
+	(*LogCounter)(nil),       // 10: conmon.v1.LogCounter
+	(*LogStatsResponse)(nil), // 11: conmon.v1.LogStatsResponse
+	(*LogDriverStats)(nil),   // 12: conmon.v1.LogDriverStats
+	(*LogDriverEvent)(nil),   // 13: conmon.v1.LogDriverEvent
 }
 var file_monitor_proto_depIdxs = []int32{
-	4, // 0: conmon.v1.ListResponse.tasks:type_name -> conmon.v1.Task
-	0, // 1: conmon.v1.Monitor.Subscribe:input_type -> conmon.v1.SubscribeRequest
-	2, // 2: conmon.v1.Monitor.List:input_type -> conmon.v1.ListRequest
-	5, // 3: conmon.v1.Monitor.Info:input_type -> conmon.v1.InfoRequest
-	7, // 4: conmon.v1.Monitor.Upgrade:input_type -> conmon.v1.UpgradeRequest
-	1, // 5: conmon.v1.Monitor.Subscribe:output_type -> conmon.v1.Envelope
-	3, // 6: conmon.v1.Monitor.List:output_type -> conmon.v1.ListResponse
-	6, // 7: conmon.v1.Monitor.Info:output_type -> conmon.v1.InfoResponse
-	8, // 8: conmon.v1.Monitor.Upgrade:output_type -> conmon.v1.UpgradeResponse
-	5, // [5:9] is the sub-list for method output_type
-	1, // [1:5] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4,  // 0: conmon.v1.ListResponse.tasks:type_name -> conmon.v1.Task
+	10, // 1: conmon.v1.LogStatsResponse.read:type_name -> conmon.v1.LogCounter
+	10, // 2: conmon.v1.LogStatsResponse.written:type_name -> conmon.v1.LogCounter
+	10, // 3: conmon.v1.LogStatsResponse.filtered:type_name -> conmon.v1.LogCounter
+	10, // 4: conmon.v1.LogStatsResponse.rate_limited:type_name -> conmon.v1.LogCounter
+	10, // 5: conmon.v1.LogStatsResponse.buffer_full:type_name -> conmon.v1.LogCounter
+	10, // 6: conmon.v1.LogStatsResponse.write_error:type_name -> conmon.v1.LogCounter
+	12, // 7: conmon.v1.LogStatsResponse.drivers:type_name -> conmon.v1.LogDriverStats
+	10, // 8: conmon.v1.LogDriverStats.written:type_name -> conmon.v1.LogCounter
+	10, // 9: conmon.v1.LogDriverStats.errors:type_name -> conmon.v1.LogCounter
+	10, // 10: conmon.v1.LogDriverStats.lost:type_name -> conmon.v1.LogCounter
+	10, // 11: conmon.v1.LogDriverEvent.errors:type_name -> conmon.v1.LogCounter
+	10, // 12: conmon.v1.LogDriverEvent.lost:type_name -> conmon.v1.LogCounter
+	0,  // 13: conmon.v1.Monitor.Subscribe:input_type -> conmon.v1.SubscribeRequest
+	2,  // 14: conmon.v1.Monitor.List:input_type -> conmon.v1.ListRequest
+	5,  // 15: conmon.v1.Monitor.Info:input_type -> conmon.v1.InfoRequest
+	7,  // 16: conmon.v1.Monitor.Upgrade:input_type -> conmon.v1.UpgradeRequest
+	9,  // 17: conmon.v1.Monitor.LogStats:input_type -> conmon.v1.LogStatsRequest
+	1,  // 18: conmon.v1.Monitor.Subscribe:output_type -> conmon.v1.Envelope
+	3,  // 19: conmon.v1.Monitor.List:output_type -> conmon.v1.ListResponse
+	6,  // 20: conmon.v1.Monitor.Info:output_type -> conmon.v1.InfoResponse
+	8,  // 21: conmon.v1.Monitor.Upgrade:output_type -> conmon.v1.UpgradeResponse
+	11, // 22: conmon.v1.Monitor.LogStats:output_type -> conmon.v1.LogStatsResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_monitor_proto_init() }
@@ -778,7 +1253,7 @@ func file_monitor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_monitor_proto_rawDesc), len(file_monitor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -12,6 +12,7 @@ type MonitorService interface {
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
 	Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error)
+	LogStats(context.Context, *LogStatsRequest) (*LogStatsResponse, error)
 }
 
 type Monitor_SubscribeServer interface {
@@ -51,6 +52,13 @@ func RegisterMonitorService(srv *ttrpc.Server, svc MonitorService) {
 				}
 				return svc.Upgrade(ctx, &req)
 			},
+			"LogStats": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req LogStatsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.LogStats(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"Subscribe": {
@@ -73,6 +81,7 @@ type MonitorClient interface {
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
 	Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error)
+	LogStats(context.Context, *LogStatsRequest) (*LogStatsResponse, error)
 }
 
 type monitorClient struct {
@@ -133,6 +142,14 @@ func (c *monitorClient) Info(ctx context.Context, req *InfoRequest) (*InfoRespon
 func (c *monitorClient) Upgrade(ctx context.Context, req *UpgradeRequest) (*UpgradeResponse, error) {
 	var resp UpgradeResponse
 	if err := c.client.Call(ctx, "conmon.v1.Monitor", "Upgrade", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *monitorClient) LogStats(ctx context.Context, req *LogStatsRequest) (*LogStatsResponse, error) {
+	var resp LogStatsResponse
+	if err := c.client.Call(ctx, "conmon.v1.Monitor", "LogStats", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
