@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
@@ -399,4 +401,119 @@ func (l *binaryLogger) checkStartedOnce() {
 		}
 		return nil
 	})
+}
+
+// k8sFile is the annotations that send a container's output to the
+// k8s-file log path (the configuration must allow "path").
+func k8sFile(path string) map[string]string {
+	return map[string]string{
+		client.LogAnnotationPrefix + "driver": "k8s-file",
+		client.LogAnnotationPrefix + "path":   path,
+	}
+}
+
+// startCounterExec starts the exec "counter" of task id through s: it
+// prints counterScript's numbers into the client's FIFOs. It returns what
+// they received so far and their IO, which the caller closes.
+func (e *env) startCounterExec(ctx context.Context, s *client.Shim, id string) (*testutil.SyncBuffer, *client.IO) {
+	t := e.t
+	t.Helper()
+	out := &testutil.SyncBuffer{}
+	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cio, err := client.OpenIO(ctx, fifos, client.Streams{Stdout: out}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc := &specs.Process{Args: []string{"sh", "-c", counterScript}, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin"}}
+	if err := s.Exec(ctx, id, "counter", proc, fifos.Stdio); err != nil {
+		cio.Close()
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, id, "counter"); err != nil {
+		cio.Close()
+		t.Fatal(err)
+	}
+	return out, cio
+}
+
+// ttyExec is the exec "tty" of a task: cat on a terminal, its stdin from
+// the client's FIFO.
+type ttyExec struct {
+	t     *testing.T
+	stdin *io.PipeWriter
+	out   *testutil.SyncBuffer
+	io    *client.IO
+}
+
+// startTTYExec starts the exec "tty" of task id through s. The caller
+// closes it.
+func (e *env) startTTYExec(ctx context.Context, s *client.Shim, id string) *ttyExec {
+	t := e.t
+	t.Helper()
+	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-tty"), "tty", true, true, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdinR, stdinW := io.Pipe()
+	x := &ttyExec{t: t, stdin: stdinW, out: &testutil.SyncBuffer{}}
+	x.io, err = client.OpenIO(ctx, fifos, client.Streams{Stdin: stdinR, Stdout: x.out}, nil)
+	if err != nil {
+		stdinW.Close()
+		t.Fatal(err)
+	}
+	proc := &specs.Process{Args: []string{"cat"}, Terminal: true, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin", "TERM=xterm"}}
+	if err := s.Exec(ctx, id, "tty", proc, fifos.Stdio); err != nil {
+		x.close()
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, id, "tty"); err != nil {
+		x.close()
+		t.Fatal(err)
+	}
+	return x
+}
+
+// close closes the exec's IO, then its stdin.
+func (x *ttyExec) close() {
+	x.io.Close()
+	x.stdin.Close()
+}
+
+// say writes the line word to the exec's stdin.
+func (x *ttyExec) say(word string) {
+	x.t.Helper()
+	if _, err := io.WriteString(x.stdin, word+"\n"); err != nil {
+		x.t.Fatal(err)
+	}
+}
+
+// echoed waits until word came back twice: the terminal echoes the line,
+// then cat writes it.
+func (x *ttyExec) echoed(word string) {
+	x.t.Helper()
+	eventually(x.t, 10*time.Second, func() error {
+		if n := strings.Count(x.out.String(), word); n < 2 {
+			return fmt.Errorf("terminal output %q: %q %d times, want 2", x.out.String(), word, n)
+		}
+		return nil
+	})
+}
+
+// stop kills the exec (through s) and deletes it: its exit status must
+// be 137.
+func (x *ttyExec) stop(ctx context.Context, s *client.Shim, id string) {
+	t := x.t
+	t.Helper()
+	if err := s.Kill(ctx, id, "tty", uint32(unix.SIGKILL), false); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := s.Wait(ctx, id, "tty"); err != nil || w.Status != 137 {
+		t.Errorf("terminal exec: %+v %v, want 137", w, err)
+	}
+	if _, err := s.Delete(ctx, id, "tty"); err != nil {
+		t.Errorf("delete terminal exec: %v", err)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,11 +13,9 @@ import (
 	"testing"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
-	"github.com/containers/conmon-v2/internal/testutil"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
@@ -62,75 +59,22 @@ func TestKeeperCustody(t *testing.T) {
 	}
 	baseline := fdCount(t, keeper)
 
-	kfile := func(i int) map[string]string {
-		return map[string]string{
-			client.LogAnnotationPrefix + "driver": "k8s-file",
-			client.LogAnnotationPrefix + "path":   filepath.Join(logDir, fmt.Sprintf("kc%d.log", i)),
-		}
-	}
+	kfile := func(i int) map[string]string { return k8sFile(filepath.Join(logDir, fmt.Sprintf("kc%d.log", i))) }
 	tasks := []*task{
 		e.start(ctx, "kc0", []string{"sh", "-c", counterScript}, false, kfile(0)),
 		e.start(ctx, "kc1", []string{"sh", "-c", counterScript}, true, kfile(1)),
 	}
 	// An exec printing numbers into the client's FIFOs: after a crash it
 	// is the keeper's child, watched by the new daemon through a pidfd.
-	execOut := &testutil.SyncBuffer{}
-	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	execIO, err := client.OpenIO(ctx, fifos, client.Streams{Stdout: execOut}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	execOut, execIO := e.startCounterExec(ctx, tasks[1].shim, tasks[1].id)
 	defer execIO.Close()
-	proc := &specs.Process{Args: []string{"sh", "-c", counterScript}, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin"}}
-	if err := tasks[1].shim.Exec(ctx, tasks[1].id, "counter", proc, fifos.Stdio); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tasks[1].shim.Start(ctx, tasks[1].id, "counter"); err != nil {
-		t.Fatal(err)
-	}
 	// A terminal exec (cat) with stdin from the client's FIFO: the keeper
 	// holds the terminal's master and the FIFO, so a line written while
 	// no daemon runs waits in the FIFO and comes back after.
-	ttyFifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-tty"), "tty", true, true, false, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdinR, stdinW := io.Pipe()
-	defer stdinW.Close()
-	ttyOut := &testutil.SyncBuffer{}
-	ttyIO, err := client.OpenIO(ctx, ttyFifos, client.Streams{Stdin: stdinR, Stdout: ttyOut}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ttyIO.Close()
-	ttyProc := &specs.Process{Args: []string{"cat"}, Terminal: true, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin", "TERM=xterm"}}
-	if err := tasks[0].shim.Exec(ctx, tasks[0].id, "tty", ttyProc, ttyFifos.Stdio); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tasks[0].shim.Start(ctx, tasks[0].id, "tty"); err != nil {
-		t.Fatal(err)
-	}
-	echoed := func(word string) {
-		t.Helper()
-		// The terminal echoes the line, then cat writes it.
-		eventually(t, 10*time.Second, func() error {
-			if n := strings.Count(ttyOut.String(), word); n < 2 {
-				return fmt.Errorf("terminal output %q: %q %d times, want 2", ttyOut.String(), word, n)
-			}
-			return nil
-		})
-	}
-	say := func(word string) {
-		t.Helper()
-		if _, err := io.WriteString(stdinW, word+"\n"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	say("before-crash")
-	echoed("before-crash")
+	tty := e.startTTYExec(ctx, tasks[0].shim, tasks[0].id)
+	defer tty.close()
+	tty.say("before-crash")
+	tty.echoed("before-crash")
 	held := fdCount(t, keeper)
 	t.Logf("keeper %d: %d descriptors with the anchor alone, %d with the two counters", keeper, baseline, held)
 	if held <= baseline {
@@ -189,7 +133,7 @@ func TestKeeperCustody(t *testing.T) {
 			t.Fatal(err)
 		}
 		killed := time.Now()
-		say(fmt.Sprintf("during-crash-%d", round)) // most likely before the new daemon runs
+		tty.say(fmt.Sprintf("during-crash-%d", round)) // most likely before the new daemon runs
 		eventually(t, 30*time.Second, func() error {
 			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
 			defer ccancel()
@@ -226,19 +170,11 @@ func TestKeeperCustody(t *testing.T) {
 	mu.Unlock()
 	// The terminal exec: what was written during the crashes and after
 	// comes back.
-	say("after-crash")
+	tty.say("after-crash")
 	for _, w := range []string{"during-crash-1", "during-crash-2", "after-crash"} {
-		echoed(w)
+		tty.echoed(w)
 	}
-	if err := s.Kill(ctx, tasks[0].id, "tty", uint32(unix.SIGKILL), false); err != nil {
-		t.Fatal(err)
-	}
-	if w, err := s.Wait(ctx, tasks[0].id, "tty"); err != nil || w.Status != 137 {
-		t.Errorf("terminal exec: %+v %v, want 137", w, err)
-	}
-	if _, err := s.Delete(ctx, tasks[0].id, "tty"); err != nil {
-		t.Errorf("delete terminal exec: %v", err)
-	}
+	tty.stop(ctx, s, tasks[0].id)
 	// The exec, still running and watched: its kill's status is reported.
 	if st, err := s.State(ctx, tasks[1].id, "counter"); err != nil || st.Status != client.Running {
 		t.Errorf("exec after the crashes: %+v %v, want running", st, err)

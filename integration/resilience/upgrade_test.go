@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/client"
@@ -80,12 +79,7 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 		}
 	}()
 
-	kfile := func(i int) map[string]string {
-		return map[string]string{
-			client.LogAnnotationPrefix + "driver": "k8s-file",
-			client.LogAnnotationPrefix + "path":   filepath.Join(logDir, fmt.Sprintf("up%d.log", i)),
-		}
-	}
+	kfile := func(i int) map[string]string { return k8sFile(filepath.Join(logDir, fmt.Sprintf("up%d.log", i))) }
 	tasks := []*task{
 		e.start(ctx, "up0", []string{"sh", "-c", counterScript}, false, kfile(0)),
 		e.start(ctx, "up1", []string{"sh", "-c", counterScript}, true, kfile(1)),
@@ -109,59 +103,15 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 	}
 
 	// An exec printing numbers into FIFOs.
-	execOut := &testutil.SyncBuffer{}
-	fifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-exec"), "exec", false, true, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	execIO, err := client.OpenIO(ctx, fifos, client.Streams{Stdout: execOut}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	execOut, execIO := e.startCounterExec(ctx, s, tasks[1].id)
 	defer execIO.Close()
-	proc := &specs.Process{Args: []string{"sh", "-c", counterScript}, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin"}}
-	if err := s.Exec(ctx, tasks[1].id, "counter", proc, fifos.Stdio); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Start(ctx, tasks[1].id, "counter"); err != nil {
-		t.Fatal(err)
-	}
 
 	// An exec with a terminal and stdin (cat): lines sent before and
 	// after the upgrades come back through the terminal.
-	ttyFifos, err := client.NewFIFOSet(filepath.Join(e.dir, "io-tty"), "tty", true, true, false, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdinR, stdinW := io.Pipe()
-	defer stdinW.Close()
-	ttyOut := &testutil.SyncBuffer{}
-	ttyIO, err := client.OpenIO(ctx, ttyFifos, client.Streams{Stdin: stdinR, Stdout: ttyOut}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ttyIO.Close()
-	ttyProc := &specs.Process{Args: []string{"cat"}, Terminal: true, Cwd: "/", Env: []string{"PATH=/bin:/sbin:/usr/bin", "TERM=xterm"}}
-	if err := s.Exec(ctx, tasks[0].id, "tty", ttyProc, ttyFifos.Stdio); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Start(ctx, tasks[0].id, "tty"); err != nil {
-		t.Fatal(err)
-	}
-	echoed := func(word string) {
-		t.Helper()
-		if _, err := io.WriteString(stdinW, word+"\n"); err != nil {
-			t.Fatal(err)
-		}
-		// The terminal echoes the line, then cat writes it.
-		eventually(t, 10*time.Second, func() error {
-			if n := strings.Count(ttyOut.String(), word); n < 2 {
-				return fmt.Errorf("terminal output %q: %q %d times, want 2", ttyOut.String(), word, n)
-			}
-			return nil
-		})
-	}
-	echoed("before-upgrade")
+	tty := e.startTTYExec(ctx, s, tasks[0].id)
+	defer tty.close()
+	tty.say("before-upgrade")
+	tty.echoed("before-upgrade")
 
 	// A Monitor API subscriber that subscribes again at once whenever its
 	// stream ends (as conmonctl events does): it must not hold up the
@@ -245,19 +195,12 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 		}
 	}
 	// The terminal exec: stdin and output still flow, the pty resizes.
-	echoed("after-upgrade")
+	tty.say("after-upgrade")
+	tty.echoed("after-upgrade")
 	if err := s.ResizePty(ctx, tasks[0].id, "tty", 100, 40); err != nil {
 		t.Errorf("resize after the upgrades: %v", err)
 	}
-	if err := s.Kill(ctx, tasks[0].id, "tty", uint32(unix.SIGKILL), false); err != nil {
-		t.Fatal(err)
-	}
-	if w, err := s.Wait(ctx, tasks[0].id, "tty"); err != nil || w.Status != 137 {
-		t.Errorf("terminal exec: %v %v, want 137", w, err)
-	}
-	if _, err := s.Delete(ctx, tasks[0].id, "tty"); err != nil {
-		t.Errorf("delete terminal exec: %v", err)
-	}
+	tty.stop(ctx, s, tasks[0].id)
 
 	// The exec's exit is reported after the upgrades.
 	if err := s.Kill(ctx, tasks[1].id, "counter", uint32(unix.SIGKILL), false); err != nil {
