@@ -17,7 +17,7 @@ import (
 // options are the targets of every command's flags.
 type options struct {
 	detach, interactive, tty, rm, force, noStream, follow bool
-	timestamps                                            bool
+	timestamps, logStats                                  bool
 	name, group, rootfs, bundle, logDriver, signal        string
 	since, memory, user, workdir                          string
 	binary                                                string // shims upgrade --binary
@@ -51,8 +51,9 @@ conmonctl run -it --rootfs ./rootfs -- sh`,
 		},
 		{name: "ps", args: "[--json]", summary: "list containers: name, group, status, pid, exit code, uptime, shim pid",
 			example: "conmonctl ps\nconmonctl ps --json | jq -r '.[] | select(.status==\"running\") | .name'", run: cmdPs},
-		{name: "logs", args: "[-f] [-t] [--since T] [--tail N] NAME", summary: "print a container's logs (its k8s-file or json-file, else the shim's log cache)",
-			example: "conmonctl logs --tail 10 web\nconmonctl logs -f --since 5m web", run: cmdLogs},
+		{name: "logs", args: "[-f] [-t] [--since T] [--tail N] NAME | --stats NAME",
+			summary: "print a container's logs (its k8s-file or json-file, else the shim's log cache); --stats: what its logging read, wrote and lost, and each driver's last error",
+			example: "conmonctl logs --tail 10 web\nconmonctl logs -f --since 5m web\nconmonctl logs --stats web", run: cmdLogs},
 		{name: "exec", args: "[-i] [-t] NAME [--] CMD [ARG...]", summary: "run a command in a running container; exits with its code",
 			example: "conmonctl exec web -- cat /etc/hostname\nconmonctl exec -it web -- sh", stopAtArg: true, runsProcess: true, run: cmdExec},
 		{name: "attach", args: "NAME", summary: "follow a running container's output, forward your input (run with -d -i) and terminal size (-t); ^P^Q detaches",
@@ -130,6 +131,7 @@ func bindFlags(m map[string]*command, o *options) {
 		fs.StringVar(&o.since, "since", "", "only lines since `T` (RFC 3339 time, or a duration like 10m)")
 		fs.IntVar(&o.tail, "tail", -1, "only the last `N` lines")
 		fs.BoolVar(&o.timestamps, "t", false, "prefix each line with its time (RFC 3339, UTC)")
+		fs.BoolVar(&o.logStats, "stats", false, "print the counters of the container's logging instead: lines read, written, dropped and lost, per driver failures and the last error")
 	}
 	m["update"].flags = func(fs *flag.FlagSet) {
 		fs.StringVar(&o.memory, "memory", "", "new memory limit in `BYTES` (k, m, g suffixes accepted)")

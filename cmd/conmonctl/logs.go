@@ -22,6 +22,12 @@ type logQuery struct {
 }
 
 func cmdLogs(ctx context.Context, a *app, args []string) error {
+	if a.opts.logStats {
+		if a.opts.follow || a.opts.since != "" || a.opts.tail != -1 || a.opts.timestamps {
+			return usagef("--stats takes no -f, -t, --since or --tail")
+		}
+		return cmdLogStats(ctx, a, args) // logstats.go
+	}
 	if err := needArgs(args, 1, 1, "container NAME"); err != nil {
 		return err
 	}

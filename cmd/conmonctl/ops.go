@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/client"
 )
 
@@ -575,6 +576,8 @@ func containerOf(m any) string {
 		*apievents.TaskDelete, *apievents.TaskOOM, *apievents.TaskExecAdded,
 		*apievents.TaskExecStarted, *apievents.TaskPaused, *apievents.TaskResumed:
 		return m.(interface{ GetContainerID() string }).GetContainerID()
+	case *conmonapi.LogDriverEvent:
+		return m.(*conmonapi.LogDriverEvent).GetContainerId()
 	}
 	return ""
 }
@@ -599,6 +602,9 @@ func eventSummary(m any) string {
 		return "exec_id=" + e.ExecID
 	case *apievents.TaskExecStarted:
 		return fmt.Sprintf("exec_id=%s pid=%d", e.ExecID, e.Pid)
+	case *conmonapi.LogDriverEvent: // /conmon-v2/log/failing, /conmon-v2/log/recovered
+		return fmt.Sprintf("driver=%s failed_lines=%d lost_lines=%d error=%q", e.GetDriver(),
+			e.GetErrors().GetLines(), e.GetLost().GetLines(), e.GetError())
 	}
 	return ""
 }
