@@ -18,7 +18,9 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
 	"github.com/containers/conmon-v2/client"
+	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/service"
 )
@@ -451,5 +453,47 @@ func TestLogStats(t *testing.T) {
 	}
 	if _, err := serve(t, New(Config{})).LogStats(ctx, "x"); !errdefs.IsNotImplemented(err) {
 		t.Errorf("LogStats without Logs: %v, want NotImplemented", err)
+	}
+}
+
+// A log driver's event reaches a subscriber of /conmon-v2/log/ with its
+// type, as the shim's exchange envelopes it, and decodes on the client.
+func TestSubscribeLogEvents(t *testing.T) {
+	ev := &fakeEvents{}
+	s := serve(t, New(Config{Events: ev}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	evc, errc, err := s.Subscribe(ctx, "/conmon-v2/log/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ev.count() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("server never subscribed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a, err := events.MarshalAny(&conmonapi.LogDriverEvent{ContainerId: "c", Driver: "k8s-file", Error: "no space left on device"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.publish(t, "/tasks/exit", &apievents.TaskExit{ContainerID: "c"})
+	ev.publish(t, client.TopicLogFailing, &conmonapi.LogDriverEvent{ContainerId: "c", Driver: "k8s-file", Error: "no space left on device"})
+	select {
+	case e, ok := <-evc:
+		if !ok {
+			t.Fatalf("stream ended: %v", <-errc)
+		}
+		m, err := e.Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		le, ok := m.(*conmonapi.LogDriverEvent)
+		if e.Topic != client.TopicLogFailing || e.TypeURL != a.GetTypeUrl() || !ok || le.GetDriver() != "k8s-file" {
+			t.Errorf("event %s %s %#v", e.Topic, e.TypeURL, m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event")
 	}
 }
