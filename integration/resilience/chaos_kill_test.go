@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -139,28 +138,12 @@ func TestChaosRuntimeKilled(t *testing.T) {
 	}
 
 	// Nothing left behind.
-	if out, err := exec.Command("runc", "--root", filepath.Join("/run/conmon-v2/runc", ns), "list", "-q").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
-		t.Errorf("runc containers left: %q %v", out, err)
-	}
-	if ents, _ := os.ReadDir(filepath.Join("/run/conmon-v2/state", ns)); len(ents) > 0 {
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		t.Errorf("task records left: %v", names)
-	}
-	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), e.dir) {
-		t.Errorf("mounts left under %s", e.dir)
-	}
+	checkNothingLeft(t, e)
 	eventually(t, 30*time.Second, func() error {
 		if left := leftovers(ids); len(left) > 0 {
 			return fmt.Errorf("left behind: %s", strings.Join(left, "; "))
 		}
-		out, _ := exec.Command("pgrep", "-f", "-namespace "+ns).Output()
-		if pids := strings.Fields(string(out)); len(pids) > 0 {
-			return fmt.Errorf("daemon still runs: %v", pids)
-		}
-		return nil
+		return daemonGone(ns)
 	})
 }
 

@@ -95,6 +95,22 @@ func TestChaosRuntime(t *testing.T) {
 	t.Logf("%d runs, %d failed steps", ran, failed)
 
 	// Nothing left behind.
+	checkNothingLeft(t, e)
+	eventually(t, 30*time.Second, func() error {
+		out, _ := exec.Command("pgrep", "-f", e.dir).Output()
+		if pids := strings.Fields(string(out)); len(pids) > 0 {
+			return fmt.Errorf("processes left: %v", pids)
+		}
+		return daemonGone(ns)
+	})
+}
+
+// checkNothingLeft checks that the env's namespace has no runc container
+// and no task record left, and that nothing is mounted under its
+// directory.
+func checkNothingLeft(t *testing.T, e *env) {
+	t.Helper()
+	ns := e.opts.Namespace
 	if out, err := exec.Command("runc", "--root", filepath.Join("/run/conmon-v2/runc", ns), "list", "-q").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Errorf("runc containers left: %q %v", out, err)
 	}
@@ -108,15 +124,13 @@ func TestChaosRuntime(t *testing.T) {
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), e.dir) {
 		t.Errorf("mounts left under %s", e.dir)
 	}
-	eventually(t, 30*time.Second, func() error {
-		out, _ := exec.Command("pgrep", "-f", e.dir).Output()
-		if pids := strings.Fields(string(out)); len(pids) > 0 {
-			return fmt.Errorf("processes left: %v", pids)
-		}
-		out, _ = exec.Command("pgrep", "-f", "-namespace "+ns).Output()
-		if pids := strings.Fields(string(out)); len(pids) > 0 {
-			return fmt.Errorf("daemon still runs: %v", pids)
-		}
-		return nil
-	})
+}
+
+// daemonGone is an error while a daemon of the namespace ns runs.
+func daemonGone(ns string) error {
+	out, _ := exec.Command("pgrep", "-f", "-namespace "+ns).Output()
+	if pids := strings.Fields(string(out)); len(pids) > 0 {
+		return fmt.Errorf("daemon still runs: %v", pids)
+	}
+	return nil
 }
