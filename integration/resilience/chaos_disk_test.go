@@ -193,6 +193,15 @@ func TestChaosLogDiskFull(t *testing.T) {
 // bundle's container logs there) and collects what is written to it.
 func captureDaemonLog(t *testing.T, bundle string) *testutil.SyncBuffer {
 	t.Helper()
+	buf, f := readDaemonLog(t, bundle)
+	t.Cleanup(func() { f.Close() })
+	return buf
+}
+
+// readDaemonLog is captureDaemonLog, but returns the FIFO for the caller
+// to close.
+func readDaemonLog(t *testing.T, bundle string) (*testutil.SyncBuffer, *os.File) {
+	t.Helper()
 	buf := &testutil.SyncBuffer{}
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		t.Fatal(err)
@@ -205,14 +214,13 @@ func captureDaemonLog(t *testing.T, bundle string) *testutil.SyncBuffer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
 	go func() {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			fmt.Fprintln(buf, sc.Text())
 		}
 	}()
-	return buf
+	return buf, f
 }
 
 // lastNumber is the number of the last whole numbered line of out.

@@ -1,7 +1,6 @@
 package resilience
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -58,26 +57,8 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 		t.Fatal(err)
 	}
 	// The daemon's own log: the bundle's log FIFO of its first container.
-	daemonLog := &testutil.SyncBuffer{}
-	firstBundle := filepath.Join(e.dir, "up0-"+e.suffix)
-	if err := os.MkdirAll(firstBundle, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	logFifo := filepath.Join(firstBundle, "log")
-	if err := unix.Mkfifo(logFifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	lf, err := os.OpenFile(logFifo, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	daemonLog, lf := readDaemonLog(t, filepath.Join(e.dir, "up0-"+e.suffix))
 	defer lf.Close()
-	go func() {
-		sc := bufio.NewScanner(lf)
-		for sc.Scan() {
-			fmt.Fprintln(daemonLog, sc.Text())
-		}
-	}()
 
 	kfile := func(i int) map[string]string { return k8sFile(filepath.Join(logDir, fmt.Sprintf("up%d.log", i))) }
 	tasks := []*task{
