@@ -327,6 +327,42 @@ func killAndDelete(ctx context.Context, t *testing.T, s *client.Shim, id string)
 	}
 }
 
+// killTasks kills each of tasks (through s) with SIGKILL and waits for
+// its exit: 137.
+func killTasks(ctx context.Context, t *testing.T, s *client.Shim, tasks []*task) {
+	t.Helper()
+	for _, tk := range tasks {
+		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
+			t.Fatal(err)
+		}
+		w, err := s.Wait(ctx, tk.id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.Status != 137 {
+			t.Errorf("%s exited %d, want 137", tk.id, w.Status)
+		}
+	}
+}
+
+// waitNewDaemon waits until a daemon other than daemon (its pid) answers
+// Info on s (conn names s in the error), and returns its Info.
+func waitNewDaemon(ctx context.Context, t *testing.T, s *client.Shim, daemon int, conn string) client.ShimInfo {
+	t.Helper()
+	var info client.ShimInfo
+	eventually(t, 30*time.Second, func() error {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		defer ccancel()
+		in, err := s.Info(cctx)
+		if err != nil || int(in.Pid) == daemon {
+			return fmt.Errorf("no new daemon on %s yet: %+v %v", conn, in, err)
+		}
+		info = in
+		return nil
+	})
+	return info
+}
+
 // binaryLogger is a binary:// logger (a script, as containerd's --log-uri
 // binary:// runs) that appends the container's stdout to a file and
 // notes its pid each time it starts.

@@ -134,16 +134,7 @@ func TestKeeperCustody(t *testing.T) {
 		}
 		killed := time.Now()
 		tty.say(fmt.Sprintf("during-crash-%d", round)) // most likely before the new daemon runs
-		eventually(t, 30*time.Second, func() error {
-			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
-			defer ccancel()
-			in, err := s.Info(cctx)
-			if err != nil || int(in.Pid) == daemon {
-				return fmt.Errorf("no new daemon on the old connection yet: %+v %v", in, err)
-			}
-			info = in
-			return nil
-		})
+		info = waitNewDaemon(ctx, t, s, daemon, "the old connection")
 		t.Logf("round %d: daemon %d killed; daemon %d (parent %d) answers on the same connection after %v with %d tasks",
 			round, daemon, info.Pid, ppid(t, int(info.Pid)), time.Since(killed).Round(time.Millisecond), info.Tasks)
 		if ppid(t, int(info.Pid)) != keeper {
@@ -191,18 +182,7 @@ func TestKeeperCustody(t *testing.T) {
 	if _, err := s.Delete(ctx, tasks[1].id, "counter"); err != nil {
 		t.Errorf("delete exec: %v", err)
 	}
-	for _, tk := range tasks {
-		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
-			t.Fatal(err)
-		}
-		w, err := s.Wait(ctx, tk.id, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if w.Status != 137 {
-			t.Errorf("%s exited %d, want 137", tk.id, w.Status)
-		}
-	}
+	killTasks(ctx, t, s, tasks)
 	if !tasks[1].io.Wait(10 * time.Second) {
 		t.Errorf("%s: FIFO output did not end", tasks[1].id)
 	}
@@ -348,16 +328,7 @@ func TestKeeperCustodyBinaryLogger(t *testing.T) {
 		if err := unix.Kill(daemon, unix.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 30*time.Second, func() error {
-			cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
-			defer ccancel()
-			in, err := s.Info(cctx)
-			if err != nil || int(in.Pid) == daemon {
-				return fmt.Errorf("no new daemon on the connection yet: %+v %v", in, err)
-			}
-			info = in
-			return nil
-		})
+		info = waitNewDaemon(ctx, t, s, daemon, "the connection")
 		l.waitMore(l.size(), fmt.Sprintf("round %d: the logger gets no output after the kill", round))
 	}
 	time.Sleep(500 * time.Millisecond)

@@ -211,18 +211,7 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 	subMu.Lock()
 	t.Logf("subscriber: %d events after the upgrades, its stream ended %d times", len(subTopics), resubs)
 	subMu.Unlock()
-	for _, tk := range tasks {
-		if err := s.Kill(ctx, tk.id, "", uint32(unix.SIGKILL), true); err != nil {
-			t.Fatal(err)
-		}
-		w, err := s.Wait(ctx, tk.id, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if w.Status != 137 {
-			t.Errorf("%s exited %d, want 137", tk.id, w.Status)
-		}
-	}
+	killTasks(ctx, t, s, tasks)
 	if tasks[1].io != nil && !tasks[1].io.Wait(10*time.Second) {
 		t.Errorf("%s: FIFO output did not end", tasks[1].id)
 	}
