@@ -93,10 +93,7 @@ func TestLogFileModes(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	logDir := filepath.Join(e.dir, "logs")
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	logDir := e.logDir()
 	logPath := filepath.Join(logDir, "ctr.log")
 	tk := e.start(ctx, "logmodes", []string{"sh", "-c", "echo secret-line; sleep 1000"}, true, map[string]string{
 		client.LogAnnotationPrefix + "driver": "k8s-file",

@@ -44,10 +44,7 @@ func TestChaosLogDiskFull(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	logDir := filepath.Join(e.dir, "logs")
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	logDir := e.logDir()
 	if err := unix.Mount("tmpfs", logDir, "tmpfs", 0, "size=16m,mode=0700"); err != nil {
 		t.Skipf("mount a tmpfs: %v", err)
 	}

@@ -176,6 +176,17 @@ func (e *env) configure(name, toml string) {
 	})
 }
 
+// logDir makes the directory "logs" of the env (mode 0700) and returns
+// its path.
+func (e *env) logDir() string {
+	e.t.Helper()
+	dir := filepath.Join(e.dir, "logs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	return dir
+}
+
 // task is one container started through the shim.
 type task struct {
 	id     string

@@ -42,10 +42,7 @@ func TestKeeperCustody(t *testing.T) {
 	e.configure("custody", "keeper = true\n[logging]\nannotation-allow = [\"path\"]\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	logDir := filepath.Join(e.dir, "logs")
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	logDir := e.logDir()
 	// An idle container without stdio keeps the group (daemon and
 	// keeper) alive; the keeper's descriptors are counted with it alone.
 	anchor := e.start(ctx, "anchor", []string{"sleep", "1000"}, false, nil)

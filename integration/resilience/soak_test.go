@@ -50,10 +50,7 @@ func TestSoak(t *testing.T) {
 	e.dense()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
-	logDir := filepath.Join(e.dir, "logs")
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	logDir := e.logDir()
 	start := time.Now()
 	tasks := make([]*task, containers)
 	for i := range tasks {

@@ -52,10 +52,7 @@ func testLiveUpgrade(t *testing.T, name, toml string) {
 	e.configure(name, toml)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	logDir := filepath.Join(e.dir, "logs")
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	logDir := e.logDir()
 	// The daemon's own log: the bundle's log FIFO of its first container.
 	daemonLog, lf := readDaemonLog(t, filepath.Join(e.dir, "up0-"+e.suffix))
 	defer lf.Close()
