@@ -244,12 +244,10 @@ func (r *logReport) check(final bool) {
 		if newError && d.LastError != "" {
 			cur.lastError, cur.lastErrorAt = d.LastError, now
 		}
+		// The transitions are looked for at the final check too: output
+		// that failed within a second before the container exited is
+		// reported (and its driver stays failing).
 		switch {
-		case final:
-			if cur.errors > 0 || d.Lost.Lines > 0 {
-				r.log.Warn("container log closed after write errors", "driver", d.Name,
-					"failed_lines", cur.errors, "lost_lines", d.Lost.Lines, "lost_bytes", d.Lost.Bytes, "last_error", d.LastError)
-			}
 		case newError:
 			if !prev.failing {
 				r.log.Warn("container log: driver failing", "driver", d.Name, "error", d.LastError,
@@ -262,6 +260,10 @@ func (r *logReport) check(final bool) {
 				"failed_lines", cur.errors, "lost_lines", d.Lost.Lines)
 			r.event(TopicLogRecovered, d)
 			cur.failing = false
+		}
+		if final && (cur.errors > 0 || d.Lost.Lines > 0) {
+			r.log.Warn("container log closed after write errors", "driver", d.Name,
+				"failed_lines", cur.errors, "lost_lines", d.Lost.Lines, "lost_bytes", d.Lost.Bytes, "last_error", d.LastError)
 		}
 		r.drivers[d.Name] = cur
 	}

@@ -234,3 +234,51 @@ func TestServiceLogStats(t *testing.T) {
 		t.Errorf("deleted task: %v, want NotFound", err)
 	}
 }
+
+// Output that failed within a second before the container's log closed
+// (no check in between) is still published, by the close's check, and
+// the driver is left failing.
+func TestLogReportFailingAtClose(t *testing.T) {
+	d := &flakyDriver{}
+	var mu sync.Mutex
+	var topics []string
+	reg := &logReports{publish: func(topic string, _ proto.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		topics = append(topics, topic)
+	}}
+	f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
+		return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	tap, err := f(context.Background(), "c1", "ns", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := tap.Writer(logging.Stdout)
+	if _, err := w.Write([]byte("ok\n")); err != nil { // checks: the first write does
+		t.Fatal(err)
+	}
+	d.full.Store(true)
+	if _, err := w.Write([]byte("lost\n")); err != nil { // no check: within the second
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := len(topics)
+	mu.Unlock()
+	if n != 0 {
+		t.Fatalf("events before close: %q", topics)
+	}
+	if err := tap.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := strings.Join(topics, ",")
+	mu.Unlock()
+	if got != TopicLogFailing {
+		t.Errorf("events after close: %q, want one %s", got, TopicLogFailing)
+	}
+	st := reg.get("c1").stats()
+	if !st.Drivers[0].Failing || st.Drivers[0].Errors.Lines != 1 {
+		t.Errorf("after close: %+v", st.Drivers)
+	}
+}
