@@ -131,36 +131,14 @@ func Daemonize(cfg *Config, logs *LogSettings, b *Bootstrap, oldScore string) er
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
-	// One P from the monitor's first instruction: a single mcache, one GC
-	// worker, fewer spare threads (measured: about 220 kB less anonymous
-	// memory per monitor). The caller's value is restored for the
-	// runtime and the exit command (MonitorEnvCleanup).
-	var env []string
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "GOMAXPROCS=") {
-			env = append(env, e)
-		}
-	}
-	orig, had := os.LookupEnv("GOMAXPROCS")
-	if had {
-		env = append(env, envGOMAXPROCS+"=set:"+orig)
-	}
-	cmd.Env = append(env, EnvMonitor+"=1", envOOMScore+"="+oldScore, "GOMAXPROCS=1")
-	if e := logs.env(); e != "" {
-		cmd.Env = append(cmd.Env, e)
-	}
+	cmd.Env = monitorEnv(logs, oldScore)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if cfg.Passthru {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	} else {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
 	}
-	keep := append([]int{}, b.Inherited...)
-	for _, fd := range []int{b.SyncFD, b.StartFD, b.AttachFD} {
-		if fd >= 3 {
-			keep = append(keep, fd)
-		}
-	}
+	keep := monitorFDs(b)
 	maxfd := 2
 	for _, fd := range keep {
 		if fd > maxfd {
@@ -186,11 +164,48 @@ func Daemonize(cfg *Config, logs *LogSettings, b *Bootstrap, oldScore string) er
 	return nil
 }
 
+// monitorEnv is the monitor's environment: the caller's, with GOMAXPROCS=1
+// (the caller's value kept aside), the markers and the log annotations.
+func monitorEnv(logs *LogSettings, oldScore string) []string {
+	// One P from the monitor's first instruction: a single mcache, one GC
+	// worker, fewer spare threads (measured: about 220 kB less anonymous
+	// memory per monitor). The caller's value is restored for the
+	// runtime and the exit command (MonitorEnvCleanup).
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "GOMAXPROCS=") {
+			env = append(env, e)
+		}
+	}
+	orig, had := os.LookupEnv("GOMAXPROCS")
+	if had {
+		env = append(env, envGOMAXPROCS+"=set:"+orig)
+	}
+	env = append(env, EnvMonitor+"=1", envOOMScore+"="+oldScore, "GOMAXPROCS=1")
+	if e := logs.env(); e != "" {
+		env = append(env, e)
+	}
+	return env
+}
+
+// monitorFDs lists the fds above 2 the monitor inherits at the same
+// numbers: the caller's other fds and the pipes.
+func monitorFDs(b *Bootstrap) []int {
+	keep := append([]int{}, b.Inherited...)
+	for _, fd := range []int{b.SyncFD, b.StartFD, b.AttachFD} {
+		if fd >= 3 {
+			keep = append(keep, fd)
+		}
+	}
+	return keep
+}
+
 // MonitorEnvCleanup removes the variables the first process set for the
 // monitor, so the runtime and the exit command see the caller's
 // environment only.
 func MonitorEnvCleanup() {
 	os.Unsetenv(EnvMonitor)
+	os.Unsetenv(EnvKeeper)
 	os.Unsetenv(envOOMScore)
 	os.Unsetenv(envLogAnnotations)
 	if v, ok := os.LookupEnv(envGOMAXPROCS); ok {

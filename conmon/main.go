@@ -36,6 +36,9 @@ type Program struct {
 // exit code. It returns the process's exit code.
 func Main(p Program) int {
 	Trampoline()
+	if len(os.Args) == 3 && os.Args[1] == "--exit-keeper" {
+		return RunKeeper(os.Args[2])
+	}
 	// One monitor per container: keep it small. The detached monitor
 	// starts with GOMAXPROCS=1 in its environment (Daemonize); a --sync
 	// monitor (CRI-O's ExecSync) is short-lived and keeps two.
@@ -68,6 +71,7 @@ func run(p Program) int {
 		return 1
 	}
 	first := os.Getenv(EnvMonitor) == ""
+	keeperSock := "" // the exit keeper that started this monitor, if any
 	var settings *LogSettings
 	var settingsErr error
 	if first {
@@ -121,7 +125,7 @@ func run(p Program) int {
 			boot.StartFD = -1
 		}
 		if !cfg.Sync {
-			if err := Daemonize(cfg, settings, boot, oldScore); err != nil {
+			if err := daemonize(cfg, settings, boot, oldScore); err != nil {
 				fmt.Fprintf(os.Stderr, "[conmon:e]: %v\n", err)
 				return 1
 			}
@@ -135,6 +139,7 @@ func run(p Program) int {
 			}
 		}
 	} else {
+		keeperSock = os.Getenv(EnvKeeper)
 		MonitorEnvCleanup()
 	}
 	diag := NewDiag(cfg.Level, os.Stderr, cfg.Syslog, cfg.CID)
@@ -163,10 +168,33 @@ func run(p Program) int {
 	open := func(ctx context.Context, cfg *Config, tap func(logging.Stream, []byte)) (LogPipeline, error) {
 		return OpenLogs(ctx, cfg, settings, reg, tap)
 	}
-	code := NewMonitor(cfg, boot, r, diag, open).Run(ctx)
+	mon := NewMonitor(cfg, boot, r, diag, open)
+	mon.keeper = newKeeperLink(keeperSock, diag)
+	code := mon.Run(ctx)
 	cancel()
 	<-done
 	return code
+}
+
+// daemonize detaches the monitor: by Daemonize, or, when the configuration
+// names an exit keeper ([conmon] exit-keeper), by DaemonizeViaKeeper. A
+// keeper that is not listening, or refuses (e.g. a rootless caller in its
+// user namespace: the keeper serves its own uid only), is warned about and
+// done without.
+func daemonize(cfg *Config, settings *LogSettings, boot *Bootstrap, oldScore string) error {
+	sock, err := KeeperSocket()
+	if err != nil {
+		return err
+	}
+	if sock == "" {
+		return Daemonize(cfg, settings, boot, oldScore)
+	}
+	err = DaemonizeViaKeeper(sock, cfg, settings, boot, oldScore)
+	if errors.Is(err, errKeeperUnreachable) || errors.Is(err, errKeeperRefused) {
+		fmt.Fprintf(os.Stderr, "[conmon:w]: %v; monitoring without it\n", err)
+		return Daemonize(cfg, settings, boot, oldScore)
+	}
+	return err
 }
 
 // handOver replaces the process with the fallback build, found next to

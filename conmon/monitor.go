@@ -59,6 +59,7 @@ type Monitor struct {
 	cons     console.Console // guarded by consMu
 	pending  *console.WinSize
 	consRead chan struct{} // closed once the terminal master is being read
+	keeper   *keeperLink   // the exit keeper that started the monitor; nil: none
 }
 
 // NewMonitor returns a monitor for cfg. r must be running (Run) and be
@@ -216,6 +217,7 @@ func (m *Monitor) Run(ctx context.Context) int {
 		return m.fail(-1, "")
 	}
 	m.ctrPid.Store(int64(pid))
+	m.keeper.Container(pid)
 	if cfg.APIVersion > 0 || !cfg.Exec {
 		m.sendSync(pid, "")
 	}
@@ -240,6 +242,7 @@ func (m *Monitor) Run(ctx context.Context) int {
 		timeout = t.C
 	}
 	exit, timedOut := m.waitContainer(ctx, sub, pid, timeout, trim)
+	m.keeper.Exited(exit)
 	return m.finish(exit, timedOut)
 }
 
@@ -554,6 +557,7 @@ func (m *Monitor) finish(status int, timedOut bool) int {
 			m.diag.Errorf("Failed to write exit file: %v", err)
 		}
 	}
+	m.keeper.Done()
 	if cfg.Exec {
 		msg := ""
 		if timedOut {
