@@ -59,7 +59,7 @@ const EnvKeeper = "_CONMON_V2_EXIT_KEEPER"
 const keeperMaxFDs = 250
 
 // keeperMaxMsg bounds one request (arguments and environment).
-const keeperMaxMsg = 1 << 20
+const keeperMaxMsg = 256 << 10
 
 type keeperRequest struct {
 	Op     string   `json:"op"`
@@ -143,7 +143,10 @@ func RunKeeper(socket string) int {
 		logf("socket path %q: must be absolute: %v", socket, errdefs.ErrInvalidArgument)
 		return 1
 	}
-	unix.Umask(0o022)
+	// What the drop-in's first process does for the monitor it starts
+	// (umask 0022, oom_score_adj -1000 where allowed): the monitors
+	// inherit both from the keeper now.
+	PrepareProcess()
 	if err := reaper.SetSubreaper(); err != nil {
 		logf("set child subreaper: %v", err)
 		return 1
