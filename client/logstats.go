@@ -38,7 +38,8 @@ type LogStats struct {
 	Filtered, RateLimited, BufferFull LogCounter
 	Redacted                          uint64
 	// WriteError sums, over the drivers, the records they failed to write
-	// and those they reported lost.
+	// and those they reported lost (a record a file driver failed to
+	// write, held, and later gave up counts twice).
 	WriteError LogCounter
 	ReadErrors uint64
 	Drivers    []LogDriverStats
@@ -48,8 +49,10 @@ type LogStats struct {
 type LogDriverStats struct {
 	Name string
 	// Written were accepted, Errors failed to be written, Lost were given
-	// up after being accepted (e.g. held back on a full disk beyond the
-	// driver's bound).
+	// up after being accepted or failing. A file driver holds what it
+	// failed to write (up to 1 MiB) and writes it once it can: only its
+	// Lost records are gone. A driver that holds nothing (journald,
+	// syslog) loses its failed records, and its Lost stays 0.
 	Written, Errors, Lost LogCounter
 	// LastError is the driver's latest error, noticed at LastErrorAt ("",
 	// zero: none).
@@ -59,14 +62,14 @@ type LogDriverStats struct {
 	Failing bool
 }
 
-// Lost returns what the task's logging lost in all: records dropped by
-// the rate limit or a full buffer, plus those the drivers failed to write
-// or gave up (summed over drivers). Filtered records are not counted:
-// they were dropped on purpose.
-func (l LogStats) Lost() LogCounter {
+// Dropped returns what the pipeline dropped before any driver saw it:
+// records over the rate limit and those a full non-blocking buffer
+// dropped (filtered records are not counted: they were dropped on
+// purpose). What a driver failed to write or lost is in Drivers.
+func (l LogStats) Dropped() LogCounter {
 	return LogCounter{
-		Lines: l.RateLimited.Lines + l.BufferFull.Lines + l.WriteError.Lines,
-		Bytes: l.RateLimited.Bytes + l.BufferFull.Bytes + l.WriteError.Bytes,
+		Lines: l.RateLimited.Lines + l.BufferFull.Lines,
+		Bytes: l.RateLimited.Bytes + l.BufferFull.Bytes,
 	}
 }
 

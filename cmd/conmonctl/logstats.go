@@ -30,9 +30,9 @@ type logStatsJSON struct {
 	Name     string `json:"name"`
 	ID       string `json:"id"`
 	Pipeline bool   `json:"pipeline"`
-	// Lost sums what never reached a log: rate-limited, buffer-full and
-	// the drivers' failed and lost records.
-	Lost        logCountJSON    `json:"lost"`
+	// Dropped were dropped before any driver: rate-limited and
+	// buffer-full records.
+	Dropped     logCountJSON    `json:"dropped"`
 	Read        logCountJSON    `json:"read"`
 	Written     logCountJSON    `json:"written"`
 	Filtered    logCountJSON    `json:"filtered"`
@@ -62,7 +62,7 @@ func cmdLogStats(ctx context.Context, a *app, args []string) error {
 		return fmt.Errorf("container %s: %w", r.Name, err)
 	}
 	out := logStatsJSON{
-		Name: r.Name, ID: r.ID, Pipeline: st.Pipeline, Lost: logCount(st.Lost()),
+		Name: r.Name, ID: r.ID, Pipeline: st.Pipeline, Dropped: logCount(st.Dropped()),
 		Read: logCount(st.Read), Written: logCount(st.Written), Filtered: logCount(st.Filtered),
 		Redacted: st.Redacted, RateLimited: logCount(st.RateLimited), BufferFull: logCount(st.BufferFull),
 		WriteError: logCount(st.WriteError), ReadErrors: st.ReadErrors, Drivers: []logDriverJSON{},
@@ -91,8 +91,8 @@ func cmdLogStats(ctx context.Context, a *app, args []string) error {
 	fmt.Fprintf(w, "redacted\t%d lines\t\n", out.Redacted)
 	fmt.Fprintf(w, "rate limited\t%s\n", count(out.RateLimited))
 	fmt.Fprintf(w, "buffer full\t%s\n", count(out.BufferFull))
-	fmt.Fprintf(w, "write errors\t%s\n", count(out.WriteError))
-	fmt.Fprintf(w, "LOST\t%s\n", count(out.Lost))
+	fmt.Fprintf(w, "driver failed+lost\t%s\n", count(out.WriteError))
+	fmt.Fprintf(w, "dropped\t%s\n", count(out.Dropped))
 	if err := w.Flush(); err != nil {
 		return err
 	}

@@ -448,8 +448,8 @@ func TestLogStats(t *testing.T) {
 			t.Errorf("LogStats(%q) =\n%+v\nwant\n%+v", tc.id, got, tc.want)
 		}
 	}
-	if l := (client.LogStats{RateLimited: client.LogCounter{Lines: 1}, BufferFull: client.LogCounter{Lines: 3}, WriteError: client.LogCounter{Lines: 4}}).Lost(); l.Lines != 8 {
-		t.Errorf("Lost() = %+v, want 8 lines", l)
+	if l := (client.LogStats{RateLimited: client.LogCounter{Lines: 1}, BufferFull: client.LogCounter{Lines: 3}, WriteError: client.LogCounter{Lines: 4}}).Dropped(); l.Lines != 4 {
+		t.Errorf("Dropped() = %+v, want 4 lines", l)
 	}
 	if _, err := serve(t, New(Config{})).LogStats(ctx, "x"); !errdefs.IsNotImplemented(err) {
 		t.Errorf("LogStats without Logs: %v, want NotImplemented", err)
