@@ -237,7 +237,9 @@ func (k *Keeper) serveConn(c *net.UnixConn) {
 	oob := make([]byte, unix.CmsgSpace(4*keeperMaxFDs))
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
-		k.log.Printf("read request of pid %d: %v", cred.Pid, err)
+		if !errors.Is(err, io.EOF) { // EOF: a probe that connected and closed
+			k.log.Printf("read request of pid %d: %v", cred.Pid, err)
+		}
 		return
 	}
 	files, ferr := parseRights(oob[:oobn])
