@@ -73,6 +73,12 @@ type Exchange struct {
 	done   chan struct{}      // closed when the forwarder goroutine returned
 }
 
+// LocalTopicPrefix starts the topics of conmon-v2's own events (such as
+// /conmon-v2/log/failing): they reach local subscribers (the Monitor API)
+// only. containerd does not know their types, and its CRI plugin logs an
+// error for every event it cannot decode.
+const LocalTopicPrefix = "/conmon-v2/"
+
 // New returns an Exchange for namespace. address is containerd's ttrpc
 // socket ($TTRPC_ADDRESS; a "unix://" prefix is accepted); with an empty
 // address events only reach local subscribers (CRI-O starts shims without
@@ -136,7 +142,7 @@ func (e *Exchange) Publish(ctx context.Context, topic string, event proto.Messag
 	for s := range e.subs {
 		s.push(env)
 	}
-	if e.address != "" {
+	if e.address != "" && !strings.HasPrefix(topic, LocalTopicPrefix) {
 		e.queue = append(e.queue, env)
 	}
 	e.mu.Unlock()

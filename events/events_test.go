@@ -94,6 +94,10 @@ func TestForwardOrderTypeURLAndNamespace(t *testing.T) {
 		if err := e.Publish(context.Background(), "/tasks/exit", exitEvent(i)); err != nil {
 			t.Fatal(err)
 		}
+		// conmon-v2's own topics stay local: containerd gets none.
+		if err := e.Publish(context.Background(), LocalTopicPrefix+"log/failing", exitEvent(1000)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
