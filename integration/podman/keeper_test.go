@@ -95,6 +95,11 @@ func TestKeeperKill9(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// An exec session's monitor goes through the keeper too (attach
+	// pipe, second start byte, exit code on the sync pipe).
+	if r := e.podman(nil, "exec", id, "sh", "-c", "echo from-exec; exit 3"); r.code != 3 || r.stdout != "from-exec\n" {
+		t.Fatalf("podman exec under the keeper: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
