@@ -107,6 +107,9 @@ type Keeper struct {
 	runExit func(e *keeperEntry)
 	// alive tells whether a process exists (tests replace it).
 	alive func(pid int) bool
+	// writeFiles writes an entry's exit files (writeExitFiles; the fuzz
+	// test replaces it: its paths are arbitrary).
+	writeFiles func(exitDir, persist, cid string, status int) []error
 	// socket is the keeper's address, passed to the monitors.
 	socket string
 	uid    int
@@ -130,6 +133,7 @@ func NewKeeper(socket string, r *reaper.Reaper, out io.Writer) *Keeper {
 	}
 	k.start = func(cmd *exec.Cmd) error { return cmd.Start() }
 	k.runExit = k.runExitCommand
+	k.writeFiles = writeExitFiles
 	k.alive = func(pid int) bool { return !errors.Is(unix.Kill(pid, 0), unix.ESRCH) }
 	return k
 }
@@ -486,7 +490,7 @@ func (k *Keeper) handleExit(pid, status int) {
 // the monitor would have. Called with k.mu held.
 func (k *Keeper) finish(e *keeperEntry, status int) {
 	e.done = true
-	for _, err := range writeExitFiles(e.exitDir, e.persist, e.cid, status) {
+	for _, err := range k.writeFiles(e.exitDir, e.persist, e.cid, status) {
 		k.log.Printf("container %s: %v", e.cid, err)
 	}
 	if e.exitCmd != nil {
