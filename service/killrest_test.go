@@ -63,6 +63,21 @@ func TestInitExitKillsRestOfSharedPIDContainer(t *testing.T) {
 			if got := killed(); got != tc.wantKill {
 				t.Fatalf("runtime kill after init's exit: %v, want %v", got, tc.wantKill)
 			}
+			// containerd's Kill(All) before Delete: it reaches the runtime
+			// only when something may be left (a shared PID namespace);
+			// either way it succeeds.
+			h.rt.mu.Lock()
+			before := len(h.rt.killed)
+			h.rt.mu.Unlock()
+			if _, err := h.s.Kill(context.Background(), &taskv2.KillRequest{ID: "c1", Signal: 9, All: true}); err != nil {
+				t.Fatalf("kill all after init's exit: %v", err)
+			}
+			h.rt.mu.Lock()
+			after := len(h.rt.killed)
+			h.rt.mu.Unlock()
+			if ran := after > before; ran != tc.wantKill {
+				t.Fatalf("runtime kill for Kill(All) after init's exit: %v, want %v", ran, tc.wantKill)
+			}
 		})
 	}
 }

@@ -505,6 +505,15 @@ func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (_ *emptypb.E
 	// open, and containerd's Delete (WithProcessKill) relies on this kill
 	// before it waits for the IO (critest, integration/critest/FINDINGS.md).
 	killRest := p.Init && r.All && p.Status == process.Stopped
+	if killRest && !c.SharesPIDNamespace() {
+		// Nothing is left to kill: when the init of a PID namespace dies
+		// the kernel kills every other process of the namespace and
+		// reports init's exit only once they are all reaped. The runtime
+		// call (runc kill --all, ~10 ms) would signal an empty cgroup;
+		// containerd sends this Kill before every Delete.
+		s.mu.Unlock()
+		return &emptypb.Empty{}, nil
+	}
 	if !killRest && (p.Status == process.Stopped || p.Status == process.Deleted || (p.Init && c.InitExitDeferred != nil && !r.All)) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("process %q of task %q: process already finished: %w", p.ID, r.ID, errdefs.ErrNotFound)
