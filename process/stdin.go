@@ -195,11 +195,7 @@ func (c *stdinCopier) park(ctx context.Context) (*os.File, error) {
 	c.parked = true
 	f := c.f
 	c.mu.Unlock()
-	if f != nil {
-		_ = f.SetReadDeadline(time.Now())
-	} else {
-		c.unblockOpen()
-	}
+	c.wake(f)
 	select {
 	case <-c.done:
 	case <-ctx.Done():
@@ -218,6 +214,17 @@ func (c *stdinCopier) parkedFile() *os.File {
 	}
 	_ = c.f.SetReadDeadline(time.Time{})
 	return c.f
+}
+
+// wake interrupts the copier after a flag was set under mu: f, the
+// client's FIFO as the copier held it then, gets a read deadline; with no
+// FIFO yet, the copier is in open(2) and unblockOpen releases it.
+func (c *stdinCopier) wake(f *os.File) {
+	if f != nil {
+		_ = f.SetReadDeadline(time.Now())
+	} else {
+		c.unblockOpen()
+	}
 }
 
 // unblockOpen lets a pending open of the FIFO return by opening the
@@ -249,11 +256,7 @@ func (c *stdinCopier) closeStdin() error {
 	c.closing = true
 	f := c.f
 	c.mu.Unlock()
-	if f != nil {
-		_ = f.SetReadDeadline(time.Now())
-	} else {
-		c.unblockOpen()
-	}
+	c.wake(f)
 	select {
 	case <-c.done:
 		return nil
@@ -268,11 +271,7 @@ func (c *stdinCopier) stop() {
 	c.stopped = true
 	f := c.f
 	c.mu.Unlock()
-	if f != nil {
-		_ = f.SetReadDeadline(time.Now())
-	} else {
-		c.unblockOpen()
-	}
+	c.wake(f)
 	select {
 	case <-c.done:
 	case <-time.After(stdinDrainBound):
