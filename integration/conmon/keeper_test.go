@@ -2,13 +2,11 @@ package conmon
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,57 +15,18 @@ import (
 	"github.com/containers/conmon-v2/internal/testutil"
 )
 
-// syncBuffer is a bytes.Buffer safe for the keeper's stderr copier and
-// the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startKeeper runs `conmon-v2 --exit-keeper SOCKET` and points the drop-in
 // at it through a configuration file. It returns the keeper's pid and log.
-func startKeeper(t *testing.T, h *harness) (int, *syncBuffer) {
+func startKeeper(t *testing.T, h *harness) (int, *testutil.SyncBuffer) {
 	t.Helper()
 	sock := filepath.Join(h.dir, "keeper", "exit-keeper.sock")
-	cmd := exec.Command(h.bin, "--exit-keeper", sock)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(unix.SIGTERM)
-		_ = cmd.Wait()
-		t.Logf("keeper log:\n%s", out.String())
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.Dial("unixpacket", sock); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("keeper never listened: %s", out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pid, out := testutil.StartExitKeeper(t, h.bin, sock)
 	conf := filepath.Join(h.dir, "config.toml")
 	if err := os.WriteFile(conf, []byte("[conmon]\nexit-keeper = \""+sock+"\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("CONMON_V2_CONFIG", conf)
-	return cmd.Process.Pid, out
+	return pid, out
 }
 
 func parentPid(t *testing.T, pid int) int {

@@ -2,35 +2,17 @@ package podman
 
 import (
 	"bytes"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/containers/conmon-v2/internal/testutil"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestKeeperKill9 (a short name: Podman refuses a runroot over 50
 // characters, and t.TempDir() names the test): with the exit keeper configured, `podman run
@@ -42,27 +24,7 @@ func TestKeeperKill9(t *testing.T) {
 	e := newEnv(t)
 	real := e.conmon
 	sock := filepath.Join(e.dir, "keeper.sock")
-	keeper := exec.Command(real, "--exit-keeper", sock)
-	klog := &lockedBuffer{}
-	keeper.Stdout, keeper.Stderr = klog, klog
-	if err := keeper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = keeper.Process.Signal(unix.SIGTERM)
-		_ = keeper.Wait()
-		t.Logf("keeper log:\n%s", klog.String())
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.Dial("unixpacket", sock); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("keeper never listened: %s", klog.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	keeperPid, _ := testutil.StartExitKeeper(t, real, sock)
 	conf := filepath.Join(e.dir, "config.toml")
 	if err := os.WriteFile(conf, []byte("[conmon]\nexit-keeper = \""+sock+"\"\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -86,8 +48,8 @@ func TestKeeperKill9(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); f[1] != strconv.Itoa(keeper.Process.Pid) {
-		t.Fatalf("conmon-v2 %d has parent %s, want the keeper %d", pid, f[1], keeper.Process.Pid)
+	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); f[1] != strconv.Itoa(keeperPid) {
+		t.Fatalf("conmon-v2 %d has parent %s, want the keeper %d", pid, f[1], keeperPid)
 	}
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(e.ok("logs", id), "up"); {
 		if time.Now().After(deadline) {
