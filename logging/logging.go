@@ -61,8 +61,10 @@ type Record struct {
 // Write may be called concurrently with itself and with Reopen; a driver
 // serialises as it needs. Close is called once, after the last Write.
 // A Write error is counted and reported by the pipeline (the record counts
-// as lost for that driver); it never stops the container or the other
-// drivers. Write must not keep r or r.Line after it returns.
+// as failed for that driver), unless it wraps ErrHeld: the driver kept the
+// record and accounts for its fate itself (see Held); it never stops the
+// container or the other drivers. Write must not keep r or r.Line after it
+// returns.
 //
 // A Pipeline writes all the records of one read with the same Time, in
 // order, then calls Flush on drivers that implement Flusher. Optional
@@ -110,9 +112,10 @@ type ReadWriter interface {
 }
 
 // Loser is implemented by drivers that may give up data on their own after
-// Write returned nil (a retry buffer that overflowed on a full disk, a
-// network driver's bounded queue). Lost returns running totals; a Pipeline
-// adds them to its Stats under CauseWriteError.
+// Write returned nil or an ErrHeld error (a retry buffer that overflowed on
+// a full disk, a network driver's bounded queue). Lost returns running
+// totals; a Pipeline adds them to its Stats under WriteError. A record is
+// counted lost at most once and never also as a failed Write.
 type Loser interface {
 	Lost() (lines, bytes uint64)
 }

@@ -117,21 +117,36 @@ type Stats struct {
 	Redacted    uint64  // records changed by a Redaction
 	RateLimited Counter // dropped by the rate limit
 	BufferFull  Counter // dropped, oldest first, by the non-blocking buffer
-	// WriteError counts records that a driver failed to write plus what
-	// drivers reported lost (Loser), summed over drivers.
+	// WriteError counts, summed over drivers, the records a driver did
+	// not write: those whose Write failed (DriverStats.Errors) and those
+	// it gave up later (DriverStats.Lost). Each record is counted once
+	// per driver: one a driver held after a failed write (ErrHeld) is
+	// either written or lost, never both failed and lost.
 	WriteError Counter
 	Markers    uint64 // marker records the pipeline wrote
 	ReadErrors uint64 // reads that failed with an error other than EOF
 	Drivers    []DriverStats
 }
 
-// DriverStats are one driver's totals.
+// DriverStats are one driver's totals. Errors and Lost never count the same
+// record; Lost is part of Written.
 type DriverStats struct {
-	Name      string
-	Written   Counter // records the driver accepted
-	Errors    Counter // records whose Write failed
-	Lost      Counter // what the driver reported lost after accepting it
-	LastError string  // the last Write, Flush, Reopen or Sync error, if any
+	Name string
+	// Written counts the records the driver accepted: Write returned nil,
+	// or an ErrHeld error (it kept the record for a retry).
+	Written Counter
+	// Errors counts the records whose Write failed and that the driver
+	// did not keep.
+	Errors Counter
+	// Lost counts what the driver reported (Loser) giving up after
+	// accepting it: a file driver's retry buffer shed on a full disk, or
+	// what came past its global size cap.
+	Lost Counter
+	// Failures counts the calls to the driver that failed (Write, Flush,
+	// Reopen, Sync, Close), those that held their records included: a
+	// driver is failing while it grows, whatever happens to the records.
+	Failures  uint64
+	LastError string // the last Write, Flush, Reopen or Sync error, if any
 }
 
 type counter struct{ lines, bytes atomic.Uint64 }
@@ -144,12 +159,13 @@ func (c *counter) add(n int) {
 func (c *counter) get() Counter { return Counter{Lines: c.lines.Load(), Bytes: c.bytes.Load()} }
 
 type driverState struct {
-	d       Driver
-	name    string
-	flusher Flusher
-	rw      ReadWriter // nil unless the driver takes whole reads
-	errors  counter
-	lastErr atomic.Pointer[string]
+	d        Driver
+	name     string
+	flusher  Flusher
+	rw       ReadWriter // nil unless the driver takes whole reads
+	errors   counter
+	failures atomic.Uint64
+	lastErr  atomic.Pointer[string]
 }
 
 // write calls the driver's Write; a panic in the driver is turned into an
@@ -187,6 +203,16 @@ func (ds *driverState) call(f func() error) (err error) {
 func (ds *driverState) fail(err error) {
 	s := err.Error()
 	ds.lastErr.Store(&s)
+	ds.failures.Add(1)
+}
+
+// failed records a failed Write of the records c: they count as failed
+// unless the driver kept them (ErrHeld), and then counts them itself.
+func (ds *driverState) failed(err error, c Counter) {
+	if !errors.Is(err, ErrHeld) {
+		ds.errors.addN(c)
+	}
+	ds.fail(err)
 }
 
 // Pipeline reads a container's output streams, cuts them into Records and
@@ -506,8 +532,7 @@ func (p *Pipeline) writeDirect(now time.Time, s Stream, chunk []byte, rec *Recor
 	for _, ds := range p.drivers {
 		if ds.rw != nil {
 			if err := ds.writeRead(now, s, &p.meta, chunk); err != nil {
-				ds.errors.addN(c)
-				ds.fail(err)
+				ds.failed(err, c)
 			}
 			continue
 		}
@@ -521,8 +546,7 @@ func (p *Pipeline) writeDirect(now time.Time, s Stream, chunk []byte, rec *Recor
 			}
 			*rec = Record{Time: now, Stream: s, Line: line, Partial: partial, Meta: &p.meta}
 			if err := ds.write(rec); err != nil {
-				ds.errors.add(len(line))
-				ds.fail(err)
+				ds.failed(err, Counter{Lines: 1, Bytes: uint64(len(line))})
 			}
 		}
 	}
@@ -643,8 +667,7 @@ func (p *Pipeline) deliver(rec *Record, t *tally) {
 func (p *Pipeline) fanout(rec *Record) {
 	for _, ds := range p.drivers {
 		if err := ds.write(rec); err != nil {
-			ds.errors.add(len(rec.Line))
-			ds.fail(err)
+			ds.failed(err, Counter{Lines: 1, Bytes: uint64(len(rec.Line))})
 		}
 	}
 }
@@ -812,7 +835,7 @@ func (p *Pipeline) Stats() Stats {
 	}
 	fanned := p.fanned.get()
 	for _, ds := range p.drivers {
-		d := DriverStats{Name: ds.name, Errors: ds.errors.get()}
+		d := DriverStats{Name: ds.name, Errors: ds.errors.get(), Failures: ds.failures.Load()}
 		d.Written.Lines = fanned.Lines - d.Errors.Lines
 		d.Written.Bytes = fanned.Bytes - d.Errors.Bytes
 		if l, ok := Unwrap(ds.d).(Loser); ok {

@@ -176,6 +176,7 @@ type logReport struct {
 
 type driverReport struct {
 	errors, written, lost uint64 // lines, at the last check
+	failures              uint64 // failed calls, at the last check
 	failing               bool
 	lastError             string
 	lastErrorAt           time.Time
@@ -223,7 +224,10 @@ func (r *logReport) maybeCheck() {
 // logged and published once. final reports the totals of a driver that had errors.
 // (A file driver on a full disk keeps what it could not write, up to a
 // bound, and writes it once there is room: its "failed" lines are the
-// writes that returned an error, its "lost" lines those it gave up.)
+// records it refused, its "lost" lines those it gave up; a record it held
+// and then gave up is lost, not failed too. Its failed writes and flushes
+// still count as new errors, through DriverStats.Failures, so it is not
+// taken for writing again while it only holds lines.)
 func (r *logReport) check(final bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -235,11 +239,11 @@ func (r *logReport) check(final bool) {
 	for _, d := range r.last.Drivers {
 		prev := r.drivers[d.Name]
 		cur := driverReport{errors: d.Errors.Lines, written: d.Written.Lines, lost: d.Lost.Lines,
-			failing: prev.failing, lastError: prev.lastError, lastErrorAt: prev.lastErrorAt}
-		// A new error: a failed write, lines given up (a retry buffer
-		// that overflowed), or another error text (a failed flush whose
-		// data is still held).
-		newError := cur.errors > prev.errors || cur.lost > prev.lost ||
+			failures: d.Failures, failing: prev.failing, lastError: prev.lastError, lastErrorAt: prev.lastErrorAt}
+		// A new error: a failed call (a write refused or held, a flush
+		// whose data is still held), lines given up (a retry buffer that
+		// overflowed), or another error text.
+		newError := cur.failures > prev.failures || cur.errors > prev.errors || cur.lost > prev.lost ||
 			(d.LastError != "" && d.LastError != prev.lastError)
 		if newError && d.LastError != "" {
 			cur.lastError, cur.lastErrorAt = d.LastError, now

@@ -21,12 +21,20 @@ import (
 	"github.com/containers/conmon-v2/process"
 )
 
-// flakyDriver fails every Write while full is set.
-type flakyDriver struct{ full atomic.Bool }
+// flakyDriver fails every Write while full is set; with hold, it keeps the
+// records it could not write (logging.ErrHeld), as a file driver does.
+type flakyDriver struct {
+	full atomic.Bool
+	hold bool
+}
 
 func (d *flakyDriver) Write(*logging.Record) error {
 	if d.full.Load() {
-		return errors.New("write k8s.log: no space left on device")
+		err := errors.New("write k8s.log: no space left on device")
+		if d.hold {
+			return logging.Held(err)
+		}
+		return err
 	}
 	return nil
 }
@@ -109,6 +117,7 @@ func TestLogReportEventsAndStats(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
+		hold       bool // the driver keeps what it could not write
 		steps      []step
 		wantErrors uint64
 	}{
@@ -133,13 +142,26 @@ func TestLogReportEventsAndStats(t *testing.T) {
 			wantErrors: 2,
 		},
 		{
+			// Held records count as accepted, not failed: the driver
+			// stays failing while its writes fail, though its written
+			// count grows.
+			name: "holds while failing",
+			hold: true,
+			steps: []step{
+				{write: "ok\n"},
+				{full: true, write: "held 1\n", events: []string{TopicLogFailing}, failing: true},
+				{full: true, write: "held 2\nheld 3\n", failing: true},
+				{write: "back\n", events: []string{TopicLogRecovered}},
+			},
+		},
+		{
 			name:  "never fails",
 			steps: []step{{write: "a\n"}, {write: "b\nc\n"}},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := &flakyDriver{}
+			d := &flakyDriver{hold: tt.hold}
 			var mu sync.Mutex
 			var got []*conmonapi.LogDriverEvent
 			var topics []string
@@ -185,14 +207,14 @@ func TestLogReportEventsAndStats(t *testing.T) {
 			if !st.Pipeline || st.ID != "c1" || ds.Errors.Lines != tt.wantErrors || st.Stats.WriteError.Lines != tt.wantErrors {
 				t.Errorf("stats %+v, want pipeline c1 with %d failed lines", st, tt.wantErrors)
 			}
-			if tt.wantErrors > 0 {
+			if failed := tt.wantErrors > 0 || tt.hold; failed {
 				if !strings.Contains(ds.LastError, "no space left on device") || ds.LastErrorAt.IsZero() {
 					t.Errorf("last error %q at %v", ds.LastError, ds.LastErrorAt)
 				}
 				mu.Lock()
 				ev := got[0]
 				mu.Unlock()
-				if ev.GetContainerId() != "c1" || ev.GetDriver() != ds.Name || !strings.Contains(ev.GetError(), "no space left") || ev.GetErrors().GetLines() != 1 {
+				if ev.GetContainerId() != "c1" || ev.GetDriver() != ds.Name || !strings.Contains(ev.GetError(), "no space left") || ev.GetErrors().GetLines() != min(tt.wantErrors, 1) {
 					t.Errorf("failing event %v", ev)
 				}
 			} else if ds.LastError != "" || !ds.LastErrorAt.IsZero() {

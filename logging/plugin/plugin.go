@@ -28,7 +28,8 @@
 // Records are batched until the pipeline's Flush (after every read) or a
 // full batch. A batch that fails on a broken connection is sent again once
 // after reconnecting (and re-opening); a batch the plugin rejects, or that
-// fails twice, is counted as lost (Lost) and the error returned.
+// fails twice, is counted as lost (Lost) and the error returned (from Write
+// as logging.ErrHeld, so that the pipeline does not count it again).
 package plugin
 
 import (
@@ -386,7 +387,9 @@ func (d *Driver) Write(r *logging.Record) error {
 	rec.Partial = r.Partial
 	d.batch = append(d.batch, rec)
 	if len(d.batch) >= d.batchSize {
-		return d.sendLocked()
+		// A batch that failed was counted lost, r with it: the
+		// pipeline counts the failure, not r again.
+		return logging.Held(d.sendLocked())
 	}
 	return nil
 }

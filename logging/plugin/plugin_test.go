@@ -44,12 +44,14 @@ type memRecord struct {
 }
 
 // fileService appends each record as JSON to the file named by option
-// "file"; option "crash-after" exits the process after that many records.
+// "file"; option "crash-after" exits the process after that many records,
+// "reject" refuses every Write with an error of the plugin's own.
 type fileService struct {
 	mu      sync.Mutex
 	files   map[string]*os.File
 	crash   int
 	hang    int
+	reject  bool
 	written int
 }
 
@@ -68,6 +70,8 @@ func (s *fileService) Open(_ context.Context, req *loggingv1.OpenRequest) (*logg
 			s.crash, _ = strconv.Atoi(v)
 		case "hang-after":
 			s.hang, _ = strconv.Atoi(v)
+		case "reject":
+			s.reject = v == "true"
 		default:
 			return nil, errgrpc.ToGRPC(fmt.Errorf("unknown option %q: %w", k, errdefs.ErrInvalidArgument))
 		}
@@ -85,6 +89,9 @@ func (s *fileService) Write(_ context.Context, req *loggingv1.WriteRequest) (*lo
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.files[req.Handle]
+	if s.reject {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("destination full: %w", errdefs.ErrResourceExhausted))
+	}
 	for _, r := range req.Records {
 		b, _ := json.Marshal(memRecord{Handle: req.Handle, Stream: int32(r.Stream), Line: r.Line, Partial: r.Partial, Time: r.TimeUnixNano})
 		f.Write(append(b, '\n'))
@@ -364,5 +371,31 @@ func TestNoFDLeak(t *testing.T) {
 	d.Close()
 	if after := count(); after != before {
 		t.Errorf("%d descriptors before, %d after", before, after)
+	}
+}
+
+// TestRejectedBatchCountedOnce: the records of batches the plugin refuses
+// are counted lost once each, the one whose Write sent the batch included
+// (it is not counted failed as well), and the driver shows as failing.
+func TestRejectedBatchCountedOnce(t *testing.T) {
+	exe, dir := self(t)
+	f := NewFactory(Config{AllowedDirs: []string{dir}})
+	d, err := f(context.Background(), logging.Info{Meta: meta, Options: map[string]string{
+		"path": exe, "file": filepath.Join(t.TempDir(), "out.jsonl"), "reject": "true", "batch-size": "10"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := logging.NewPipeline(meta, []logging.Driver{d}, logging.PipelineOptions{})
+	p.ReadFrom(logging.Stdout, strings.NewReader(strings.Repeat("a line\n", 25)))
+	if err := p.Close(); err == nil {
+		t.Error("Close: no error after rejected batches")
+	}
+	st := p.Stats()
+	ds := st.Drivers[0]
+	if ds.Lost.Lines != 25 || ds.Errors.Lines != 0 || st.WriteError.Lines != 25 {
+		t.Errorf("25 records rejected: %d failed, %d lost, write_error %d; want 0, 25, 25", ds.Errors.Lines, ds.Lost.Lines, st.WriteError.Lines)
+	}
+	if ds.Failures == 0 || ds.LastError == "" {
+		t.Errorf("failures %d, last error %q", ds.Failures, ds.LastError)
 	}
 }

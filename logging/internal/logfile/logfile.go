@@ -165,9 +165,10 @@ func (lf *File) dropTornLocked() {
 func (lf *File) Path() string { return lf.opts.Path }
 
 // Append encodes r into the batch, rotating first if the entry would make
-// the file larger than MaxSize. It returns nil when the entry is held or
-// written; a write error is returned (and the data kept for retry) and
-// reported again by Flush. Append never blocks on anything but the disk.
+// the file larger than MaxSize. It returns nil when the entry is batched or
+// written. A write error is returned wrapped as logging.ErrHeld: the entry
+// is kept for retry (reported again by Flush) and, if shed later, counted
+// by Lost, not by the caller. Append never blocks on anything but the disk.
 func (lf *File) Append(r *logging.Record) error {
 	lf.mu.Lock()
 	defer lf.mu.Unlock()
@@ -203,7 +204,7 @@ func (lf *File) AppendRead(enc ReadEncoder, t time.Time, s logging.Stream, meta 
 		if len(lf.buf)-lf.off >= lf.opts.FlushAt {
 			if err := lf.writeLocked(len(lf.buf)); err != nil {
 				lf.shedLocked()
-				return err
+				return logging.Held(err)
 			}
 		}
 		return nil
@@ -246,9 +247,12 @@ func (lf *File) appendLocked(r *logging.Record) error {
 		err = lf.writeLocked(len(lf.buf))
 	}
 	if err != nil {
+		// The entry stays in the batch, to be written or shed (and
+		// counted lost): the pipeline must not count it failed too.
 		lf.shedLocked()
+		return logging.Held(err)
 	}
-	return err
+	return nil
 }
 
 // writeLocked writes buf[off:end]; bytes after end stay in the batch.
