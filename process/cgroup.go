@@ -142,57 +142,107 @@ func (w *OOMWatch) run() {
 	}()
 }
 
-// memoryDirV1 returns the cgroup v1 memory directory of pid: the memory
-// hierarchy's mount point (from /proc/self/mountinfo) joined with pid's
-// memory cgroup (from /proc/PID/cgroup). Two small reads: cgroup1.Load
+// memoryDirV1 returns the cgroup v1 memory directory of pid, from two
+// small reads: /proc/PID/cgroup and /proc/self/mountinfo (cgroup1.Load
 // and cgroup1.Default parse mountinfo once per controller, about 2 ms on
-// every Create.
+// every Create). See memoryDirV1Of.
 func memoryDirV1(pid int) (string, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return "", err
 	}
-	rel, ok := "", false
-	for _, line := range strings.Split(string(data), "\n") {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	return memoryDirV1Of(string(cg), string(mi))
+}
+
+// memoryDirV1Of finds, given the text of /proc/PID/cgroup and of
+// /proc/self/mountinfo, the directory of PID's cgroup v1 memory cgroup.
+// A mount of the memory hierarchy shows the subtree named by its root
+// (mountinfo's field 4) at its mount point: "/" on a host, the
+// container's own cgroup where a subtree is bind-mounted (a container
+// without a cgroup namespace). The directory is the mount point joined
+// with PID's path less that root; of several mounts that show the path,
+// the one with the longest root is taken. NotFound when PID has no memory
+// cgroup or no mount shows it.
+func memoryDirV1Of(procCgroup, mountinfo string) (string, error) {
+	path, ok := "", false
+	for _, line := range strings.Split(procCgroup, "\n") {
 		// hierarchy-ID:controller-list:cgroup-path
 		parts := strings.SplitN(line, ":", 3)
 		if len(parts) == 3 && slices.Contains(strings.Split(parts[1], ","), "memory") {
-			rel, ok = parts[2], true
+			path, ok = parts[2], true
 			break
 		}
 	}
 	if !ok {
-		return "", fmt.Errorf("no memory cgroup for pid %d: %w", pid, errdefs.ErrNotFound)
+		return "", fmt.Errorf("no memory cgroup in /proc/PID/cgroup: %w", errdefs.ErrNotFound)
 	}
-	mount, err := memoryMountV1()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(mount, rel), nil
-}
-
-// memoryMountV1 returns the mount point of the cgroup v1 memory hierarchy.
-func memoryMountV1() (string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
+	dir, root, mounts := "", "", 0
+	for _, line := range strings.Split(mountinfo, "\n") {
 		// id parent dev root mountpoint opts [optional...] - fstype source super
 		pre, post, ok := strings.Cut(line, " - ")
 		if !ok {
 			continue
 		}
 		fields, tail := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(tail) < 3 || tail[0] != "cgroup" {
+		if len(fields) < 5 || len(tail) < 3 || tail[0] != "cgroup" ||
+			!slices.Contains(strings.Split(tail[2], ","), "memory") {
 			continue
 		}
-		if slices.Contains(strings.Split(tail[2], ","), "memory") {
-			return fields[4], nil
+		mounts++
+		r, mp := unescapeMountinfo(fields[3]), unescapeMountinfo(fields[4])
+		rest, under := cutPathPrefix(path, r)
+		if under && (dir == "" || len(r) > len(root)) {
+			dir, root = filepath.Join(mp, rest), r
 		}
 	}
-	return "", fmt.Errorf("no memory cgroup controller: %w", errdefs.ErrNotFound)
+	if mounts == 0 {
+		return "", fmt.Errorf("no cgroup v1 memory mount in mountinfo: %w", errdefs.ErrNotFound)
+	}
+	if dir == "" {
+		return "", fmt.Errorf("memory cgroup %q is outside every mount of the memory hierarchy: %w", path, errdefs.ErrNotFound)
+	}
+	return dir, nil
 }
+
+// cutPathPrefix returns path relative to root, and whether path is root or
+// below it (whole components: /a is not below /ab).
+func cutPathPrefix(path, root string) (string, bool) {
+	path, root = filepath.Clean(path), filepath.Clean(root)
+	if root == "/" {
+		return path, true
+	}
+	if path == root {
+		return "/", true
+	}
+	if rest, ok := strings.CutPrefix(path, root); ok && strings.HasPrefix(rest, "/") {
+		return rest, true
+	}
+	return "", false
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space,
+// \011, \012, \134) in a path field.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 func watchOOMv1(pid int, onOOM func()) (*OOMWatch, error) {
 	dir, err := memoryDirV1(pid)
