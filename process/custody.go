@@ -5,6 +5,8 @@ import (
 	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/containers/conmon-v2/logging"
 )
 
@@ -70,6 +72,12 @@ func (d *IOFDs) Slot(role string) *int {
 	case RoleLoggerStderr:
 		return &d.LoggerStderr
 	}
+	if n := journalSlot(role); n >= 0 {
+		if len(d.Journal) < 2*journalSlots {
+			d.Journal = append(d.Journal, make([]int, 2*journalSlots-len(d.Journal))...)
+		}
+		return &d.Journal[n]
+	}
 	return nil
 }
 
@@ -79,6 +87,11 @@ func (d *IOFDs) Roles() []string {
 	for _, r := range []string{RoleStdin, RoleStdout, RoleStderr, RoleConsole, RoleStdinFifo, RoleStdoutFifo, RoleStderrFifo, RoleLoggerStdout, RoleLoggerStderr} {
 		if *d.Slot(r) > 0 {
 			out = append(out, r)
+		}
+	}
+	for n, fd := range d.Journal {
+		if fd > 0 {
+			out = append(out, journalRole(n))
 		}
 	}
 	return out
@@ -136,16 +149,41 @@ func (i *IO) custodyFDs() IOFDs {
 			dup(&d.LoggerStderr, l.err)
 		}
 	}
+	for s, on := range [3]bool{logging.Stdout: out, logging.Stderr: errs} {
+		sj := i.journal.stream(logging.Stream(s))
+		if sj == nil || !on {
+			continue
+		}
+		for k, fd := range sj.fds() {
+			if fd > 0 {
+				dup(d.Slot(journalRole((s-1)*journalSlots+k)), fdFile(fd))
+			}
+		}
+	}
 	return d
 }
+
+// fdFile lets dupOf duplicate a bare descriptor.
+type fdFile int
+
+func (f fdFile) Fd() uintptr { return uintptr(f) }
 
 // holdInCustody gives the keeper this IO's descriptors (a no-op without
 // a custodian) and makes closing the process's stdin tell it.
 func (i *IO) holdInCustody() {
 	c := i.cfg.Custody
 	if c == nil {
+		if i.journal != nil { // handed over, and no keeper now
+			for _, fd := range i.journal.adopt {
+				if fd > 0 {
+					_ = unix.Close(fd)
+				}
+			}
+			i.journal.adopt = nil
+		}
 		return
 	}
+	i.setupJournals()
 	c.Hold(i.cfg.ID, i.cfg.Exec, i.custodyFDs())
 	i.mu.Lock()
 	if i.pty == nil && i.stdinW != nil {
@@ -184,16 +222,44 @@ func (i *IO) streamEnded(stream logging.Stream) {
 	}
 	switch stream {
 	case logging.Stdout:
-		c.Drop(i.cfg.ID, i.cfg.Exec, RoleStdout, RoleConsole, RoleStdoutFifo, RoleLoggerStdout)
+		c.Drop(i.cfg.ID, i.cfg.Exec, append([]string{RoleStdout, RoleConsole, RoleStdoutFifo, RoleLoggerStdout}, journalRoles(stream)...)...)
 	case logging.Stderr:
-		c.Drop(i.cfg.ID, i.cfg.Exec, RoleStderr, RoleStderrFifo, RoleLoggerStderr)
+		c.Drop(i.cfg.ID, i.cfg.Exec, append([]string{RoleStderr, RoleStderrFifo, RoleLoggerStderr}, journalRoles(stream)...)...)
 	}
+	// The copier that calls this is the journal's only user.
+	i.mu.Lock()
+	sj := i.journal.stream(stream)
+	if sj != nil {
+		i.journal.streams[stream] = nil
+	}
+	i.mu.Unlock()
+	sj.close()
 }
 
-// releaseCustody tells the keeper the IO is closed.
+// releaseCustody tells the keeper the IO is closed, and closes the
+// journals no copier uses (one stuck on a destination keeps its own).
 func (i *IO) releaseCustody() {
 	if c := i.cfg.Custody; c != nil {
 		c.Release(i.cfg.ID, i.cfg.Exec)
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.journal == nil {
+		return
+	}
+	for s, sj := range i.journal.streams {
+		if sj == nil {
+			continue
+		}
+		if ch := i.copying[s]; ch != nil {
+			select {
+			case <-ch:
+			default:
+				continue
+			}
+		}
+		i.journal.streams[s] = nil
+		sj.close()
 	}
 }
 

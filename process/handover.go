@@ -50,12 +50,23 @@ type IOFDs struct {
 	LoggerPid    int `json:"logger_pid,omitempty"`
 	LoggerStdout int `json:"logger_stdout,omitempty"`
 	LoggerStderr int `json:"logger_stderr,omitempty"`
+	// Journal are the in-flight journals of a keeper (journal.go), by
+	// stream: for stdout then stderr, the memfd and the descriptions of
+	// its pipe destinations (JournalMaxDests); 0 means none. Only a
+	// keeper hands them over: a live upgrade suspends the copiers with
+	// their journals written out.
+	Journal []int `json:"journal,omitempty"`
 }
 
 // List returns the descriptors in d.
 func (d IOFDs) List() []int {
 	var out []int
 	for _, fd := range []int{d.Stdin, d.Stdout, d.Stderr, d.Console, d.StdinFifo, d.StdoutFifo, d.StderrFifo, d.LoggerStdout, d.LoggerStderr} {
+		if fd > 0 {
+			out = append(out, fd)
+		}
+	}
+	for _, fd := range d.Journal {
 		if fd > 0 {
 			out = append(out, fd)
 		}
@@ -324,12 +335,23 @@ func RestoreIO(ctx context.Context, cfg IOConfig, fds IOFDs) (_ *IO, retErr erro
 	owned := []*os.File{stdin, stdout, stderr, con, stdinFifo, outFifo, errFifo, logOut, logErr}
 	ioctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	i := &IO{cfg: cfg, ctx: ioctx, cancel: cancel, stdinEnded: fds.StdinEnded}
+	if len(fds.Journal) > 0 {
+		i.journal = &ioJournal{adopt: fds.Journal} // replayed by the copiers (startCopying)
+	}
 	defer func() {
 		if retErr != nil {
 			for _, f := range owned {
 				if f != nil {
 					_ = f.Close()
 				}
+			}
+			if i.journal != nil {
+				for _, fd := range i.journal.adopt {
+					if fd > 0 {
+						_ = unix.Close(fd)
+					}
+				}
+				i.journal.adopt = nil
 			}
 			i.Close()
 		}

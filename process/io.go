@@ -92,6 +92,7 @@ type IO struct {
 	stdinLate  *stdinCopier     // a stdin copier Suspend gave up waiting for
 	stdinEnded bool             // the process got its stdin EOF
 	parking    atomic.Bool      // copiers stop at a deadline without closing anything
+	journal    *ioJournal       // under a keeper: the streams' in-flight journals (journal.go)
 }
 
 // NewIO opens the destinations of cfg.Stdio and prepares what the runtime
@@ -337,11 +338,12 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // waits in the pipe for Resume or for the monitor the IO is handed to.
 func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 	dests := i.dests[stream]
-	read := readerOf(r)
 	done := make(chan struct{})
 	i.mu.Lock()
 	i.srcs[stream], i.closeSrc[stream], i.copying[stream] = r, closeSrc, done
+	j := i.journal.stream(stream) // nil without a keeper: plain reads and writes
 	i.mu.Unlock()
+	read := j.reader(r)
 	i.copiers.Add(1)
 	go func() {
 		defer i.copiers.Done()
@@ -350,6 +352,11 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 		for k := range alive {
 			alive[k] = true
 		}
+		dropped := func(k int, werr error) {
+			i.cfg.Log.Warn("output destination failed, dropping it", "container", i.cfg.ID, "stream", stream.String(), "destination", k, "error", werr)
+			alive[k] = false
+		}
+		j.replay(dests, alive, dropped) // what a killed monitor read and did not write
 		for {
 			bp, n, err := read()
 			if n > 0 {
@@ -358,14 +365,14 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 					if !alive[k] {
 						continue
 					}
-					if _, werr := d.Write(buf[:n]); werr != nil {
-						i.cfg.Log.Warn("output destination failed, dropping it", "container", i.cfg.ID, "stream", stream.String(), "destination", k, "error", werr)
-						alive[k] = false
+					if werr := j.write(k, d, buf[:n]); werr != nil {
+						dropped(k, werr)
 					}
 				}
+				j.written()
 			}
 			if bp != nil {
-				copyBufs.Put(bp)
+				j.put(bp)
 			}
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) && i.parking.Load() {

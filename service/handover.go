@@ -461,3 +461,15 @@ func (s *Service) restoreIO(ctx context.Context, c *process.Container, t TaskFDs
 	}
 	return closers, nil
 }
+
+// LogFile is process.LogFiler: the file the pipeline's first readable
+// driver appends to (k8s-file, json-file), whose size the keeper's
+// journal records before each write, to truncate a write a crash cut
+// short. A pipeline with two file drivers has only the first one
+// rewound.
+func (w *tapWriter) LogFile() string {
+	if src, ok := w.t.p.Source(); ok {
+		return src.Path
+	}
+	return ""
+}

@@ -53,8 +53,8 @@ type custodyMsg struct {
 }
 
 // custodyMaxFDs bounds the descriptors of one message (a hold sends at
-// most the nine roles of IOFDs).
-const custodyMaxFDs = 16
+// most the nine roles of IOFDs and the journals' descriptors).
+const custodyMaxFDs = 32
 
 // custodyClient is the daemon's side: a process.Custodian, and the
 // connections' custodian (drain.Listener's hooks). Sends are synchronous

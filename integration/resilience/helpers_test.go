@@ -127,6 +127,10 @@ type env struct {
 	group  string
 	suffix string
 	opts   client.ShimOpts
+	// slowOut, when set, is the client's stdout of the next start with
+	// output: it gets what the FIFOs deliver, to pass on to the task's
+	// buffer (TestKeeperCustody reads one FIFO slowly).
+	slowOut func(w io.Writer) io.Writer
 }
 
 func newEnv(t *testing.T) *env {
@@ -231,7 +235,11 @@ func (e *env) start(ctx context.Context, id string, args []string, output bool, 
 		if err != nil {
 			t.Fatal(err)
 		}
-		tk.io, err = client.OpenIO(ctx, fifos, client.Streams{Stdout: tk.out, Stderr: tk.out}, nil)
+		var out io.Writer = tk.out
+		if e.slowOut != nil {
+			out, e.slowOut = e.slowOut(out), nil
+		}
+		tk.io, err = client.OpenIO(ctx, fifos, client.Streams{Stdout: out, Stderr: tk.out}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
