@@ -93,10 +93,11 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	case errors.Is(err, errdefs.ErrAlreadyExists):
 		// A live daemon serves the group: hand out its address. Its
 		// settings, not the ones this start resolved, apply to the
-		// container; a later delete must use them.
-		saved := cfg.Encode()
-		if len(daemonCfg) > 0 {
-			saved = daemonCfg
+		// container; a later delete must use them. (A daemon of an
+		// older build sends none: ours then.)
+		saved := daemonCfg
+		if len(saved) == 0 {
+			saved = cfg.Encode()
 		}
 		if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), saved, 0o600); err != nil {
 			return fmt.Errorf("start: save shim config in bundle: %w", err)
@@ -104,13 +105,14 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	case err != nil:
 		return err
 	default:
-		if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), cfg.Encode(), 0o600); err != nil {
+		encoded := cfg.Encode() // for the bundle and the daemon's environment
+		if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), encoded, 0o600); err != nil {
 			l.Close()
 			os.Remove(sock)
 			return fmt.Errorf("start: save shim config in bundle: %w", err)
 		}
 		defer l.Close()
-		if err := spawnDaemon(ctx, f, cfg, in, group, bundle, l, env); err != nil {
+		if err := spawnDaemon(ctx, f, encoded, in, group, bundle, l, env); err != nil {
 			os.Remove(sock)
 			return err
 		}
@@ -157,6 +159,10 @@ func bundleDir(f Flags) (string, error) {
 // configuration with an AlreadyExists error. A stale socket file (left by
 // a daemon that died) is replaced. All of it happens under the socket
 // directory's lock.
+//
+// A socket file that exists is asked first: in the pod and namespace
+// modes a running daemon is the common case, and a bind that fails with
+// EADDRINUSE would only cost that start a system call or two.
 func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("socket directory: %w", err)
@@ -169,6 +175,13 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 		return nil, nil, err
 	}
 	defer unlock()
+	_, statErr := os.Lstat(path)
+	asked := statErr == nil
+	if asked {
+		if cfg, ok := join(path, id); ok {
+			return nil, cfg, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err == nil {
@@ -184,8 +197,10 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 		if !errors.Is(err, unix.EADDRINUSE) || attempt > 0 {
 			return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 		}
-		if cfg, ok := join(path, id); ok {
-			return nil, cfg, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
+		if !asked {
+			if cfg, ok := join(path, id); ok {
+				return nil, cfg, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
+			}
 		}
 		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 			return nil, nil, fmt.Errorf("remove stale socket %s: %w", path, err)
@@ -198,7 +213,7 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 // reports readiness. Its stdin and stdout are /dev/null; its stderr is the
 // bundle's log FIFO when containerd made one (containerd copies it to its
 // own log), else /dev/null.
-func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, group, bundle string, l *net.UnixListener, env StartEnv) error {
+func spawnDaemon(ctx context.Context, f Flags, cfg []byte, in StartInput, group, bundle string, l *net.UnixListener, env StartEnv) error {
 	lf, err := l.File()
 	if err != nil {
 		return fmt.Errorf("start: listener fd: %w", err)
@@ -255,7 +270,10 @@ func spawnDaemon(ctx context.Context, f Flags, cfg Config, in StartInput, group,
 	}
 }
 
-func daemonEnv(base []string, cfg Config, in StartInput, group string) []string {
+// daemonEnv is the daemon's environment: base without our variables,
+// then the resolved configuration (TOML, as encoded by Config.Encode),
+// the ready fd, the group and containerd's ttrpc address.
+func daemonEnv(base []string, cfg []byte, in StartInput, group string) []string {
 	env := make([]string, 0, len(base)+4)
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
@@ -264,7 +282,7 @@ func daemonEnv(base []string, cfg Config, in StartInput, group string) []string 
 		}
 		env = append(env, kv)
 	}
-	env = append(env, ConfigEnv+"="+string(cfg.Encode()), ReadyFDEnv+"=4", GroupEnv+"="+group)
+	env = append(env, ConfigEnv+"="+string(cfg), ReadyFDEnv+"=4", GroupEnv+"="+group)
 	if in.TTRPCAddress != "" {
 		env = append(env, TTRPCAddressEnv+"="+in.TTRPCAddress)
 	}
