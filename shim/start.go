@@ -112,19 +112,36 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 			return fmt.Errorf("start: save shim config in bundle: %w", err)
 		}
 		defer l.Close()
-		if err := spawnDaemon(ctx, f, encoded, in, group, bundle, l, env); err != nil {
+		// The address file is written while the new daemon starts up
+		// (its exec and initialisation take milliseconds).
+		if err := spawnDaemon(ctx, f, encoded, in, group, bundle, l, env, func() error {
+			return writeAddress(bundle, addr)
+		}); err != nil {
 			os.Remove(sock)
+			os.Remove(filepath.Join(bundle, AddressFile))
 			return err
 		}
+		return printAnswer(in, addr, env.Stdout)
 	}
+	if err := writeAddress(bundle, addr); err != nil {
+		return err
+	}
+	return printAnswer(in, addr, env.Stdout)
+}
+
+func writeAddress(bundle, addr string) error {
 	if err := WriteFileAtomic(filepath.Join(bundle, AddressFile), []byte(addr), 0o600); err != nil {
 		return fmt.Errorf("start: write address file: %w", err)
 	}
+	return nil
+}
+
+func printAnswer(in StartInput, addr string, stdout io.Writer) error {
 	answer, err := startAnswer(in, addr)
 	if err != nil {
 		return err
 	}
-	_, err = env.Stdout.Write(answer)
+	_, err = stdout.Write(answer)
 	return err
 }
 
@@ -212,8 +229,11 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 // group, with the listener as fd 3 and a pipe as fd 4 on which the daemon
 // reports readiness. Its stdin and stdout are /dev/null; its stderr is the
 // bundle's log FIFO when containerd made one (containerd copies it to its
-// own log), else /dev/null.
-func spawnDaemon(ctx context.Context, f Flags, cfg []byte, in StartInput, group, bundle string, l *net.UnixListener, env StartEnv) error {
+// own log), else /dev/null. meanwhile runs once the daemon is started,
+// before its readiness is awaited; its error is returned if the daemon
+// itself reports none (the daemon then serves a group without members and
+// leaves on its idle timeout).
+func spawnDaemon(ctx context.Context, f Flags, cfg []byte, in StartInput, group, bundle string, l *net.UnixListener, env StartEnv, meanwhile func() error) error {
 	lf, err := l.File()
 	if err != nil {
 		return fmt.Errorf("start: listener fd: %w", err)
@@ -248,6 +268,7 @@ func spawnDaemon(ctx context.Context, f Flags, cfg []byte, in StartInput, group,
 	readyW.Close()
 	// The daemon outlives this process; it is reaped by whoever inherits it.
 	_ = cmd.Process.Release()
+	merr := meanwhile()
 
 	msg := make(chan string, 1)
 	go func() {
@@ -262,7 +283,7 @@ func spawnDaemon(ctx context.Context, f Flags, cfg []byte, in StartInput, group,
 			}
 			return fmt.Errorf("start: shim daemon: %s: %w", strings.TrimSpace(m), errdefs.ErrUnavailable)
 		}
-		return nil
+		return merr
 	case <-time.After(daemonReadyTimeout):
 		return fmt.Errorf("start: shim daemon did not report ready within %s: %w", daemonReadyTimeout, errdefs.ErrUnavailable)
 	case <-ctx.Done():
