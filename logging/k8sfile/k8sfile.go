@@ -89,19 +89,25 @@ func (d *Driver) Encode(dst []byte, r *logging.Record) []byte {
 // appends for each, with the prefix (time, stream) formatted once, and
 // one pass over the read (no Record, no append per line).
 func (d *Driver) EncodeRead(dst []byte, t time.Time, s logging.Stream, chunk []byte) []byte {
-	var hb [64]byte
+	// The prefix of a full line (time, stream, "F "), in a block copied
+	// whole into dst for each line: a fixed-size copy is a few vector
+	// moves, where a copy of its 45 bytes would be a call to memmove.
+	// The bytes after the prefix are overwritten by the line.
+	var hb [prefixBlock]byte
 	hdr := d.ts.Append(hb[:0], t)
 	if s == logging.Stderr {
-		hdr = append(hdr, " stderr "...)
+		hdr = append(hdr, " stderr F "...)
 	} else {
-		hdr = append(hdr, " stdout "...)
+		hdr = append(hdr, " stdout F "...)
 	}
-	// Each record takes the prefix, its tag and a space, its bytes and a
-	// newline (which a full line brings along). Room for a read of lines
-	// of 64 bytes or more is made at once; shorter lines grow dst below.
-	per := len(hdr) + 3
+	per := len(hdr) + 1 // the prefix and a newline a partial line lacks
+	if per > prefixBlock {
+		return d.encodeRead(dst, hdr, chunk) // cannot happen with conmon's format
+	}
+	// Room for a read of lines of 64 bytes or more, and the slack of the
+	// last block, is made at once; shorter lines grow dst below.
 	n := len(dst)
-	dst = slices.Grow(dst, len(chunk)+(len(chunk)/64+1)*per)
+	dst = slices.Grow(dst, len(chunk)+(len(chunk)/64+1)*per+prefixBlock)
 	dst = dst[:cap(dst)]
 	for len(chunk) > 0 {
 		i := bytes.IndexByte(chunk, '\n')
@@ -109,24 +115,42 @@ func (d *Driver) EncodeRead(dst []byte, t time.Time, s logging.Stream, chunk []b
 		if i < 0 {
 			seg = len(chunk)
 		}
-		if len(dst)-n < per+seg {
-			dst = slices.Grow(dst[:n], len(chunk)+(len(chunk)/16+1)*per)
+		if len(dst)-n < prefixBlock+seg+1 {
+			dst = slices.Grow(dst[:n], len(chunk)+(len(chunk)/16+1)*per+prefixBlock)
 			dst = dst[:cap(dst)]
 		}
-		n += copy(dst[n:], hdr)
+		*(*[prefixBlock]byte)(dst[n:]) = hb
+		n += len(hdr)
+		n += copy(dst[n:], chunk[:seg])
 		if i < 0 {
-			dst[n], dst[n+1] = 'P', ' '
-			n += 2
-			n += copy(dst[n:], chunk)
+			dst[n-seg-2] = 'P'
 			dst[n] = '\n'
 			return dst[:n+1]
 		}
-		dst[n], dst[n+1] = 'F', ' '
-		n += 2
-		n += copy(dst[n:], chunk[:seg])
 		chunk = chunk[seg:]
 	}
 	return dst[:n]
+}
+
+// prefixBlock is the size of the block EncodeRead copies for each line's
+// prefix: conmon's is 45 bytes.
+const prefixBlock = 64
+
+// encodeRead is EncodeRead for a prefix (hdr, ending in "F ") longer than
+// prefixBlock.
+func (d *Driver) encodeRead(dst, hdr, chunk []byte) []byte {
+	for len(chunk) > 0 {
+		dst = append(dst, hdr...)
+		i := bytes.IndexByte(chunk, '\n')
+		if i < 0 {
+			dst[len(dst)-2] = 'P'
+			dst = append(dst, chunk...)
+			return append(dst, '\n')
+		}
+		dst = append(dst, chunk[:i+1]...)
+		chunk = chunk[i+1:]
+	}
+	return dst
 }
 
 // WriteRead implements logging.ReadWriter.
