@@ -24,8 +24,8 @@ import (
 // holds every number in order (gaps only of a killed daemon's in-flight
 // read).
 func TestKeeperCustodyContainerd(t *testing.T) {
-	c := startContainerd(t, "ctrd-kc", "keeper = true\n", "kc")
-	outLog := filepath.Join(c.dir, "kc.log")
+	c := startContainerd(t, "ctrd-kc", "keeper = true\n")
+	outLog := filepath.Join(c.Dir, "kc.log")
 	addr := c.runCounter("kc", outLog)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

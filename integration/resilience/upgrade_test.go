@@ -268,8 +268,8 @@ func checkSeqText(t *testing.T, what, out string) {
 // that works, the kill's exit code and a log with every number prove that
 // containerd's connection survived the exec.
 func TestLiveUpgradeContainerd(t *testing.T) {
-	c := startContainerd(t, "ctrd-up", "", "up")
-	outLog := filepath.Join(c.dir, "up.log")
+	c := startContainerd(t, "ctrd-up", "")
+	outLog := filepath.Join(c.Dir, "up.log")
 	addr := c.runCounter("up", outLog)
 	s, err := client.Connect(context.Background(), addr)
 	if err != nil {
@@ -297,7 +297,7 @@ func TestLiveUpgradeContainerd(t *testing.T) {
 	}
 	checkSeqText(t, "file:// log", string(data))
 	// The shim's log reaches containerd's: its handover figures.
-	for _, line := range strings.Split(c.log(), "\n") {
+	for _, line := range strings.Split(c.Log(), "\n") {
 		if strings.Contains(line, "upgrade: ") {
 			t.Log("shim: " + line)
 		}
