@@ -45,13 +45,20 @@ import (
 //
 // Each batch's bytes are appended to the memfd, which is reset (positions
 // back to the start, pages punched out) once journalLimit bytes have
-// been written everywhere. The memfd is never written in place while a
-// pipe may still reference its pages (splice moves page references).
+// been written everywhere. The memfd's data pages are never written or
+// zeroed in place: splice into a pipe moves references to them, and the
+// reader of a FIFO may read them long after the reset. So the data area
+// is a naturally aligned 2 MiB block (no page or large folio of it is
+// shared with the header or lies partly outside it), and a reset punches
+// the whole block out: the kernel then drops the pages from the file
+// without touching their bytes, and the next batch gets new ones. The
+// memfd is sparse: only the header and the pages of the bytes journaled
+// since the last reset take memory (at most journalLimit plus one read).
 
 const (
-	journalHdr   = 4096        // header page
-	journalLimit = copyBufSize // reset once this much was journaled
-	journalSize  = journalHdr + journalLimit + copyBufSize
+	journalHdr   = 2 << 20        // start of the data area; the header is the first page
+	journalLimit = 32 << 10       // reset once this much was journaled
+	journalSize  = 2 * journalHdr // the data area ends on a 2 MiB boundary too
 	journalMagic = "CMV2JRN1"
 	// JournalMaxDests is the number of destinations of one stream the
 	// journal keeps marks for; a stream with more (none today) is
@@ -592,8 +599,8 @@ func (j *streamJournal) written() {
 }
 
 // reset moves every position back to the start and frees the pages
-// (all): the whole data area, as after an adoption, where a reset may
-// have been cut short before its punch. The memfd's own position moves
+// (all: also when nothing was journaled, as after an adoption, where a
+// reset may have been cut short before its punch). The memfd's own position moves
 // first: a crash in between leaves destinations ahead of it, which
 // means nothing pending.
 func (j *streamJournal) reset(all bool) {
@@ -607,11 +614,9 @@ func (j *streamJournal) reset(all bool) {
 			j.put64(destOff(k, fDone), journalHdr)
 		}
 	}
-	if all {
-		used = journalSize - journalHdr
-	}
-	if used > 0 {
-		_ = unix.Fallocate(j.in, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, journalHdr, used)
+	if used > 0 || all {
+		// The whole block: a partial page would be zeroed in place.
+		_ = unix.Fallocate(j.in, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, journalHdr, journalSize-journalHdr)
 	}
 }
 

@@ -1,0 +1,266 @@
+package process
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// fileDest is a destination appending to a file of its own (a LogFiler,
+// as the logging tap is), which can be made to die half-way through a
+// write, as a killed daemon would.
+type fileDest struct {
+	f       *os.File
+	dieHalf bool
+}
+
+var errDied = errors.New("killed")
+
+func (d *fileDest) Write(b []byte) (int, error) {
+	if d.dieHalf {
+		_, _ = d.f.Write(b[:len(b)/2])
+		panic(errDied)
+	}
+	return d.f.Write(b)
+}
+func (d *fileDest) Close() error    { return nil }
+func (d *fileDest) LogFile() string { return d.f.Name() }
+func (d *fileDest) content() string { b, _ := os.ReadFile(d.f.Name()); return string(b) }
+func openFileDest(t *testing.T, p string) *fileDest {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &fileDest{f: f}
+}
+
+// bufDest is a destination with no mark of its own.
+type bufDest struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (d *bufDest) Write(b []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.b.Write(b)
+}
+func (d *bufDest) Close() error { return nil }
+
+// TestJournalReplay kills (in effect) a copier at each point of a batch:
+// after its read, after some of its writes, in the middle of the file
+// destination's write, after all of them; a new journal made from the
+// descriptors a keeper would hold then writes what each destination
+// misses: every destination has the batch exactly once.
+func TestJournalReplay(t *testing.T) {
+	const batch = "one\ntwo\nthree\n"
+	for _, tc := range []struct {
+		name    string
+		written int  // destinations written before the kill
+		cutFile bool // the kill lands inside the file destination's write
+	}{
+		{"after the read", 0, false},
+		{"after the pipe", 1, false},
+		{"inside the file write", 1, true},
+		{"after the file", 2, false},
+		{"after every write", 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src, srcW := pipe(t)
+			pr, pw := pipe(t)
+			file := openFileDest(t, filepath.Join(t.TempDir(), "log"))
+			buf := &bufDest{}
+			dests := []io.WriteCloser{pw, file, buf}
+			j, err := newStreamJournal(&ioJournal{}, nil, dests)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.kind != [JournalMaxDests]uint8{jkPipe, jkFile, jkOther} {
+				t.Fatalf("kinds %v", j.kind)
+			}
+			if _, err := srcW.WriteString("zero\n"); err != nil {
+				t.Fatal(err)
+			}
+			copyBatch(t, j, src, dests) // a batch written everywhere before
+			// The keeper's duplicates.
+			var held []int
+			for _, fd := range j.fds() {
+				if fd > 0 {
+					fd, _ = unix.Dup(fd)
+				}
+				held = append(held, fd)
+			}
+			if _, err := srcW.WriteString(batch); err != nil {
+				t.Fatal(err)
+			}
+			read := j.reader(src)
+			bp, n, err := read()
+			if err != nil || string((*bp)[:n]) != batch {
+				t.Fatalf("read %q %v", (*bp)[:n], err)
+			}
+			for k := 0; k < tc.written; k++ {
+				if err := j.write(k, dests[k], (*bp)[:n]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.cutFile {
+				file.dieHalf = true
+				func() {
+					defer func() {
+						if r := recover(); r != errDied {
+							t.Fatalf("recovered %v", r)
+						}
+					}()
+					_ = j.write(1, file, (*bp)[:n])
+				}()
+				file.dieHalf = false
+				if got := file.content(); got != "zero\n"+batch[:len(batch)/2] {
+					t.Fatalf("file after the cut write: %q", got)
+				}
+			}
+			j.close() // the daemon dies: the keeper's descriptors remain
+
+			j2, err := newStreamJournal(&ioJournal{}, held, dests)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j2.close()
+			alive := []bool{true, true, true}
+			j2.replay(dests, alive, func(k int, err error) { t.Errorf("destination %d: %v", k, err) })
+			want := "zero\n" + batch
+			if got := readAvail(t, pr); got != want {
+				t.Errorf("pipe destination got %q, want %q", got, want)
+			}
+			if got := file.content(); got != want {
+				t.Errorf("file destination has %q, want %q", got, want)
+			}
+			if got := buf.b.String(); got != want {
+				t.Errorf("buffer destination got %q, want %q", got, want)
+			}
+			// And copying goes on from the same journal.
+			if _, err := srcW.WriteString("four\n"); err != nil {
+				t.Fatal(err)
+			}
+			copyBatch(t, j2, src, dests)
+			if got := readAvail(t, pr); got != "four\n" {
+				t.Errorf("pipe destination then got %q", got)
+			}
+			if got := file.content(); got != want+"four\n" {
+				t.Errorf("file destination then has %q", got)
+			}
+		})
+	}
+}
+
+// TestJournalResets: many batches through a journal, past its limit many
+// times, with the pipe destination read only at the end: the pages the
+// pipe still references when the journal is reset keep their bytes.
+func TestJournalResets(t *testing.T) {
+	src, srcW := pipe(t)
+	pr, pw := pipe(t)
+	for _, f := range []*os.File{srcW, pw} {
+		rc, _ := f.SyscallConn()
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
+	file := openFileDest(t, filepath.Join(t.TempDir(), "log"))
+	dests := []io.WriteCloser{pw, file}
+	j, err := newStreamJournal(&ioJournal{}, nil, dests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	var want strings.Builder
+	for b := 0; b < 40; b++ {
+		line := strings.Repeat(string(rune('a'+b%26)), 9000) + "\n"
+		want.WriteString(line)
+		if _, err := srcW.WriteString(line); err != nil {
+			t.Fatal(err)
+		}
+		copyBatch(t, j, src, dests)
+	}
+	if got := readAvail(t, pr); got != want.String() {
+		t.Errorf("pipe destination: %d bytes, want %d (equal: %v)", len(got), want.Len(), got == want.String())
+	}
+	if got := file.content(); got != want.String() {
+		t.Errorf("file destination: %d bytes, want %d", len(got), want.Len())
+	}
+}
+
+// copyBatch does what the copier does with one read.
+func copyBatch(t *testing.T, j *streamJournal, src io.Reader, dests []io.WriteCloser) {
+	t.Helper()
+	bp, n, err := j.reader(src)()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, d := range dests {
+		if err := j.write(k, d, (*bp)[:n]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.written()
+}
+
+func pipe(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return r, w
+}
+
+// readAvail reads what the pipe holds now.
+func readAvail(t *testing.T, r *os.File) string {
+	t.Helper()
+	var out []byte
+	buf := make([]byte, 64<<10)
+	rc, _ := r.SyscallConn()
+	for {
+		var n int
+		var err error
+		_ = rc.Control(func(fd uintptr) { n, err = unix.Read(int(fd), buf) })
+		if n > 0 {
+			out = append(out, buf[:n]...)
+		}
+		if err == unix.EAGAIN || n == 0 {
+			return string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestJournalRoles: the journal's descriptors have custody roles that
+// Slot and Roles agree on.
+func TestJournalRoles(t *testing.T) {
+	var d IOFDs
+	for _, r := range []string{"journal0", "journal9"} {
+		p := d.Slot(r)
+		if p == nil {
+			t.Fatalf("Slot(%q) = nil", r)
+		}
+		*p = 42
+	}
+	for _, r := range []string{"journal10", "journal-1", "journal01", "journalx", "journal"} {
+		if d.Slot(r) != nil {
+			t.Errorf("Slot(%q) is a slot", r)
+		}
+	}
+	if got := strings.Join(d.Roles(), ","); got != "journal0,journal9" {
+		t.Errorf("Roles = %s", got)
+	}
+	if got := len(d.List()); got != 2 {
+		t.Errorf("List has %d", got)
+	}
+}
