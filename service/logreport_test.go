@@ -1,7 +1,6 @@
 package service
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	conmonapi "github.com/containers/conmon-v2/api/conmon/v1"
+	"github.com/containers/conmon-v2/internal/testutil"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
@@ -41,36 +41,27 @@ func (d *flakyDriver) Write(*logging.Record) error {
 func (d *flakyDriver) Reopen() error { return nil }
 func (d *flakyDriver) Close() error  { return nil }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+// reportedTap opens, through reportLogErrors, the log tap of container
+// c1 whose pipeline writes to d; the report logs to log and publishes to
+// reg's publisher (reg may be nil).
+func reportedTap(t *testing.T, d logging.Driver, log *slog.Logger, reg *logReports) process.Tap {
+	t.Helper()
+	f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
+		return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
+	}, log, reg)
+	tap, err := f(context.Background(), "c1", "ns", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tap
 }
 
 // A driver that starts failing is reported once, with its error; once it
 // writes again that is reported; the totals come when the log is closed.
 func TestReportLogErrors(t *testing.T) {
 	d := &flakyDriver{}
-	var out lockedBuffer
-	log := slog.New(slog.NewTextHandler(&out, nil))
-	f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
-		return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
-	}, log, nil)
-	tap, err := f(context.Background(), "c1", "ns", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var out testutil.SyncBuffer
+	tap := reportedTap(t, d, slog.New(slog.NewTextHandler(&out, nil)), nil)
 	rt := tap.(*reportingTap)
 	w := tap.Writer(logging.Stdout)
 	write := func(s string) {
@@ -171,13 +162,7 @@ func TestLogReportEventsAndStats(t *testing.T) {
 				topics = append(topics, topic)
 				got = append(got, msg.(*conmonapi.LogDriverEvent))
 			}}
-			f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
-				return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
-			}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
-			tap, err := f(context.Background(), "c1", "ns", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			tap := reportedTap(t, d, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
 			w := tap.Writer(logging.Stdout)
 			r := reg.get("c1")
 			if r == nil {
@@ -269,13 +254,7 @@ func TestLogReportFailingAtClose(t *testing.T) {
 		defer mu.Unlock()
 		topics = append(topics, topic)
 	}}
-	f := reportLogErrors(func(context.Context, string, string, *specs.Spec) (process.Tap, error) {
-		return &pipelineTap{p: logging.NewPipeline(logging.Metadata{ID: "c1"}, []logging.Driver{d}, logging.PipelineOptions{})}, nil
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
-	tap, err := f(context.Background(), "c1", "ns", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tap := reportedTap(t, d, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
 	w := tap.Writer(logging.Stdout)
 	if _, err := w.Write([]byte("ok\n")); err != nil { // checks: the first write does
 		t.Fatal(err)

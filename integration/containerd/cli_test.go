@@ -101,7 +101,9 @@ func (c *cliEnv) start(bundle, id string, stdin []byte, extra ...string) string 
 	return string(out)
 }
 
-func daemonPid(t *testing.T, sock string) int {
+// withShim dials the shim daemon at sock and calls f with a ttrpc client
+// and a 5-second context.
+func withShim(t *testing.T, sock string, f func(ctx context.Context, client *ttrpc.Client)) {
 	t.Helper()
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
@@ -111,26 +113,29 @@ func daemonPid(t *testing.T, sock string) int {
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := taskv2.NewTTRPCTaskClient(client).Connect(ctx, &taskv2.ConnectRequest{ID: "nope"})
-	if err != nil {
-		t.Fatalf("Connect: %v", err)
-	}
-	return int(r.ShimPid)
+	f(ctx, client)
+}
+
+func daemonPid(t *testing.T, sock string) int {
+	t.Helper()
+	pid := 0
+	withShim(t, sock, func(ctx context.Context, client *ttrpc.Client) {
+		r, err := taskv2.NewTTRPCTaskClient(client).Connect(ctx, &taskv2.ConnectRequest{ID: "nope"})
+		if err != nil {
+			t.Fatalf("Connect: %v", err)
+		}
+		pid = int(r.ShimPid)
+	})
+	return pid
 }
 
 func shutdown(t *testing.T, sock string) {
 	t.Helper()
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// v3 and v2 are the same service; ask through v3. "now": members
-	// announced by start whose Create never came are not waited for.
-	taskv3.NewTTRPCTaskClient(client).Shutdown(ctx, &taskv3.ShutdownRequest{ID: "x", Now: true}) // ErrClosed is expected
+	withShim(t, sock, func(ctx context.Context, client *ttrpc.Client) {
+		// v3 and v2 are the same service; ask through v3. "now": members
+		// announced by start whose Create never came are not waited for.
+		taskv3.NewTTRPCTaskClient(client).Shutdown(ctx, &taskv3.ShutdownRequest{ID: "x", Now: true}) // ErrClosed is expected
+	})
 }
 
 func waitGone(t *testing.T, pid int, sock string) {

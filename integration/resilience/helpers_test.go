@@ -302,21 +302,11 @@ func (tk *task) remove(t *testing.T) {
 // socketPath is the filesystem path of a shim address.
 func socketPath(addr string) string { return strings.TrimPrefix(addr, "unix://") }
 
-// eventually retries f until it succeeds or d passed; a deadlock guard,
-// not a timing assertion.
+// eventually is testutil.Eventually: retries f until it succeeds or d
+// passed; a deadlock guard, not a timing assertion.
 func eventually(t *testing.T, d time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.Eventually(t, d, f)
 }
 
 // fdCount counts the open descriptors of pid.

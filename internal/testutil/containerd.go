@@ -259,17 +259,12 @@ func (c *Containerd) TaskStatus(id string) string {
 // WaitStatus waits (10 s at most) until task id has the status want.
 func (c *Containerd) WaitStatus(id, want string) {
 	c.T.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st := c.TaskStatus(id)
-		if st == want {
-			return
+	Eventually(c.T, 10*time.Second, func() error {
+		if st := c.TaskStatus(id); st != want {
+			return fmt.Errorf("task %s: status %q, want %q", id, st, want)
 		}
-		if time.Now().After(deadline) {
-			c.T.Fatalf("task %s: status %q, want %q", id, st, want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // ShimPids lists the shim daemons serving this containerd (by their
