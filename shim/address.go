@@ -36,6 +36,20 @@ func GroupKey(c Config, id string, annotations map[string]string) string {
 	return id
 }
 
+// Member reports whether the task id, whose bundle is bundle, belongs to
+// the daemon whose group key is group. Only the pod mode needs the
+// bundle's annotations, so only it reads config.json: a daemon that starts
+// asks this of every task record of its namespace (Adopt), which in the
+// container mode is one small read per task instead of two and a parse of
+// each container's OCI spec.
+func Member(c Config, group, id, bundle string) bool {
+	if c.Grouping != GroupPod {
+		return GroupKey(c, id, nil) == group
+	}
+	ann, err := ReadAnnotations(bundle)
+	return err == nil && GroupKey(c, id, ann) == group
+}
+
 // ReadAnnotations returns the annotations of the OCI spec in bundle.
 func ReadAnnotations(bundle string) (map[string]string, error) {
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))

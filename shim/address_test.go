@@ -15,6 +15,38 @@ import (
 	"github.com/containerd/ttrpc"
 )
 
+func TestMember(t *testing.T) {
+	dir := t.TempDir()
+	podBundle := filepath.Join(dir, "pod")
+	if err := os.MkdirAll(podBundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec := `{"ociVersion":"1.0.2","annotations":{"` + SandboxIDAnnotation + `":"pod1"}}`
+	if err := os.WriteFile(filepath.Join(podBundle, "config.json"), []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gone := filepath.Join(dir, "gone") // no config.json: only the pod mode needs one
+	tests := []struct {
+		grouping, group, id, bundle string
+		want                        bool
+	}{
+		{GroupPod, "pod1", "c1", podBundle, true},
+		{GroupPod, "pod2", "c1", podBundle, false},
+		{GroupPod, "c1", "c1", podBundle, false}, // its annotation names another pod
+		{GroupPod, "c1", "c1", gone, false},
+		{GroupContainer, "c1", "c1", gone, true},
+		{GroupContainer, "c2", "c1", podBundle, false},
+		{GroupNamespace, "", "c1", gone, true},
+	}
+	for _, tt := range tests {
+		c := DefaultConfig()
+		c.Grouping = tt.grouping
+		if got := Member(c, tt.group, tt.id, tt.bundle); got != tt.want {
+			t.Errorf("Member(%s, group %q, %s, %s) = %v, want %v", tt.grouping, tt.group, tt.id, filepath.Base(tt.bundle), got, tt.want)
+		}
+	}
+}
+
 func TestGroupKey(t *testing.T) {
 	pod := map[string]string{SandboxIDAnnotation: "pod1"}
 	tests := []struct {

@@ -73,9 +73,12 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	if err != nil {
 		return err
 	}
-	annotations, err := ReadAnnotations(bundle)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	var annotations map[string]string
+	if cfg.Grouping == GroupPod { // the only mode whose group key reads them
+		annotations, err = ReadAnnotations(bundle)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	socketDir, prefix := cfg.SocketDir, ""
 	if in.SocketDir != "" {

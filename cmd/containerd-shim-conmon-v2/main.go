@@ -231,8 +231,7 @@ func daemon(f shim.Flags) (err error) {
 			// A daemon of this group that died (kill -9, OOM) left its
 			// tasks' records: take back those of our group.
 			adopted, err := svc.Adopt(ctx, func(rec process.Record) bool {
-				ann, err := shim.ReadAnnotations(rec.Bundle)
-				return err == nil && shim.GroupKey(cfg, rec.ID, ann) == group
+				return shim.Member(cfg, group, rec.ID, rec.Bundle)
 			})
 			if err != nil {
 				log.Warn("adopting the tasks of a previous daemon", "error", err)
