@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -112,13 +113,16 @@ func (j *ioJournal) stream(s logging.Stream) *streamJournal {
 // streamJournal is one stream's journal.
 type streamJournal struct {
 	io     *ioJournal
-	in     int    // the memfd; its position is the end of what was read
-	mem    []byte // its mapping
-	n      int    // destinations journaled
+	log    *slog.Logger // with the container and stream; nil: quiet
+	in     int          // the memfd; its position is the end of what was read
+	mem    []byte       // its mapping
+	n      int          // destinations journaled
 	kind   [JournalMaxDests]uint8
 	ofd    [JournalMaxDests]int // jkPipe: the destination's own description
 	rc     [JournalMaxDests]syscall.RawConn
 	file   [JournalMaxDests]string // jkFile: its path
+	fileFD [JournalMaxDests]int    // jkFile: the descriptor it writes through, or -1 (stat the path)
+	pipes  bool                    // a jkPipe destination: pages are punched out on reset
 	moved  [JournalMaxDests]bool   // written in this batch
 	pos    int64                   // the memfd's position, as known here
 	view   []byte                  // what read returns a pointer to
@@ -172,6 +176,7 @@ func (i *IO) setupJournals() {
 			i.cfg.Log.Warn("keeper journal: not journaling this stream", "container", i.cfg.ID, "stream", s.String(), "error", err)
 			continue
 		}
+		sj.log = i.cfg.Log.With("container", i.cfg.ID, "exec", i.cfg.Exec, "stream", s.String())
 		jio.streams[s] = sj
 	}
 	for k, fd := range adopt {
@@ -273,13 +278,18 @@ func newStreamJournal(jio *ioJournal, fds []int, dests []io.WriteCloser) (_ *str
 		d := dests[k]
 		switch {
 		case logFile(d) != "":
-			j.kind[k], j.file[k] = jkFile, logFile(d)
+			j.kind[k], j.file[k], j.fileFD[k] = jkFile, logFile(d), -1
+			if sw, ok := d.(*sharedWriter); ok {
+				if f, ok := sw.w.(*os.File); ok {
+					j.fileFD[k] = int(f.Fd()) // a regular file: Fd changes nothing
+				}
+			}
 			if adopted && j.u64(destOff(k, fPending)) == 1 && j.u64(destOff(k, fKind)) == jkFile {
 				rewind(j.file[k], j.u64(destOff(k, fIno)), int64(j.u64(destOff(k, fSize))))
 			}
 			j.put64(destOff(k, fDone), uint64(from))
 		case isConn(d):
-			j.kind[k] = jkPipe
+			j.kind[k], j.pipes = jkPipe, true
 			if old[k] > 0 && adopted && j.u64(destOff(k, fKind)) == jkPipe {
 				j.ofd[k], old[k] = old[k], 0
 			} else {
@@ -359,6 +369,9 @@ func (j *streamJournal) replay(dests []io.WriteCloser, alive []bool, warn func(k
 		from := j.at(k)
 		if from >= j.pos {
 			continue
+		}
+		if j.log != nil {
+			j.log.Info("keeper journal: writing what the previous daemon read and did not write", "destination", k, "bytes", j.pos-from)
 		}
 		if err := j.writeTo(k, dests[k], j.mem[from:j.pos], j.pos); err != nil {
 			alive[k] = false
@@ -503,14 +516,20 @@ func (j *streamJournal) writeTo(k int, d io.Writer, b []byte, end int64) error {
 		j.io.fileMu.Lock()
 		defer j.io.fileMu.Unlock()
 		var st unix.Stat_t
-		if unix.Stat(j.file[k], &st) == nil {
+		var err error
+		if j.fileFD[k] >= 0 {
+			err = unix.Fstat(j.fileFD[k], &st) // the file written, whatever its path is now
+		} else {
+			err = unix.Stat(j.file[k], &st) // the file the driver writes is the one at its path
+		}
+		if err == nil {
 			j.put64(destOff(k, fIno), st.Ino)
 			j.put64(destOff(k, fSize), uint64(st.Size))
 		} else {
 			j.put64(destOff(k, fIno), 0)
 		}
 		j.put64(destOff(k, fPending), 1)
-		_, err := d.Write(b)
+		_, err = d.Write(b)
 		j.put64(destOff(k, fDone), uint64(end))
 		j.put64(destOff(k, fPending), 0)
 		return err
@@ -614,8 +633,10 @@ func (j *streamJournal) reset(all bool) {
 			j.put64(destOff(k, fDone), journalHdr)
 		}
 	}
-	if used > 0 || all {
-		// The whole block: a partial page would be zeroed in place.
+	if (used > 0 && j.pipes) || all {
+		// Pages a pipe may reference are dropped, never reused; without a
+		// pipe destination they are (no page allocation, no fault). The
+		// whole block: a partial page would be zeroed in place.
 		_ = unix.Fallocate(j.in, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, journalHdr, journalSize-journalHdr)
 	}
 }

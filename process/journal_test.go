@@ -3,6 +3,7 @@ package process
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -262,5 +263,69 @@ func TestJournalRoles(t *testing.T) {
 	}
 	if got := len(d.List()); got != 2 {
 		t.Errorf("List has %d", got)
+	}
+}
+
+// BenchmarkCopyBatch is one batch of the copier (a read of the pipe and
+// its write to a file:// destination), without a journal (the default)
+// and with one (under a keeper): the journal's cost per read.
+func BenchmarkCopyBatch(b *testing.B) {
+	for _, size := range []int{80 * 50, 64 << 10} {
+		for _, journaled := range []bool{false, true} {
+			name := fmt.Sprintf("%dB/plain", size)
+			if journaled {
+				name = fmt.Sprintf("%dB/journal", size)
+			}
+			b.Run(name, func(b *testing.B) {
+				src, srcW, err := os.Pipe()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer src.Close()
+				defer srcW.Close()
+				rc, _ := srcW.SyscallConn()
+				_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+				f, err := os.OpenFile(filepath.Join(b.TempDir(), "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer f.Close()
+				dest := &sharedWriter{w: f, r: &refCloser{c: f, n: 1}}
+				dests := []io.WriteCloser{dest}
+				var j *streamJournal
+				if journaled {
+					if j, err = newStreamJournal(&ioJournal{}, nil, dests); err != nil {
+						b.Fatal(err)
+					}
+					defer j.close()
+				}
+				chunk := bytes.Repeat([]byte(strings.Repeat("x", 79)+"\n"), size/80+1)[:size]
+				read := j.reader(src)
+				b.SetBytes(int64(size))
+				b.ResetTimer()
+				for n := 0; n < b.N; n++ {
+					if n%64 == 0 {
+						b.StopTimer()
+						_ = f.Truncate(0)
+						b.StartTimer()
+					}
+					if _, err := srcW.Write(chunk); err != nil {
+						b.Fatal(err)
+					}
+					for got := 0; got < size; {
+						bp, m, err := read()
+						if err != nil {
+							b.Fatal(err)
+						}
+						if err := j.write(0, dest, (*bp)[:m]); err != nil {
+							b.Fatal(err)
+						}
+						j.written()
+						j.put(bp)
+						got += m
+					}
+				}
+			})
+		}
 	}
 }

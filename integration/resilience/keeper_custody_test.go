@@ -291,17 +291,29 @@ func killBusy(t *testing.T, pid int) {
 	}
 }
 
-// slowWriter passes writes on to w, at about 25 KB/s while on.
+// slowWriter passes writes on to w, at about 2.5 KB/s while on (less
+// than a counter prints, so that the FIFO stays full).
 type slowWriter struct {
 	w  io.Writer
 	on atomic.Bool
 }
 
 func (s *slowWriter) Write(p []byte) (int, error) {
-	if s.on.Load() {
-		time.Sleep(time.Duration(len(p)) * 40 * time.Microsecond)
+	n := 0
+	for len(p) > 0 {
+		k := len(p)
+		if s.on.Load() {
+			k = min(k, 64)
+			time.Sleep(25 * time.Millisecond)
+		}
+		m, err := s.w.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
 	}
-	return s.w.Write(p)
+	return n, nil
 }
 
 // readK8sLines returns the lines of a k8s-file log, partial records joined.
