@@ -177,7 +177,7 @@ func daemon(f shim.Flags) (err error) {
 	}
 	hupCtx, stopHup := context.WithCancel(context.Background())
 	defer stopHup()
-	go onSIGHUP(hupCtx, up, log)
+	go onSIGHUP(hupCtx, notifySIGHUP(), up, log) // registered before anything runs: upgrade.go
 	var tasks *service.Service
 	d := shim.Daemon{
 		Log:        log,
@@ -325,9 +325,7 @@ func moveLog(bundle string) {
 // onSIGHUP upgrades the daemon in place, to the binary it was started
 // from (replaced meanwhile by a package upgrade), on every SIGHUP, until
 // ctx ends.
-func onSIGHUP(ctx context.Context, up *upgrader, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, unix.SIGHUP)
+func onSIGHUP(ctx context.Context, hup chan os.Signal, up *upgrader, log *slog.Logger) {
 	defer signal.Stop(hup)
 	for {
 		select {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"sync"
@@ -461,6 +462,7 @@ func (u *upgrader) run(binary string) (retErr error) {
 
 	inherit := append(h.fds(), fdOf(mf))
 	inherit = append(inherit, u.extraFDs...)
+	ignoreSIGHUPAcrossExec()
 	err = execSelf(binary, fdOf(mf), inherit)
 	u.log.Error("upgrade: exec of the new binary failed; restarting this one", "binary", binary, "error", err)
 	err = execSelf("/proc/self/exe", fdOf(mf), inherit)
@@ -494,4 +496,33 @@ func execSelf(binary string, memfd int, inherit []int) error {
 	env := append(os.Environ(), handoverEnv+"="+strconv.Itoa(memfd))
 	err := syscall.Exec(binary, os.Args, env)
 	return errors.Join(fmt.Errorf("exec %s", binary), err)
+}
+
+// A SIGHUP that arrives while the new binary starts (a second upgrade
+// asked for right after the first) must not kill the daemon: execve
+// resets a handled signal to its default action, which for SIGHUP is to
+// terminate, until the new binary registers for it again. An ignored
+// signal stays ignored across execve, and Go's runtime leaves an
+// inherited SIG_IGN of SIGHUP alone until signal.Notify asks for it
+// (os/signal: "If the program was started with SIGHUP or SIGINT ignored,
+// and Notify is called for either signal, a signal handler will be
+// installed"). So the old binary ignores SIGHUP just before the exec,
+// and the new one registers for it before anything else: a SIGHUP in
+// between is dropped, not queued (send it again once Info reports the
+// new exec_at). Blocking it instead would queue it, but a blocked mask
+// is inherited by every thread of the new binary and by the processes it
+// starts (runc, and through it the containers), which would then never
+// see a SIGHUP.
+
+// ignoreSIGHUPAcrossExec sets SIGHUP to SIG_IGN, for the exec.
+func ignoreSIGHUPAcrossExec() { signal.Ignore(unix.SIGHUP) }
+
+// notifySIGHUP registers for SIGHUP (undoing an inherited SIG_IGN) and
+// returns the channel that receives it. Called synchronously early in
+// main, before the daemon starts any process: a child started while
+// SIGHUP is still ignored would inherit that.
+func notifySIGHUP() chan os.Signal {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, unix.SIGHUP)
+	return hup
 }
