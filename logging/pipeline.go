@@ -309,6 +309,10 @@ func NewPipeline(meta Metadata, drivers []Driver, opts PipelineOptions) *Pipelin
 	return p
 }
 
+// Mode returns the pipeline's mode: in NonBlocking mode WriteChunk and
+// WriteChunks return before the drivers have the records.
+func (p *Pipeline) Mode() Mode { return p.opts.Mode }
+
 // Metadata returns the container metadata stamped on every record.
 func (p *Pipeline) Metadata() *Metadata { return &p.meta }
 

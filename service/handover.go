@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/process"
 )
 
@@ -466,8 +467,13 @@ func (s *Service) restoreIO(ctx context.Context, c *process.Container, t TaskFDs
 // driver appends to (k8s-file, json-file), whose size the keeper's
 // journal records before each write, to truncate a write a crash cut
 // short. A pipeline with two file drivers has only the first one
-// rewound.
+// rewound. None in non-blocking mode: a write returns before the file
+// has it, and the pipeline's writer appends older records meanwhile,
+// which a truncation would take away.
 func (w *tapWriter) LogFile() string {
+	if w.t.p.Mode() != logging.Blocking {
+		return ""
+	}
 	if src, ok := w.t.p.Source(); ok {
 		return src.Path
 	}
