@@ -109,15 +109,14 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 		return err
 	default:
 		encoded := cfg.Encode() // for the bundle and the daemon's environment
-		if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), encoded, 0o600); err != nil {
-			l.Close()
-			os.Remove(sock)
-			return fmt.Errorf("start: save shim config in bundle: %w", err)
-		}
 		defer l.Close()
-		// The address file is written while the new daemon starts up
-		// (its exec and initialisation take milliseconds).
+		// The bundle's files are written while the new daemon starts up
+		// (its exec and initialisation take milliseconds); the daemon
+		// reads neither.
 		if err := spawnDaemon(ctx, f, encoded, in, group, bundle, l, env, func() error {
+			if err := WriteFileAtomic(filepath.Join(bundle, ConfigFile), encoded, 0o600); err != nil {
+				return fmt.Errorf("start: save shim config in bundle: %w", err)
+			}
 			return writeAddress(bundle, addr)
 		}); err != nil {
 			os.Remove(sock)
