@@ -125,7 +125,8 @@ type streamJournal struct {
 	pipes  bool                    // a jkPipe destination: pages are punched out on reset
 	moved  [JournalMaxDests]bool   // written in this batch
 	pos    int64                   // the memfd's position, as known here
-	view   []byte                  // what read returns a pointer to
+	view   []byte                  // the batch just read, in the mapping
+	priv   *[]byte                 // its copy (batch), until put
 	closed bool
 }
 
@@ -392,7 +393,7 @@ func (j *streamJournal) reader(r io.Reader) func() (*[]byte, int, error) {
 		if n > 0 {
 			j.took(n, true)
 		}
-		return &j.view, n, err
+		return j.batch(), n, err
 	}
 	f, ok := r.(*os.File)
 	if !ok {
@@ -464,11 +465,11 @@ func (j *streamJournal) reader(r io.Reader) func() (*[]byte, int, error) {
 			}
 			return nil, 0, err
 		case rerr != nil:
-			return &j.view, n, &os.PathError{Op: "read", Path: f.Name(), Err: rerr}
+			return j.batch(), n, &os.PathError{Op: "read", Path: f.Name(), Err: rerr}
 		case n == 0:
 			return nil, 0, io.EOF
 		}
-		return &j.view, n, nil
+		return j.batch(), n, nil
 	}
 }
 
@@ -484,9 +485,31 @@ func (j *streamJournal) took(n int, moveFD bool) {
 	}
 }
 
+// batch returns the batch just read, for the destinations that take a
+// buffer: the journal's pages themselves, or, when a pipe destination
+// may reference them (they are dropped at the next reset, and touching
+// them again through the mapping would fault each one in anew), a copy
+// read with pread(2), which is cheaper.
+func (j *streamJournal) batch() *[]byte {
+	if !j.pipes || len(j.view) == 0 {
+		return &j.view
+	}
+	bp := copyBufs.Get().(*[]byte)
+	n, err := unix.Pread(j.in, (*bp)[:len(j.view)], j.pos-int64(len(j.view)))
+	if err != nil || n != len(j.view) {
+		copyBufs.Put(bp)
+		return &j.view
+	}
+	j.priv = bp
+	return bp
+}
+
 // put gives back a buffer the read function returned.
 func (j *streamJournal) put(bp *[]byte) {
 	if j == nil {
+		copyBufs.Put(bp)
+	} else if bp == j.priv {
+		j.priv = nil
 		copyBufs.Put(bp)
 	}
 }

@@ -267,65 +267,88 @@ func TestJournalRoles(t *testing.T) {
 }
 
 // BenchmarkCopyBatch is one batch of the copier (a read of the pipe and
-// its write to a file:// destination), without a journal (the default)
-// and with one (under a keeper): the journal's cost per read.
+// its write to a file:// destination, and to a FIFO that a goroutine
+// drains), without a journal (the default) and with one (under a
+// keeper): the journal's cost per read.
 func BenchmarkCopyBatch(b *testing.B) {
 	for _, size := range []int{80 * 50, 64 << 10} {
-		for _, journaled := range []bool{false, true} {
-			name := fmt.Sprintf("%dB/plain", size)
-			if journaled {
-				name = fmt.Sprintf("%dB/journal", size)
-			}
-			b.Run(name, func(b *testing.B) {
-				src, srcW, err := os.Pipe()
-				if err != nil {
-					b.Fatal(err)
+		for _, fifo := range []bool{false, true} {
+			for _, journaled := range []bool{false, true} {
+				name := fmt.Sprintf("%dB/file/plain", size)
+				if fifo {
+					name = fmt.Sprintf("%dB/file+fifo/plain", size)
 				}
-				defer src.Close()
-				defer srcW.Close()
-				rc, _ := srcW.SyscallConn()
-				_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
-				f, err := os.OpenFile(filepath.Join(b.TempDir(), "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer f.Close()
-				dest := &sharedWriter{w: f, r: &refCloser{c: f, n: 1}}
-				dests := []io.WriteCloser{dest}
-				var j *streamJournal
 				if journaled {
-					if j, err = newStreamJournal(&ioJournal{}, nil, dests); err != nil {
-						b.Fatal(err)
-					}
-					defer j.close()
+					name = strings.TrimSuffix(name, "plain") + "journal"
 				}
-				chunk := bytes.Repeat([]byte(strings.Repeat("x", 79)+"\n"), size/80+1)[:size]
-				read := j.reader(src)
-				b.SetBytes(int64(size))
-				b.ResetTimer()
-				for n := 0; n < b.N; n++ {
-					if n%64 == 0 {
-						b.StopTimer()
-						_ = f.Truncate(0)
-						b.StartTimer()
-					}
-					if _, err := srcW.Write(chunk); err != nil {
-						b.Fatal(err)
-					}
-					for got := 0; got < size; {
-						bp, m, err := read()
-						if err != nil {
-							b.Fatal(err)
-						}
-						if err := j.write(0, dest, (*bp)[:m]); err != nil {
-							b.Fatal(err)
-						}
-						j.written()
-						j.put(bp)
-						got += m
-					}
+				b.Run(name, func(b *testing.B) { benchCopyBatch(b, size, fifo, journaled) })
+			}
+		}
+	}
+}
+
+func benchCopyBatch(b *testing.B, size int, fifo, journaled bool) {
+	src, srcW, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	defer srcW.Close()
+	rc, _ := srcW.SyscallConn()
+	_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	dest := &sharedWriter{w: f, r: &refCloser{c: f, n: 1}}
+	dests := []io.WriteCloser{dest}
+	if fifo {
+		fr, fw, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		drained := make(chan struct{})
+		go func() { // owned by the benchmark: ends at fw's close
+			defer close(drained)
+			_, _ = io.Copy(io.Discard, fr)
+		}()
+		defer func() { fw.Close(); <-drained; fr.Close() }()
+		dests = append(dests, fw)
+	}
+	var j *streamJournal
+	if journaled {
+		if j, err = newStreamJournal(&ioJournal{}, nil, dests); err != nil {
+			b.Fatal(err)
+		}
+		defer j.close()
+	}
+	chunk := bytes.Repeat([]byte(strings.Repeat("x", 79)+"\n"), size/80+1)[:size]
+	read := j.reader(src)
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		if n%64 == 0 {
+			b.StopTimer()
+			_ = f.Truncate(0)
+			b.StartTimer()
+		}
+		if _, err := srcW.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < size; {
+			bp, m, err := read()
+			if err != nil {
+				b.Fatal(err)
+			}
+			for k, d := range dests {
+				if err := j.write(k, d, (*bp)[:m]); err != nil {
+					b.Fatal(err)
 				}
-			})
+			}
+			j.written()
+			j.put(bp)
+			got += m
 		}
 	}
 }
