@@ -75,12 +75,23 @@ func (c *Container) Record() Record {
 // WriteRecord writes r as dir/<id>/state.json through a temporary file and
 // a rename, so a reader never sees a partial record.
 func WriteRecord(dir string, r Record) error {
-	d := filepath.Join(dir, r.ID)
-	if err := os.MkdirAll(d, 0o700); err != nil {
+	data, err := MarshalRecord(r)
+	if err != nil {
 		return err
 	}
-	data, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
+	return WriteRecordData(dir, r.ID, data)
+}
+
+// MarshalRecord encodes r as WriteRecord writes it.
+func MarshalRecord(r Record) ([]byte, error) {
+	return json.MarshalIndent(r, "", "  ")
+}
+
+// WriteRecordData is WriteRecord of a record MarshalRecord encoded, for
+// a caller that encodes under its lock and writes later.
+func WriteRecordData(dir, id string, data []byte) error {
+	d := filepath.Join(dir, id)
+	if err := os.MkdirAll(d, 0o700); err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(d, ".state-*")
@@ -98,7 +109,7 @@ func WriteRecord(dir string, r Record) error {
 	}
 	if err := os.Rename(tmp.Name(), filepath.Join(d, RecordFile)); err != nil {
 		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("writing state record of %q: %w", r.ID, err)
+		return fmt.Errorf("writing state record of %q: %w", id, err)
 	}
 	return nil
 }

@@ -212,6 +212,7 @@ func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 	watches := s.oom
 	s.oom = make(map[string]*process.OOMWatch)
 	s.mu.Unlock()
+	s.rec.flush() // the next binary reads them
 	for _, w := range watches {
 		w.Stop()
 	}

@@ -100,7 +100,8 @@ type Service struct {
 	exits   exitSource
 	events  *eventQueue
 	logs    *logReports    // the containers' log reports, for LogStats
-	wg      sync.WaitGroup // the exit loop
+	rec     *recordWriter  // writes the task records behind the requests
+	wg      sync.WaitGroup // the exit loop, the record writer
 
 	mu         sync.Mutex
 	containers map[string]*process.Container
@@ -187,6 +188,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		exits:      exits,
 		events:     newEventQueue(cfg.Publisher, cfg.Log),
 		logs:       logs,
+		rec:        newRecordWriter(cfg.StateDir, cfg.Log),
 		containers: make(map[string]*process.Container),
 		reserved:   make(map[string]bool),
 		deleting:   make(map[string]bool),
@@ -200,6 +202,11 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 	}
 	logs.publish = s.events.push // before any tap exists: no task yet
 	s.events.start(sctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.rec.run(sctx)
+	}()
 	s.startExitLoop()
 	return s, nil
 }
@@ -223,6 +230,7 @@ func (s *Service) Close() error {
 	s.cancel()
 	s.exits.Close()
 	s.wg.Wait()
+	s.rec.flush() // what was queued after the writer stopped
 	return nil
 }
 
@@ -394,11 +402,15 @@ func initGoneLocked(c *process.Container) bool {
 	return c.InitExitDeferred != nil || c.Init.Status == process.Stopped || c.Init.Status == process.Deleted
 }
 
-// recordLocked writes c's record; a failure is logged, never fatal.
+// recordLocked queues c's record for the record writer (records.go); a
+// failure is logged, never fatal.
 func (s *Service) recordLocked(c *process.Container) {
-	if err := process.WriteRecord(s.cfg.StateDir, c.Record()); err != nil {
-		s.cfg.Log.Error("writing state record", "task", c.ID, "error", err)
+	data, err := process.MarshalRecord(c.Record())
+	if err != nil {
+		s.cfg.Log.Error("encoding state record", "task", c.ID, "error", err)
+		return
 	}
+	s.rec.put(c.ID, data)
 }
 
 // recoverPanic turns a panic in a handler into an Internal error: no

@@ -232,8 +232,13 @@ func newHarness(t *testing.T) *harness {
 		StateDir:  filepath.Join(h.dir, "state"),
 		Publisher: h.pub,
 		Runtime:   h.rt,
-		OnEmpty:   func() { h.empty <- struct{}{} },
-		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnEmpty: func() { // may run once per task (TestConcurrentTasks): never blocks
+			select {
+			case h.empty <- struct{}{}:
+			default:
+			}
+		},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, h.exits, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -565,6 +570,7 @@ func TestStateOfExecAndRecord(t *testing.T) {
 	_, err = h.s.State(context.Background(), &taskv2.StateRequest{ID: "c1", ExecID: "nope"})
 	wantErr(t, err, errdefs.ErrNotFound)
 	h.start(t, "c1", "")
+	h.s.rec.flush() // records are written behind the requests
 	rec, err := process.ReadRecord(filepath.Join(h.dir, "state"), "c1")
 	if err != nil {
 		t.Fatal(err)

@@ -316,9 +316,7 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (_ *taskv
 		ExitedAt:    ts(p.ExitedAt),
 		ID:          c.ID,
 	})
-	if err := process.RemoveRecord(s.cfg.StateDir, c.ID); err != nil {
-		s.cfg.Log.Error("removing state record", "task", c.ID, "error", err)
-	}
+	s.rec.put(c.ID, nil) // after the writes queued before: the record goes
 	empty := len(s.containers) == 0 && len(s.reserved) == 0
 	s.mu.Unlock()
 	if derr != nil {
