@@ -585,6 +585,12 @@ func (b *bencher) latency(ctx context.Context) {
 	}
 }
 
+// execPhaser is a system whose exec is several calls (the shims' Exec,
+// Start, Wait, Delete), each timed for the exec figure's breakdown.
+type execPhaser interface {
+	ExecPhases(ctx context.Context, c *Container, args []string) (int, [4]time.Duration, error)
+}
+
 // exec is figure (c): `true` run in an idle container, to its exit status.
 func (b *bencher) exec(ctx context.Context) {
 	for _, s := range b.available() {
@@ -597,10 +603,22 @@ func (b *bencher) exec(ctx context.Context) {
 			continue
 		}
 		var times []float64
+		var phases [4][]float64 // Exec, Start, Wait, Delete of a shim
+		phased, _ := s.sys.(execPhaser)
 		var ferr error
 		for range b.cfg.Iterations {
 			t0 := time.Now()
-			code, err := s.sys.Exec(ctx, cs[0], []string{"true"})
+			var code int
+			var err error
+			if phased != nil {
+				var ph [4]time.Duration
+				code, ph, err = phased.ExecPhases(ctx, cs[0], []string{"true"})
+				for k := range ph {
+					phases[k] = append(phases[k], ms(ph[k]))
+				}
+			} else {
+				code, err = s.sys.Exec(ctx, cs[0], []string{"true"})
+			}
 			if err == nil && code != 0 {
 				err = fmt.Errorf("exec true: exit status %d", code)
 			}
@@ -616,6 +634,9 @@ func (b *bencher) exec(ctx context.Context) {
 			continue
 		}
 		r := ExecResult{System: s.sys.Name(), Samples: len(times), P50: pct(times, 50), P99: pct(times, 99)}
+		if phased != nil {
+			r.Calls = &ExecCalls{Exec: pct(phases[0], 50), Start: pct(phases[1], 50), Wait: pct(phases[2], 50), Delete: pct(phases[3], 50)}
+		}
 		b.rep.Exec = append(b.rep.Exec, r)
 		b.logf("exec    %-36s p50=%6.1f ms p99=%6.1f ms", r.System, r.P50, r.P99)
 	}

@@ -101,10 +101,21 @@ type LatResult struct {
 
 // ExecResult is figure (c), in milliseconds.
 type ExecResult struct {
-	System  string  `json:"system"`
-	Samples int     `json:"samples"`
-	P50     float64 `json:"p50_ms"`
-	P99     float64 `json:"p99_ms"`
+	System  string     `json:"system"`
+	Samples int        `json:"samples"`
+	P50     float64    `json:"p50_ms"`
+	P99     float64    `json:"p99_ms"`
+	Calls   *ExecCalls `json:"calls_p50_ms,omitempty"` // a shim's four calls
+}
+
+// ExecCalls is the median of each ttrpc call of a shim's exec, in
+// milliseconds: Start holds `runc exec --detach`, the others only the
+// shim's own work and the round trip.
+type ExecCalls struct {
+	Exec   float64 `json:"exec"`
+	Start  float64 `json:"start"`
+	Wait   float64 `json:"wait"`
+	Delete float64 `json:"delete"`
 }
 
 // LogResult is figure (d) for one system and line size.
@@ -436,17 +447,20 @@ func (r *Report) Markdown() string {
 	}
 
 	b.WriteString("\n## (c) Exec latency\n\n`true` in an idle container until its exit status is known: `runc exec` for the floor, conmon's legacy `--sync` exec (CRI-O's ExecSync), the shims' Exec+Start+Wait+Delete.\n\n")
-	b.WriteString("| system | p50 ms | p99 ms | − runc p50 | × conmon |\n|---|---|---|---|---|\n")
+	b.WriteString("| system | p50 ms | p99 ms | − runc p50 | × conmon | shim calls p50 ms: Exec / Start / Wait / Delete |\n|---|---|---|---|---|---|\n")
 	fe, ce := r.execRes(floor), r.execRes(conmon)
 	for _, e := range r.Exec {
-		d, x := "–", "–"
+		d, x, calls := "–", "–", "–"
 		if fe != nil {
 			d = fmt.Sprintf("%+.1f", e.P50-fe.P50)
 		}
 		if ce != nil {
 			x = ratio(e.P50, ce.P50)
 		}
-		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %s | %s |\n", e.System, e.P50, e.P99, d, x)
+		if k := e.Calls; k != nil {
+			calls = fmt.Sprintf("%.2f / %.1f / %.2f / %.2f", k.Exec, k.Start, k.Wait, k.Delete)
+		}
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %s | %s | %s |\n", e.System, e.P50, e.P99, d, x, calls)
 	}
 
 	b.WriteString("\n## (d) Log throughput and monitor CPU\n\nThe container writes the volume as fast as it can; the monitor writes a k8s-file (conmon, conmon-v2), a raw file (containerd-shim-runc-v2's `file://`), or `cat` copies the pipe to a file (the limit). Clock and CPU (utime+stime of the monitor) from release of the generator to the reported exit.\n\n")

@@ -254,12 +254,20 @@ func (s *shimSystem) Wait(ctx context.Context, c *Container) (int, error) {
 }
 
 func (s *shimSystem) Exec(ctx context.Context, c *Container, args []string) (int, error) {
+	code, _, err := s.ExecPhases(ctx, c, args)
+	return code, err
+}
+
+// ExecPhases is Exec that also returns how long each of its four calls
+// took (Exec, Start, Wait, Delete), for the exec figure's breakdown.
+func (s *shimSystem) ExecPhases(ctx context.Context, c *Container, args []string) (int, [4]time.Duration, error) {
+	var ph [4]time.Duration
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	st := c.priv.(*shimState)
 	spec, err := processSpec(args)
 	if err != nil {
-		return -1, err
+		return -1, ph, err
 	}
 	s.env.mu.Lock()
 	s.env.seq++
@@ -267,23 +275,33 @@ func (s *shimSystem) Exec(ctx context.Context, c *Container, args []string) (int
 	s.env.mu.Unlock()
 	cctx := s.ctx(ctx)
 	t := st.conn.task
+	t0 := time.Now()
+	lap := func(k int) {
+		now := time.Now()
+		ph[k] = now.Sub(t0)
+		t0 = now
+	}
 	if _, err := t.Exec(cctx, &taskv2.ExecProcessRequest{
 		ID: c.ID, ExecID: execID,
 		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec},
 	}); err != nil {
-		return -1, fmt.Errorf("%s: Exec: %w", s.name, err)
+		return -1, ph, fmt.Errorf("%s: Exec: %w", s.name, err)
 	}
+	lap(0)
 	if _, err := t.Start(cctx, &taskv2.StartRequest{ID: c.ID, ExecID: execID}); err != nil {
-		return -1, fmt.Errorf("%s: Start exec: %w", s.name, err)
+		return -1, ph, fmt.Errorf("%s: Start exec: %w", s.name, err)
 	}
+	lap(1)
 	r, err := t.Wait(cctx, &taskv2.WaitRequest{ID: c.ID, ExecID: execID})
 	if err != nil {
-		return -1, fmt.Errorf("%s: Wait exec: %w", s.name, err)
+		return -1, ph, fmt.Errorf("%s: Wait exec: %w", s.name, err)
 	}
+	lap(2)
 	if _, err := t.Delete(cctx, &taskv2.DeleteRequest{ID: c.ID, ExecID: execID}); err != nil {
-		return -1, fmt.Errorf("%s: Delete exec: %w", s.name, err)
+		return -1, ph, fmt.Errorf("%s: Delete exec: %w", s.name, err)
 	}
-	return int(r.ExitStatus), nil
+	lap(3)
+	return int(r.ExitStatus), ph, nil
 }
 
 func (s *shimSystem) Delete(ctx context.Context, c *Container) error {
