@@ -64,15 +64,17 @@ func (d *bufDest) Close() error { return nil }
 func TestJournalReplay(t *testing.T) {
 	const batch = "one\ntwo\nthree\n"
 	for _, tc := range []struct {
-		name    string
-		written int  // destinations written before the kill
-		cutFile bool // the kill lands inside the file destination's write
+		name      string
+		written   int  // destinations written before the kill
+		cutFile   bool // the kill lands inside the file destination's write
+		cutReplay bool // and the next daemon is killed inside its replay's
 	}{
-		{"after the read", 0, false},
-		{"after the pipe", 1, false},
-		{"inside the file write", 1, true},
-		{"after the file", 2, false},
-		{"after every write", 3, false},
+		{"after the read", 0, false, false},
+		{"after the pipe", 1, false, false},
+		{"inside the file write", 1, true, false},
+		{"inside the file write, twice", 1, true, true},
+		{"after the file", 2, false, false},
+		{"after every write", 3, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src, srcW := pipe(t)
@@ -133,8 +135,31 @@ func TestJournalReplay(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer j2.close()
 			alive := []bool{true, true, true}
+			if tc.cutReplay {
+				held = held[:0]
+				for _, fd := range j2.fds() {
+					if fd > 0 {
+						fd, _ = unix.Dup(fd)
+					}
+					held = append(held, fd)
+				}
+				file.dieHalf = true
+				func() {
+					defer func() {
+						if r := recover(); r != errDied {
+							t.Fatalf("recovered %v", r)
+						}
+					}()
+					j2.replay(dests, alive, func(k int, err error) { t.Errorf("destination %d: %v", k, err) })
+				}()
+				file.dieHalf = false
+				j2.close()
+				if j2, err = newStreamJournal(&ioJournal{}, held, dests); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer j2.close()
 			j2.replay(dests, alive, func(k int, err error) { t.Errorf("destination %d: %v", k, err) })
 			want := "zero\n" + batch
 			if got := readAvail(t, pr); got != want {
