@@ -2,6 +2,10 @@ package resilience
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,6 +56,17 @@ func TestUpgradeSIGHUPStorm(t *testing.T) {
 	t.Logf("%d SIGHUPs in 2 s: daemon %d upgraded (binary started %v after the first), %s", sent, pid,
 		info.ExecAt.Sub(before.ExecAt).Round(time.Millisecond), info.Binary)
 	time.Sleep(time.Second) // a last upgrade may still run: requests wait for it
+	// A container the upgraded daemon starts has SIGHUP neither ignored
+	// nor blocked: the SIG_IGN of the exec ended with the registration.
+	late := e.start(ctx, "hs-late", []string{"sleep", "1000"}, false, nil)
+	defer late.remove(t)
+	st, err := late.shim.State(ctx, late.id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ign, blk := sigMask(t, int(st.Pid), "SigIgn"), sigMask(t, int(st.Pid), "SigBlk"); ign&1 != 0 || blk&1 != 0 {
+		t.Errorf("a container started after the upgrades has SIGHUP ignored or blocked: SigIgn %x SigBlk %x", ign, blk)
+	}
 	killTasks(ctx, t, s, []*task{tk})
 	if !tk.io.Wait(10 * time.Second) {
 		t.Errorf("FIFO output did not end")
@@ -62,4 +77,25 @@ func TestUpgradeSIGHUPStorm(t *testing.T) {
 	}
 	tk.io.Close()
 	checkSeqText(t, "FIFO", tk.out.String())
+}
+
+// sigMask returns the mask named field (SigIgn, SigBlk, ...) of pid's
+// /proc status: bit n-1 is signal n.
+func sigMask(t *testing.T, pid int, field string) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
 }
