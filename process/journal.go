@@ -40,21 +40,26 @@ import (
 //     that size before it writes the bytes again. Writes to such files are
 //     serialised across the IO's streams (ioJournal.fileMu), so a
 //     truncation never takes away another stream's finished write.
-//   - Any other destination (a pipeline with no file driver: journald,
-//     syslog, fluentd, a plugin) is marked after its write returned: a kill
-//     during the write repeats it.
+//   - Any other destination (a pipeline in non-blocking mode or with no
+//     file driver: journald, syslog, fluentd, a plugin) is marked after
+//     its write returned: a kill during the write repeats it.
+//   - A terminal cannot be spliced: it is read(2) into the mapping and the
+//     position moved after, so a kill between the two loses that read.
 //
 // Each batch's bytes are appended to the memfd, which is reset (positions
-// back to the start, pages punched out) once journalLimit bytes have
-// been written everywhere. The memfd's data pages are never written or
-// zeroed in place: splice into a pipe moves references to them, and the
-// reader of a FIFO may read them long after the reset. So the data area
-// is a naturally aligned 2 MiB block (no page or large folio of it is
-// shared with the header or lies partly outside it), and a reset punches
-// the whole block out: the kernel then drops the pages from the file
-// without touching their bytes, and the next batch gets new ones. The
-// memfd is sparse: only the header and the pages of the bytes journaled
-// since the last reset take memory (at most journalLimit plus one read).
+// back to the start) once journalLimit bytes have been written
+// everywhere. With a pipe destination the memfd's data pages are never
+// written or zeroed in place: splice into a pipe moves references to
+// them, and the reader of a FIFO may read them long after the reset. So
+// the data area is a naturally aligned 2 MiB block (no page or large
+// folio of it is shared with the header or lies partly outside it), and a
+// reset punches the whole block out: the kernel then drops the pages from
+// the file without touching their bytes, and the next batch gets new ones
+// (the other destinations then get a pread copy of the batch, cheaper
+// than faulting the new pages into the mapping). Without a pipe
+// destination the pages are reused. The memfd is sparse: only the header
+// and the pages of the bytes journaled since the last reset take memory
+// (at most journalLimit plus one read).
 
 const (
 	journalHdr   = 2 << 20        // start of the data area; the header is the first page
