@@ -592,7 +592,23 @@ type execPhaser interface {
 }
 
 // exec is figure (c): `true` run in an idle container, to its exit status.
+// Every system's container is started first; then each round runs one
+// exec per system, the order rotating from round to round, so that all
+// systems are sampled in the same seconds: on a shared machine runc's own
+// time moves by 10-20 ms between runs, which a system measured a minute
+// after the floor would carry into its difference. Each round also gives
+// a paired difference to the floor, whose median is reported besides the
+// difference of the medians.
 func (b *bencher) exec(ctx context.Context) {
+	type execRun struct {
+		s      *sysEntry
+		c      *Container
+		phased execPhaser
+		times  []float64
+		phases [4][]float64 // Exec, Start, Wait, Delete of a shim
+		err    error
+	}
+	var runs []*execRun
 	for _, s := range b.available() {
 		if !s.lat {
 			continue
@@ -602,43 +618,69 @@ func (b *bencher) exec(ctx context.Context) {
 			b.rep.fail(FigExec, s.sys.Name(), oneLine(fmt.Sprint(err)))
 			continue
 		}
-		var times []float64
-		var phases [4][]float64 // Exec, Start, Wait, Delete of a shim
-		phased, _ := s.sys.(execPhaser)
-		var ferr error
-		for range b.cfg.Iterations {
+		r := &execRun{s: s, c: cs[0]}
+		r.phased, _ = s.sys.(execPhaser)
+		runs = append(runs, r)
+	}
+	var floorRun *execRun
+	for _, r := range runs {
+		if r.s.kind == "floor" {
+			floorRun = r
+		}
+	}
+	paired := make(map[*execRun][]float64)
+	for i := range b.cfg.Iterations {
+		round := make(map[*execRun]float64, len(runs))
+		for k := range runs {
+			r := runs[(i+k)%len(runs)]
+			if r.err != nil {
+				continue
+			}
 			t0 := time.Now()
 			var code int
 			var err error
-			if phased != nil {
+			if r.phased != nil {
 				var ph [4]time.Duration
-				code, ph, err = phased.ExecPhases(ctx, cs[0], []string{"true"})
+				code, ph, err = r.phased.ExecPhases(ctx, r.c, []string{"true"})
 				for k := range ph {
-					phases[k] = append(phases[k], ms(ph[k]))
+					r.phases[k] = append(r.phases[k], ms(ph[k]))
 				}
 			} else {
-				code, err = s.sys.Exec(ctx, cs[0], []string{"true"})
+				code, err = r.s.sys.Exec(ctx, r.c, []string{"true"})
 			}
 			if err == nil && code != 0 {
 				err = fmt.Errorf("exec true: exit status %d", code)
 			}
 			if err != nil {
-				ferr = err
-				break
+				r.err = err
+				continue
 			}
-			times = append(times, ms(time.Since(t0)))
+			d := ms(time.Since(t0))
+			r.times = append(r.times, d)
+			round[r] = d
 		}
-		_, _ = b.deleteMany(s, cs)
-		if ferr != nil {
-			b.rep.fail(FigExec, s.sys.Name(), oneLine(ferr.Error()))
+		if f, ok := round[floorRun]; ok {
+			for r, d := range round {
+				paired[r] = append(paired[r], d-f)
+			}
+		}
+	}
+	for _, r := range runs {
+		_, _ = b.deleteMany(r.s, []*Container{r.c})
+		if r.err != nil {
+			b.rep.fail(FigExec, r.s.sys.Name(), oneLine(r.err.Error()))
 			continue
 		}
-		r := ExecResult{System: s.sys.Name(), Samples: len(times), P50: pct(times, 50), P99: pct(times, 99)}
-		if phased != nil {
-			r.Calls = &ExecCalls{Exec: pct(phases[0], 50), Start: pct(phases[1], 50), Wait: pct(phases[2], 50), Delete: pct(phases[3], 50)}
+		res := ExecResult{System: r.s.sys.Name(), Samples: len(r.times), P50: pct(r.times, 50), P99: pct(r.times, 99)}
+		if r.phased != nil {
+			res.Calls = &ExecCalls{Exec: pct(r.phases[0], 50), Start: pct(r.phases[1], 50), Wait: pct(r.phases[2], 50), Delete: pct(r.phases[3], 50)}
 		}
-		b.rep.Exec = append(b.rep.Exec, r)
-		b.logf("exec    %-36s p50=%6.1f ms p99=%6.1f ms", r.System, r.P50, r.P99)
+		if p := paired[r]; len(p) > 0 && r != floorRun {
+			v := pct(p, 50)
+			res.PairedOverFloor = &v
+		}
+		b.rep.Exec = append(b.rep.Exec, res)
+		b.logf("exec    %-36s p50=%6.1f ms p99=%6.1f ms", res.System, res.P50, res.P99)
 	}
 }
 
