@@ -47,6 +47,10 @@ func TestKeeperCustody(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	logDir := e.logDir()
+	// The daemons' own log (the keeper's stderr, which each daemon it
+	// starts inherits): the bundle's log FIFO of the first container.
+	daemonLog, lf := readDaemonLog(t, filepath.Join(e.dir, "anchor-"+e.suffix))
+	defer lf.Close()
 	// An idle container without stdio keeps the group (daemon and
 	// keeper) alive; the keeper's descriptors are counted with it alone.
 	anchor := e.start(ctx, "anchor", []string{"sleep", "1000"}, false, nil)
@@ -215,6 +219,18 @@ func TestKeeperCustody(t *testing.T) {
 	}
 	checkCustodySeq(t, "kc1 FIFO", strings.Split(strings.TrimSuffix(tasks[1].out.String(), "\n"), "\n"), 0, 0)
 	checkCustodySeq(t, "exec FIFO", strings.Split(strings.TrimSuffix(execOut.String(), "\n"), "\n"), 0, 0)
+	// The kills did cut batches (the slow FIFO's copier is mostly in the
+	// middle of one): the next daemons wrote them from the journals.
+	replays := 0
+	for _, l := range strings.Split(daemonLog.String(), "\n") {
+		if strings.Contains(l, "keeper journal: writing what the previous daemon read") {
+			replays++
+			t.Logf("daemon log: %s", l)
+		}
+	}
+	if replays == 0 {
+		t.Errorf("no daemon wrote anything from a journal: the kills cut no batch, and the test shows nothing")
+	}
 
 	// Connections come and go without leaving a descriptor in the daemon
 	// or the keeper.
