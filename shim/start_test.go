@@ -125,3 +125,41 @@ func TestStartAnswer(t *testing.T) {
 		t.Fatalf("BootstrapResult %v %v", &res, err)
 	}
 }
+
+// Only the pod grouping looks at the bundle's OCI spec: in the other
+// modes start does not read config.json (runc reports a bad one at
+// Create).
+func TestStartReadsSpecOnlyForPods(t *testing.T) {
+	for _, tt := range []struct {
+		grouping string
+		wantErr  bool
+	}{
+		{GroupContainer, false},
+		{GroupNamespace, false},
+		{GroupPod, true},
+	} {
+		t.Run(tt.grouping, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "shimstart")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			writeTestFile(t, filepath.Join(dir, "config.json"), "{not json", 0o644)
+			cfg := filepath.Join(dir, "shim.toml")
+			writeTestFile(t, cfg, "grouping = \""+tt.grouping+"\"\nsocket_dir = \""+filepath.Join(dir, "s")+"\"\n", 0o644)
+			self, _ := fakeSelf(t, dir, "ok")
+			var out bytes.Buffer
+			f := Flags{Namespace: "ns", ID: "c1", Bundle: dir, Config: cfg, Action: ActionStart}
+			err = Start(context.Background(), f, StartEnv{Stdin: strings.NewReader(""), Stdout: &out, Self: self})
+			if tt.wantErr {
+				if !errdefs.IsInvalidArgument(err) {
+					t.Fatalf("got %v, want InvalidArgument for the unreadable spec", err)
+				}
+				return
+			}
+			if err != nil || !strings.HasPrefix(out.String(), "unix://") {
+				t.Fatalf("start: %v, stdout %q", err, out.String())
+			}
+		})
+	}
+}
