@@ -460,6 +460,7 @@ func TestDoubleDelete(t *testing.T) {
 	if !h.s.Empty() {
 		t.Fatal("service not empty after the last delete")
 	}
+	h.s.rec.flush() // records are removed behind the requests
 	if _, err := os.Stat(filepath.Join(h.dir, "state", "c1")); !os.IsNotExist(err) {
 		t.Fatalf("state record left after delete: %v", err)
 	}
@@ -515,7 +516,7 @@ func TestKillAnsweredBeforeExit(t *testing.T) {
 	h := newHarness(t)
 	pid := h.create(t, "c1")
 	h.start(t, "c1", "")
-	before := len(h.pub.wait(t, 0))
+	before := len(h.pub.wait(t, 2)) // /tasks/create and /tasks/start, published behind the requests
 	var during []string
 	var onKill func()
 	var once sync.Once // the service's own kill of the rest (killRestLocked) comes later

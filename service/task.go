@@ -237,6 +237,9 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.
 	}
 	switch {
 	case exited:
+		// A short exec (ExecSync's usual case) is gone before its start
+		// returns: handleExitLocked records the started and exited
+		// process at once, one record instead of two.
 		s.handleExitLocked(p, early)
 	default:
 		s.byPid[pid] = p
@@ -245,8 +248,8 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.
 			// init's exit waits for it.
 			_ = s.killPid(pid, 9)
 		}
+		s.recordLocked(c)
 	}
-	s.recordLocked(c)
 	return &taskv2.StartResponse{Pid: uint32(pid)}, nil
 }
 
