@@ -54,7 +54,7 @@ type stdinSink interface {
 // attachServer is the SEQPACKET attach socket of one container.
 type attachServer struct {
 	ln      *net.UnixListener
-	rc      syscall.RawConn // ln's fd, for Broadcast's non-blocking accepts
+	rc      syscall.RawConn // ln's fd, for AcceptPending's non-blocking accepts
 	dir     *os.File        // O_PATH handle of the socket's directory
 	path    string          // socket path as clients name it
 	symlink string          // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
@@ -67,6 +67,9 @@ type attachServer struct {
 	mu         sync.Mutex
 	clients    map[*attachClient]struct{} // guarded by mu
 	shutdown   bool                       // guarded by mu
+	// lastOut is when Broadcast last returned; zero before the first
+	// output. Guarded by mu.
+	lastOut time.Time
 }
 
 type attachClient struct {
@@ -212,10 +215,22 @@ func newAttachServer(bundle, socketDir, cuuid string, full bool, stdin stdinSink
 	return s, nil
 }
 
-// acceptLoop accepts clients as they come. Broadcast also accepts pending
-// clients (without waiting) before it sends, so a client whose connect
-// returned before the container wrote gets that output however late this
-// goroutine runs.
+// attachQuiet is the pause in the output after which Broadcast looks for
+// pending clients itself before it sends. While output streams (reads
+// closer together than this) it leaves them to acceptLoop, so a busy
+// stream costs no accept(2) per read.
+const attachQuiet = time.Millisecond
+
+// acceptLoop accepts clients as they come, parked in the runtime's poller
+// between them. A connection can be pending while this goroutine has not
+// run yet (the poller readies it and the output's reader in no particular
+// order), so output that follows a connect is not left to it alone:
+// AcceptPending, called before the container is started for an exec
+// attach, and Broadcast, on the first output after a quiet spell, accept
+// what is queued first. A client that connects before the output starts,
+// or while it pauses, gets all of it; one that connects into a stream
+// that never pauses gets it from the moment it is accepted (microseconds
+// later, at most a scheduler round), as with conmon's main loop.
 func (s *attachServer) acceptLoop() {
 	defer s.wg.Done()
 	for {
@@ -252,6 +267,17 @@ func (s *attachServer) addClientLocked(conn *net.UnixConn) {
 	s.wg.Add(2)
 	go s.writeLoop(c)
 	go s.readLoop(c)
+}
+
+// AcceptPending accepts every connection queued on the socket without
+// waiting: the caller knows a client has connected (an exec attach's start
+// byte) and output may follow at once.
+func (s *attachServer) AcceptPending() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.shutdown {
+		_ = s.rc.Control(s.acceptPendingLocked)
+	}
 }
 
 // acceptPendingLocked accepts every queued connection without waiting.
@@ -330,17 +356,23 @@ func (s *attachServer) readLoop(c *attachClient) {
 // Broadcast sends data read from the container to every client, in
 // messages of at most 8192 data bytes prefixed with the stream id. A client
 // whose queue is full makes it wait while that client keeps reading; one
-// that reads nothing for attachStallGrace is disconnected.
+// that reads nothing for attachStallGrace is disconnected. The first output
+// after a quiet spell (attachQuiet) accepts pending clients first.
 func (s *attachServer) Broadcast(stream byte, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown {
 		return
 	}
-	_ = s.rc.Control(s.acceptPendingLocked)
+	now := time.Now()
+	if s.lastOut.IsZero() || now.Sub(s.lastOut) >= attachQuiet {
+		_ = s.rc.Control(s.acceptPendingLocked)
+	}
 	if len(s.clients) == 0 {
+		s.lastOut = now
 		return
 	}
+	defer func() { s.lastOut = time.Now() }() // pushes may have waited
 	for len(data) > 0 {
 		n := min(len(data), attachMaxData)
 		msg := make([]byte, 1+n)

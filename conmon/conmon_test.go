@@ -466,3 +466,50 @@ func TestNotifyProxy(t *testing.T) {
 		t.Fatalf("host got %q", got)
 	}
 }
+
+// TestAttachClientBeforeOutput: a client that connected before the output
+// (or before a pause in it) gets that output, whether acceptLoop or
+// Broadcast/AcceptPending accepted it.
+func TestAttachClientBeforeOutput(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prime   bool // output before the client connects
+		pending bool // the caller calls AcceptPending (exec attach)
+	}{
+		{"first output", false, false},
+		{"after a quiet spell", true, false},
+		{"accept pending", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := newAttachServer(dir, "", "", true, nil, false, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Unlink()
+			if tc.prime {
+				s.Broadcast(attachStdout, []byte("before\n"))
+			}
+			c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: filepath.Join(dir, "attach"), Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if tc.pending {
+				s.AcceptPending()
+			} else {
+				time.Sleep(2 * attachQuiet)
+			}
+			s.Broadcast(attachStdout, []byte("after\n"))
+			s.Close(5 * time.Second)
+			buf := make([]byte, 8193)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(buf[:n]); got != "\x02after\n" {
+				t.Fatalf("client got %q, want the output after its connect", got)
+			}
+		})
+	}
+}

@@ -178,6 +178,10 @@ func (m *Monitor) Run(ctx context.Context) int {
 		if err := WaitStart(m.boot.StartFD); err != nil {
 			m.diag.Errorf("%v", err)
 		}
+		if m.attach != nil {
+			// The exec's output may come before acceptLoop runs.
+			m.attach.AcceptPending()
+		}
 	}
 	if m.boot.StartFD >= 0 {
 		unix.Close(m.boot.StartFD)
