@@ -24,8 +24,11 @@ import (
 // What it costs: a monitor killed between an answer and the write (one
 // write's time) leaves the previous record, which a restarted monitor
 // already had to cope with (it could die between runc exec and the
-// write). A live upgrade (Frozen.Commit) and Close flush, so the next
-// binary reads every state the old one answered with.
+// write). Create and the init's Delete flush before they answer, so a
+// restarted monitor never misses a task containerd knows of, nor adopts
+// one it deleted; only exec and start transitions are written behind. A
+// live upgrade (Frozen.Commit) and Close flush, so the next binary reads
+// every state the old one answered with.
 type recordWriter struct {
 	dir string
 	log *slog.Logger

@@ -128,6 +128,10 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	}
 	s.recordLocked(c)
 	s.mu.Unlock()
+	// A task containerd was told exists must be known to a restarted
+	// daemon: the creation's record is on disk before the answer. Exec
+	// transitions are written behind (records.go).
+	s.rec.flush()
 
 	s.watchOOM(c, pid)
 	return &taskv2.CreateTaskResponse{Pid: uint32(pid)}, nil
@@ -322,6 +326,9 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (_ *taskv
 	s.rec.put(c.ID, nil) // after the writes queued before: the record goes
 	empty := len(s.containers) == 0 && len(s.reserved) == 0
 	s.mu.Unlock()
+	// Likewise a deleted task's record is gone before the answer, so that a
+	// restarted daemon never adopts a task containerd has forgotten.
+	s.rec.flush()
 	if derr != nil {
 		s.cfg.Log.Error("delete", "task", c.ID, "error", derr)
 	}
