@@ -78,25 +78,47 @@ func (s *Service) Adopt(ctx context.Context, keep func(process.Record) bool) ([]
 	if err != nil {
 		return nil, fmt.Errorf("adopt: %w", err)
 	}
-	var adopted []string
+	var ids []string
 	for _, ent := range ents {
-		if !ent.IsDir() {
-			continue
+		// Not a task's: the keeper's exits, a name no task has.
+		if ent.IsDir() && process.ValidateID("task", ent.Name()) == nil {
+			ids = append(ids, ent.Name())
+		}
+	}
+	return s.AdoptTasks(ctx, ids, keep)
+}
+
+// AdoptTasks is Adopt for the tasks named ids only: it reads no other
+// task's record. A daemon whose group can own only known tasks (one per
+// container: its own) calls it instead of Adopt, so that its start does
+// not grow with the number of tasks in the namespace (reading 300 records
+// took a per-container daemon's start from about 17 to 144 ms). A named
+// task without a record is skipped: it is the usual case of a daemon
+// started for a new container. An ID that is no valid task ID is an
+// error.
+func (s *Service) AdoptTasks(ctx context.Context, ids []string, keep func(process.Record) bool) ([]string, error) {
+	var adopted []string
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return adopted, fmt.Errorf("adopt: %w", ctx.Err())
+		}
+		if err := process.ValidateID("task", id); err != nil {
+			return adopted, fmt.Errorf("adopt: %w", err)
 		}
 		s.mu.Lock()
-		held := s.containers[ent.Name()] != nil
+		held := s.containers[id] != nil
 		s.mu.Unlock()
 		if held {
 			continue // ours already (restored after a live upgrade)
 		}
-		rec, err := process.ReadRecord(s.cfg.StateDir, ent.Name())
+		rec, err := process.ReadRecord(s.cfg.StateDir, id)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
-				s.cfg.Log.Warn("adopt: unreadable task record", "task", ent.Name(), "error", err)
+				s.cfg.Log.Warn("adopt: unreadable task record", "task", id, "error", err)
 			}
 			continue
 		}
-		if rec.ID != ent.Name() || (keep != nil && !keep(rec)) {
+		if rec.ID != id || (keep != nil && !keep(rec)) {
 			continue
 		}
 		c, watched, err := s.adopt(rec)

@@ -93,3 +93,64 @@ func TestAdopt(t *testing.T) {
 		}
 	}
 }
+
+// TestAdoptTasks: a daemon that names the tasks it can own adopts those
+// only, skips a named task without a record (a new container's daemon),
+// and refuses a name that is no task ID (it would name another path).
+func TestAdoptTasks(t *testing.T) {
+	h := newHarness(t)
+	now := time.Now()
+	for _, id := range []string{"mine", "theirs"} {
+		r := process.Record{ID: id, Bundle: "/nonexistent", Pid: 1 << 22, Status: "stopped", ExitStatus: 3, CreatedAt: now, ExitedAt: &now}
+		if err := process.WriteRecord(h.s.cfg.StateDir, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		ids     []string
+		want    []string
+		wantErr bool
+	}{
+		{ids: []string{"new"}},
+		{ids: []string{"mine"}, want: []string{"mine"}},
+		{ids: []string{"mine"}}, // held already
+		{ids: []string{"../theirs"}, wantErr: true},
+	} {
+		got, err := h.s.AdoptTasks(context.Background(), tt.ids, nil)
+		if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
+			t.Errorf("AdoptTasks(%q) = %q, %v; want %q, error %v", tt.ids, got, err, tt.want, tt.wantErr)
+		}
+	}
+	if _, err := h.s.State(context.Background(), &taskv2.StateRequest{ID: "theirs"}); err == nil {
+		t.Error("a task not named was adopted")
+	}
+}
+
+// BenchmarkAdoptStart is what a per-container daemon's start spends on
+// adoption in a namespace of 300 tasks, none of them its own: reading
+// every record (all) or its own only (own).
+func BenchmarkAdoptStart(b *testing.B) {
+	h := newHarness(b)
+	now := time.Now()
+	for i := range 300 {
+		r := process.Record{ID: "c" + strconv.Itoa(i), Bundle: "/nonexistent", Pid: 1 << 22, Status: "running", CreatedAt: now, StartedAt: &now}
+		if err := process.WriteRecord(h.s.cfg.StateDir, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	none := func(process.Record) bool { return false }
+	b.Run("all", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := h.s.Adopt(context.Background(), none); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("own", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := h.s.AdoptTasks(context.Background(), []string{"new"}, none); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -224,7 +224,7 @@ type harness struct {
 	empty chan struct{}
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	h := &harness{rt: newFakeRuntime(), exits: newFakeExits(), pub: newRecorder(), dir: t.TempDir(), empty: make(chan struct{}, 8)}
 	s, err := newService(context.Background(), Config{

@@ -50,6 +50,14 @@ func Member(c Config, group, id, bundle string) bool {
 	return err == nil && GroupKey(c, id, ann) == group
 }
 
+// OnlyMember returns the one task a daemon whose group key is group can
+// serve, if its grouping decides that without reading any bundle: in the
+// container mode a daemon serves only the container it is named after.
+// A daemon that starts then reads that task's record alone (Adopt).
+func OnlyMember(c Config, group string) (id string, ok bool) {
+	return group, c.Grouping == GroupContainer && group != ""
+}
+
 // ReadAnnotations returns the annotations of the OCI spec in bundle.
 func ReadAnnotations(bundle string) (map[string]string, error) {
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))

@@ -230,9 +230,15 @@ func daemon(f shim.Flags) (err error) {
 			}
 			// A daemon of this group that died (kill -9, OOM) left its
 			// tasks' records: take back those of our group.
-			adopted, err := svc.Adopt(ctx, func(rec process.Record) bool {
-				return shim.Member(cfg, group, rec.ID, rec.Bundle)
-			})
+			// One per container reads its own record only: its start
+			// must not grow with the namespace's tasks.
+			member := func(rec process.Record) bool { return shim.Member(cfg, group, rec.ID, rec.Bundle) }
+			var adopted []string
+			if id, ok := shim.OnlyMember(cfg, group); ok {
+				adopted, err = svc.AdoptTasks(ctx, []string{id}, member)
+			} else {
+				adopted, err = svc.Adopt(ctx, member)
+			}
 			if err != nil {
 				log.Warn("adopting the tasks of a previous daemon", "error", err)
 			} else if len(adopted) > 0 {
