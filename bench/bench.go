@@ -520,8 +520,20 @@ func (b *bencher) dropAnchor(s *sysEntry, c *Container) {
 }
 
 // latency is figure (b): create+start, and the whole round trip
-// create→start→exit→delete, one container at a time.
+// create→start→exit→delete, one container at a time. The shared modes'
+// anchors are started first; then the systems take turns (takeTurns: one
+// create+start each per round, the order rotating), then take turns again
+// for the round trip, so that every system is sampled in the same seconds
+// as the floor. Besides each system's p50 and p99, the median of the
+// per-round differences to the floor is reported for both.
 func (b *bencher) latency(ctx context.Context) {
+	type latRun struct {
+		s      *sysEntry
+		anchor *Container
+		err    error
+	}
+	var runs []*latRun
+	floor := -1
 	for _, s := range b.available() {
 		if !s.lat {
 			continue
@@ -531,57 +543,73 @@ func (b *bencher) latency(ctx context.Context) {
 			b.rep.fail(FigLatency, s.sys.Name(), err.Error())
 			continue
 		}
-		var startTimes, roundTrips []float64
-		var ferr error
-		for range b.cfg.Iterations {
-			c, err := b.newContainer(s, 0, []string{"sleep", "1000000"})
-			if err != nil {
-				ferr = err
-				break
-			}
-			t0 := time.Now()
-			err = s.sys.Launch(ctx, c)
-			d := time.Since(t0)
-			b.remove(s, c)
-			if err != nil {
-				ferr = err
-				break
-			}
-			startTimes = append(startTimes, ms(d))
+		if s.kind == "floor" {
+			floor = len(runs)
 		}
-		for ferr == nil && len(roundTrips) < b.cfg.Iterations {
-			c, err := b.newContainer(s, 0, []string{"true"})
-			if err != nil {
-				ferr = err
-				break
-			}
-			t0 := time.Now()
-			err = s.sys.Launch(ctx, c)
-			if err == nil {
-				_, err = s.sys.Wait(ctx, c)
-			}
-			if err == nil {
-				err = s.sys.Delete(ctx, c)
-				b.finish(c)
-			} else {
-				b.remove(s, c)
-			}
-			if err != nil {
-				ferr = err
-				break
-			}
-			roundTrips = append(roundTrips, ms(time.Since(t0)))
+		runs = append(runs, &latRun{s: s, anchor: a})
+	}
+	starts := takeTurns(ctx, b.cfg.Iterations, len(runs), floor, func(k int) (float64, bool) {
+		r := runs[k]
+		c, err := b.newContainer(r.s, 0, []string{"sleep", "1000000"})
+		if err != nil {
+			r.err = err
+			return 0, false
 		}
-		b.dropAnchor(s, a)
-		if ferr != nil {
-			b.rep.fail(FigLatency, s.sys.Name(), oneLine(ferr.Error()))
+		t0 := time.Now()
+		err = r.s.sys.Launch(ctx, c)
+		d := time.Since(t0)
+		b.remove(r.s, c)
+		if err != nil {
+			r.err = err
+			return 0, false
+		}
+		return ms(d), true
+	})
+	rounds := takeTurns(ctx, b.cfg.Iterations, len(runs), floor, func(k int) (float64, bool) {
+		r := runs[k]
+		if r.err != nil {
+			return 0, false
+		}
+		c, err := b.newContainer(r.s, 0, []string{"true"})
+		if err != nil {
+			r.err = err
+			return 0, false
+		}
+		t0 := time.Now()
+		err = r.s.sys.Launch(ctx, c)
+		if err == nil {
+			_, err = r.s.sys.Wait(ctx, c)
+		}
+		if err == nil {
+			err = r.s.sys.Delete(ctx, c)
+			b.finish(c)
+		} else {
+			b.remove(r.s, c)
+		}
+		if err != nil {
+			r.err = err
+			return 0, false
+		}
+		return ms(time.Since(t0)), true
+	})
+	for k, r := range runs {
+		b.dropAnchor(r.s, r.anchor)
+		if r.err == nil && ctx.Err() != nil {
+			r.err = ctx.Err()
+		}
+		if r.err != nil {
+			b.rep.fail(FigLatency, r.s.sys.Name(), oneLine(r.err.Error()))
 			continue
 		}
-		r := LatResult{System: s.sys.Name(), Samples: len(startTimes),
-			StartP50: pct(startTimes, 50), StartP99: pct(startTimes, 99),
-			RoundP50: pct(roundTrips, 50), RoundP99: pct(roundTrips, 99)}
-		b.rep.Latency = append(b.rep.Latency, r)
-		b.logf("latency %-36s create+start p50=%6.1f ms p99=%6.1f ms  round trip p50=%6.1f ms p99=%6.1f ms", r.System, r.StartP50, r.StartP99, r.RoundP50, r.RoundP99)
+		st, rt := starts[k].Times, rounds[k].Times
+		l := LatResult{System: r.s.sys.Name(), Samples: len(st),
+			StartP50: pct(st, 50), StartP99: pct(st, 99),
+			RoundP50: pct(rt, 50), RoundP99: pct(rt, 99),
+			StartPairedOverFloor: pairedMedian(starts[k].Paired),
+			RoundPairedOverFloor: pairedMedian(rounds[k].Paired)}
+		b.rep.Latency = append(b.rep.Latency, l)
+		b.logf("latency %-36s create+start p50=%6.1f ms p99=%6.1f ms paired-runc=%s  round trip p50=%6.1f ms p99=%6.1f ms paired-runc=%s",
+			l.System, l.StartP50, l.StartP99, fmtPaired(l.StartPairedOverFloor), l.RoundP50, l.RoundP99, fmtPaired(l.RoundPairedOverFloor))
 	}
 }
 
@@ -592,23 +620,20 @@ type execPhaser interface {
 }
 
 // exec is figure (c): `true` run in an idle container, to its exit status.
-// Every system's container is started first; then each round runs one
-// exec per system, the order rotating from round to round, so that all
-// systems are sampled in the same seconds: on a shared machine runc's own
-// time moves by 10-20 ms between runs, which a system measured a minute
-// after the floor would carry into its difference. Each round also gives
-// a paired difference to the floor, whose median is reported besides the
+// Every system's container is started first; then the systems take turns
+// (takeTurns: one exec each per round, the order rotating), and the median
+// of the per-round differences to the floor is reported besides the
 // difference of the medians.
 func (b *bencher) exec(ctx context.Context) {
 	type execRun struct {
 		s      *sysEntry
 		c      *Container
 		phased execPhaser
-		times  []float64
 		phases [4][]float64 // Exec, Start, Wait, Delete of a shim
 		err    error
 	}
 	var runs []*execRun
+	floor := -1
 	for _, s := range b.available() {
 		if !s.lat {
 			continue
@@ -620,67 +645,48 @@ func (b *bencher) exec(ctx context.Context) {
 		}
 		r := &execRun{s: s, c: cs[0]}
 		r.phased, _ = s.sys.(execPhaser)
+		if s.kind == "floor" {
+			floor = len(runs)
+		}
 		runs = append(runs, r)
 	}
-	var floorRun *execRun
-	for _, r := range runs {
-		if r.s.kind == "floor" {
-			floorRun = r
+	res := takeTurns(ctx, b.cfg.Iterations, len(runs), floor, func(k int) (float64, bool) {
+		r := runs[k]
+		t0 := time.Now()
+		var code int
+		var err error
+		if r.phased != nil {
+			var ph [4]time.Duration
+			code, ph, err = r.phased.ExecPhases(ctx, r.c, []string{"true"})
+			for k := range ph {
+				r.phases[k] = append(r.phases[k], ms(ph[k]))
+			}
+		} else {
+			code, err = r.s.sys.Exec(ctx, r.c, []string{"true"})
 		}
-	}
-	paired := make(map[*execRun][]float64)
-	for i := range b.cfg.Iterations {
-		round := make(map[*execRun]float64, len(runs))
-		for k := range runs {
-			r := runs[(i+k)%len(runs)]
-			if r.err != nil {
-				continue
-			}
-			t0 := time.Now()
-			var code int
-			var err error
-			if r.phased != nil {
-				var ph [4]time.Duration
-				code, ph, err = r.phased.ExecPhases(ctx, r.c, []string{"true"})
-				for k := range ph {
-					r.phases[k] = append(r.phases[k], ms(ph[k]))
-				}
-			} else {
-				code, err = r.s.sys.Exec(ctx, r.c, []string{"true"})
-			}
-			if err == nil && code != 0 {
-				err = fmt.Errorf("exec true: exit status %d", code)
-			}
-			if err != nil {
-				r.err = err
-				continue
-			}
-			d := ms(time.Since(t0))
-			r.times = append(r.times, d)
-			round[r] = d
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exec true: exit status %d", code)
 		}
-		if f, ok := round[floorRun]; ok {
-			for r, d := range round {
-				paired[r] = append(paired[r], d-f)
-			}
+		if err != nil {
+			r.err = err
+			return 0, false
 		}
-	}
-	for _, r := range runs {
+		return ms(time.Since(t0)), true
+	})
+	for k, r := range runs {
 		_, _ = b.deleteMany(r.s, []*Container{r.c})
 		if r.err != nil {
 			b.rep.fail(FigExec, r.s.sys.Name(), oneLine(r.err.Error()))
 			continue
 		}
-		res := ExecResult{System: r.s.sys.Name(), Samples: len(r.times), P50: pct(r.times, 50), P99: pct(r.times, 99)}
+		times := res[k].Times
+		e := ExecResult{System: r.s.sys.Name(), Samples: len(times), P50: pct(times, 50), P99: pct(times, 99),
+			PairedOverFloor: pairedMedian(res[k].Paired)}
 		if r.phased != nil {
-			res.Calls = &ExecCalls{Exec: pct(r.phases[0], 50), Start: pct(r.phases[1], 50), Wait: pct(r.phases[2], 50), Delete: pct(r.phases[3], 50)}
+			e.Calls = &ExecCalls{Exec: pct(r.phases[0], 50), Start: pct(r.phases[1], 50), Wait: pct(r.phases[2], 50), Delete: pct(r.phases[3], 50)}
 		}
-		if p := paired[r]; len(p) > 0 && r != floorRun {
-			v := pct(p, 50)
-			res.PairedOverFloor = &v
-		}
-		b.rep.Exec = append(b.rep.Exec, res)
-		b.logf("exec    %-36s p50=%6.1f ms p99=%6.1f ms", res.System, res.P50, res.P99)
+		b.rep.Exec = append(b.rep.Exec, e)
+		b.logf("exec    %-36s p50=%6.1f ms p99=%6.1f ms", e.System, e.P50, e.P99)
 	}
 }
 

@@ -97,6 +97,11 @@ type LatResult struct {
 	StartP99 float64 `json:"create_start_p99_ms"`
 	RoundP50 float64 `json:"round_trip_p50_ms"`
 	RoundP99 float64 `json:"round_trip_p99_ms"`
+	// StartPairedOverFloor and RoundPairedOverFloor are the medians, over
+	// the rounds, of this system's create+start and round trip minus the
+	// floor's in the same round; nil for the floor.
+	StartPairedOverFloor *float64 `json:"create_start_paired_over_runc_p50_ms,omitempty"`
+	RoundPairedOverFloor *float64 `json:"round_trip_paired_over_runc_p50_ms,omitempty"`
 }
 
 // ExecResult is figure (c), in milliseconds.
@@ -387,6 +392,14 @@ func WriteResults(r *Report, dir string) (string, error) {
 	return md, nil
 }
 
+// fmtPaired formats a paired difference to the floor, "–" if there is none.
+func fmtPaired(p *float64) string {
+	if p == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%+.1f", *p)
+}
+
 func ratio(a, b float64) string {
 	if b == 0 || math.IsNaN(a/b) || math.IsInf(a/b, 0) {
 		return "–"
@@ -433,8 +446,8 @@ func (r *Report) Markdown() string {
 			m.PSSPerContainerKB, ratio(m.PSSPerContainerKB, cp), m.PrivDirtyPerCtrKB, ratio(m.PrivDirtyPerCtrKB, cd), m.PSSTotalKB/1024)
 	}
 
-	b.WriteString("\n## (b) Create+start and round-trip latency\n\nCreate+start: until the container's init runs. Round trip: create→start→exit→delete of `true`, monitor stopped. − runc: minus the runc floor (p50 − p50, p99 − p99); × conmon: the p50 overhead as a multiple of conmon's.\n\n")
-	b.WriteString("| system | create+start p50 ms | p99 ms | − runc p50 | − runc p99 | × conmon | round trip p50 ms | p99 ms | − runc p50 | − runc p99 | × conmon |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("\n## (b) Create+start and round-trip latency\n\nCreate+start: until the container's init runs. Round trip: create→start→exit→delete of `true`, monitor stopped. − runc: minus the runc floor (p50 − p50, p99 − p99); × conmon: the p50 overhead as a multiple of conmon's. Systems take turns, one sample each per round (create+start rounds first, then round-trip rounds); *paired* is the median over the rounds of the system's time minus runc's in the same round.\n\n")
+	b.WriteString("| system | create+start p50 ms | p99 ms | − runc p50 | − runc p99 | paired − runc | × conmon | round trip p50 ms | p99 ms | − runc p50 | − runc p99 | paired − runc | × conmon |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	fl, cl := r.lat(floor), r.lat(conmon)
 	for _, l := range r.Latency {
 		d := [4]string{"–", "–", "–", "–"}
@@ -446,7 +459,8 @@ func (r *Report) Markdown() string {
 				x = [2]string{ratio(l.StartP50-fl.StartP50, cl.StartP50-fl.StartP50), ratio(l.RoundP50-fl.RoundP50, cl.RoundP50-fl.RoundP50)}
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %s | %s | %s | %.1f | %.1f | %s | %s | %s |\n", l.System, l.StartP50, l.StartP99, d[0], d[1], x[0], l.RoundP50, l.RoundP99, d[2], d[3], x[1])
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %s | %s | %s | %s | %.1f | %.1f | %s | %s | %s | %s |\n", l.System, l.StartP50, l.StartP99, d[0], d[1], fmtPaired(l.StartPairedOverFloor), x[0],
+			l.RoundP50, l.RoundP99, d[2], d[3], fmtPaired(l.RoundPairedOverFloor), x[1])
 	}
 
 	b.WriteString("\n## (c) Exec latency\n\n`true` in an idle container until its exit status is known: `runc exec` for the floor, conmon's legacy `--sync` exec (CRI-O's ExecSync), the shims' Exec+Start+Wait+Delete.\n\n")
@@ -454,10 +468,7 @@ func (r *Report) Markdown() string {
 	b.WriteString("| system | p50 ms | p99 ms | − runc p50 | paired − runc | × conmon | shim calls p50 ms: Exec / Start / Wait / Delete |\n|---|---|---|---|---|---|---|\n")
 	fe, ce := r.execRes(floor), r.execRes(conmon)
 	for _, e := range r.Exec {
-		d, pd, x, calls := "–", "–", "–", "–"
-		if e.PairedOverFloor != nil {
-			pd = fmt.Sprintf("%+.1f", *e.PairedOverFloor)
-		}
+		d, pd, x, calls := "–", fmtPaired(e.PairedOverFloor), "–", "–"
 		if fe != nil {
 			d = fmt.Sprintf("%+.1f", e.P50-fe.P50)
 		}
@@ -529,12 +540,12 @@ func (r *Report) Summary() string {
 	cl, ce := r.lat(conmon), r.execRes(conmon)
 	cm := r.mem(conmon, memN)
 	line := func(n int) string { return fmt.Sprintf("%d B", n) }
-	fmt.Fprintf(&b, "## Summary\n\nMemory at N=%d; latencies are p50 minus the runc floor's p50; log CPU is the monitor's CPU-seconds per GB. (× conmon) in parentheses.\n\n", memN)
-	b.WriteString("| system | PSS/container KiB | private dirty/container KiB | create+start − runc ms | round trip − runc ms | exec − runc ms |")
+	fmt.Fprintf(&b, "## Summary\n\nMemory at N=%d; latencies are p50 minus the runc floor's p50, and *paired* the median of the per-round differences to the floor (the systems take turns); log CPU is the monitor's CPU-seconds per GB. (× conmon) in parentheses.\n\n", memN)
+	b.WriteString("| system | PSS/container KiB | private dirty/container KiB | create+start − runc ms | create+start paired − runc ms | round trip − runc ms | round trip paired − runc ms | exec − runc ms |")
 	for _, l := range r.Config.LineSizes {
 		fmt.Fprintf(&b, " log %s MB/s | log %s CPU-s/GB |", line(l), line(l))
 	}
-	b.WriteString("\n|---|---|---|---|---|---|")
+	b.WriteString("\n|---|---|---|---|---|---|---|---|")
 	for range r.Config.LineSizes {
 		b.WriteString("---|---|")
 	}
@@ -561,7 +572,9 @@ func (r *Report) Summary() string {
 			cell(m != nil, val(m, func(m *MemResult) float64 { return m.PSSPerContainerKB }), val(cm, func(m *MemResult) float64 { return m.PSSPerContainerKB }), cm != nil, "%.0f"),
 			cell(m != nil, val(m, func(m *MemResult) float64 { return m.PrivDirtyPerCtrKB }), val(cm, func(m *MemResult) float64 { return m.PrivDirtyPerCtrKB }), cm != nil, "%.0f"),
 			cell(l != nil && fl != nil && !isFloor, val(l, func(l *LatResult) float64 { return l.StartP50 - fl.StartP50 }), val(cl, func(l *LatResult) float64 { return l.StartP50 - fl.StartP50 }), cl != nil, "%+.1f"),
+			pairedCell(val(l, func(l *LatResult) *float64 { return l.StartPairedOverFloor }), val(cl, func(l *LatResult) *float64 { return l.StartPairedOverFloor }), s.Name != conmon),
 			cell(l != nil && fl != nil && !isFloor, val(l, func(l *LatResult) float64 { return l.RoundP50 - fl.RoundP50 }), val(cl, func(l *LatResult) float64 { return l.RoundP50 - fl.RoundP50 }), cl != nil, "%+.1f"),
+			pairedCell(val(l, func(l *LatResult) *float64 { return l.RoundPairedOverFloor }), val(cl, func(l *LatResult) *float64 { return l.RoundPairedOverFloor }), s.Name != conmon),
 			cell(e != nil && fe != nil && !isFloor, val(e, func(e *ExecResult) float64 { return e.P50 - fe.P50 }), val(ce, func(e *ExecResult) float64 { return e.P50 - fe.P50 }), ce != nil, "%+.1f"),
 		}
 		for _, ls := range r.Config.LineSizes {
@@ -575,12 +588,24 @@ func (r *Report) Summary() string {
 	return b.String()
 }
 
-// val applies f to p, or returns 0 for a nil p.
-func val[T any](p *T, f func(*T) float64) float64 {
+// val applies f to p, or returns the zero value for a nil p.
+func val[T, V any](p *T, f func(*T) V) V {
 	if p == nil {
-		return 0
+		var zero V
+		return zero
 	}
 	return f(p)
+}
+
+// pairedCell is a summary cell of a paired difference to the floor, with
+// its ratio to conmon's paired difference when withBase and conmon has
+// one; "–" if there is no paired difference.
+func pairedCell(v, conmon *float64, withBase bool) string {
+	out := fmtPaired(v)
+	if v != nil && conmon != nil && withBase {
+		out += " (" + ratio(*v, *conmon) + ")"
+	}
+	return out
 }
 
 // memoryChart draws PSS per container against N, one line per system.
