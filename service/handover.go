@@ -205,6 +205,7 @@ func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 		}
 		s.handleExit(e)
 	}
+	s.awaitOOMArms("")
 	s.mu.Lock()
 	for _, c := range s.containers {
 		s.recordLocked(c)

@@ -112,6 +112,7 @@ type Service struct {
 	starting   int                      // creates/exec starts in flight
 	early      map[int]reaper.Exit      // exits of unknown pids while starting > 0
 	oom        map[string]*process.OOMWatch
+	oomArming  map[string]chan struct{} // OOM watches being armed after Create (armOOM); closed when done
 	closed     bool
 	frozen     bool        // a live upgrade is under way (Freeze)
 	stopExits  func() bool // stops the exit loop; false if it was stopped already
@@ -196,6 +197,7 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 		byPid:      make(map[int]*process.Process),
 		early:      make(map[int]reaper.Exit),
 		oom:        make(map[string]*process.OOMWatch),
+		oomArming:  make(map[string]chan struct{}),
 		killPid:    process.KillPid,
 		watchOOMFn: process.WatchOOM,
 		statsFn:    process.Stats,
@@ -220,6 +222,9 @@ func (s *Service) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	s.awaitOOMArms("")
+	s.mu.Lock()
 	watches := s.oom
 	s.oom = make(map[string]*process.OOMWatch)
 	s.mu.Unlock()

@@ -133,8 +133,59 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	// transitions are written behind (records.go).
 	s.rec.flush()
 
-	s.watchOOM(c, pid)
+	// The watch is armed behind the answer: it costs 0.3-0.7 ms (a
+	// mountinfo parse and the cgroup's event registration), and the
+	// container's own process only runs after Start, which waits for it.
+	s.armOOM(c, pid)
 	return &taskv2.CreateTaskResponse{Pid: uint32(pid)}, nil
+}
+
+// armOOM arms c's OOM watch in a goroutine, off Create's request path.
+// No OOM kill of the container is missed: init's Start waits for the
+// watch (awaitOOMArms) before runc start runs the container's process.
+// Delete, a live upgrade's Commit and Close wait for it too, so a watch
+// never outlives its task or the service. The goroutine is the
+// service's (s.wg).
+func (s *Service) armOOM(c *process.Container, pid int) {
+	done := make(chan struct{})
+	s.mu.Lock()
+	if s.closed || s.oomArming[c.ID] != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.oomArming[c.ID] = done
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer close(done)
+		s.watchOOM(c, pid)
+		s.mu.Lock()
+		if s.oomArming[c.ID] == done {
+			delete(s.oomArming, c.ID)
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// awaitOOMArms returns once the OOM watch of task id, or with id "" of
+// every task, is no longer being armed.
+func (s *Service) awaitOOMArms(id string) {
+	s.mu.Lock()
+	var chs []chan struct{}
+	if id != "" {
+		if ch := s.oomArming[id]; ch != nil {
+			chs = append(chs, ch)
+		}
+	} else {
+		for _, ch := range s.oomArming {
+			chs = append(chs, ch)
+		}
+	}
+	s.mu.Unlock()
+	for _, ch := range chs {
+		<-ch
+	}
 }
 
 // watchOOM starts the OOM watch of a new container; a host without a
@@ -192,6 +243,7 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.
 	var serr error
 	var pio *process.IO
 	if p.Init {
+		s.awaitOOMArms(c.ID) // armed before the container's process runs
 		serr = c.Start(ctx)
 		pid = p.Pid
 	} else {
@@ -262,6 +314,9 @@ func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.
 // /tasks/delete and forgets the task.
 func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (_ *taskv2.DeleteResponse, err error) {
 	defer recoverPanic("Delete", &err)
+	if r.ExecID == "" {
+		s.awaitOOMArms(r.ID) // its watch is stopped below
+	}
 	s.mu.Lock()
 	c, p, err := s.lookupLocked(r.ID, r.ExecID)
 	if err != nil {
