@@ -229,8 +229,9 @@ const attachQuiet = time.Millisecond
 // attach, and Broadcast, on the first output after a quiet spell, accept
 // what is queued first. A client that connects before the output starts,
 // or while it pauses, gets all of it; one that connects into a stream
-// that never pauses gets it from the moment it is accepted (microseconds
-// later, at most a scheduler round), as with conmon's main loop.
+// that never pauses gets it from the moment it is accepted (when the
+// scheduler next polls; sysmon polls at least every 10 ms), as with
+// conmon's main loop.
 func (s *attachServer) acceptLoop() {
 	defer s.wg.Done()
 	for {
