@@ -342,9 +342,9 @@ func (c *Container) StartExec(ctx context.Context, p *Process, starter Starter, 
 		PidFile:       pidFile,
 		ConsoleSocket: pio.ConsoleSocket(),
 		Detach:        true,
-		LogFile:       filepath.Join(c.Bundle, "exec-"+p.ID+"-log.json"),
+		// No LogFile: the runtime keeps runc's log of the exec in memory
+		// (Runc.Exec) and puts its error in err.
 	})
-	_ = os.Remove(filepath.Join(c.Bundle, "exec-"+p.ID+"-log.json"))
 	if err != nil {
 		pio.Close()
 		return 0, nil, fmt.Errorf("runtime exec of %q in %q: %w", p.ID, c.ID, err)

@@ -86,6 +86,32 @@ func TestRuncContainer(t *testing.T) {
 		t.Fatalf("exec output %q", got)
 	}
 
+	// The spec and runc's log travel in memfds (Runc.Exec): neither
+	// reaches the exec'd process, runc's error reaches the caller, and
+	// the bundle holds no file of an exec afterwards.
+	fdsFile := filepath.Join(dir, "fds.log")
+	p, err = c.NewExec("e2", Stdio{Stdout: "file://" + fdsFile}, &specs.Process{Args: []string{"/bin/ls", "-l", "/proc/self/fd/"}, Cwd: "/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, pio, err = c.StartExec(ctx, p, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	pio.Close()
+	if got, _ := os.ReadFile(fdsFile); len(got) == 0 || strings.Contains(string(got), "memfd") {
+		t.Errorf("descriptors of an exec:\n%s\nwant some, none of them a memfd", got)
+	}
+	p, err = c.NewExec("e3", Stdio{}, &specs.Process{Args: []string{"/nonexistent-binary"}, Cwd: "/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err = c.StartExec(ctx, p, nil, nil); err == nil || !strings.Contains(err.Error(), "nonexistent-binary") {
+		t.Errorf("exec of a missing binary: %v, want runc's error naming it", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(bundle, "exec-*")); len(left) > 0 {
+		t.Errorf("files of execs left in the bundle: %q", left)
+	}
+
 	pids, err := c.Pids(ctx)
 	if err != nil || len(pids) == 0 {
 		t.Fatalf("pids %v, %v", pids, err)

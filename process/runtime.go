@@ -1,14 +1,20 @@
 package process
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -88,13 +94,179 @@ func (r *Runc) Create(ctx context.Context, id, bundle string, opts *runc.CreateO
 	return withRuncLog(r.Runc.Create(ctx, id, bundle, opts), r.Log)
 }
 
-// Exec runs runc exec; opts.LogFile, when set, receives runc's log.
+// Exec runs runc exec. The process spec reaches runc through a memfd
+// (--process /proc/self/fd/3), and runc's log, unless opts.LogFile names
+// a file, goes to another (--log /proc/self/fd/4), read back for the
+// error message when runc fails. go-runc would write the spec to a file
+// in $XDG_RUNTIME_DIR or /tmp, and the caller named a log file per exec:
+// two files created and unlinked on every exec, which on a disk (ext4)
+// cost about as much as a third of runc exec's own time above the floor
+// (bench/README.md, "Exec"). runc's init marks every descriptor above
+// its own as close-on-exec, so neither memfd reaches the container.
 func (r *Runc) Exec(ctx context.Context, id string, spec specs.Process, opts *runc.ExecOpts) error {
-	logFile := r.Log
-	if opts != nil && opts.LogFile != "" {
-		logFile = opts.LogFile
+	if opts == nil {
+		opts = &runc.ExecOpts{}
 	}
-	return withRuncLog(r.Runc.Exec(ctx, id, spec, opts), logFile)
+	if opts.Started != nil {
+		defer close(opts.Started)
+	}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		return fmt.Errorf("encoding the exec's process spec: %w", err)
+	}
+	specFile, err := memfdWith("runc-process", data)
+	if err != nil {
+		return err
+	}
+	defer specFile.Close()
+	logArg := opts.LogFile
+	var logFile *os.File
+	if logArg == "" {
+		if logFile, err = memfdWith("runc-log", nil); err != nil {
+			return err
+		}
+		defer logFile.Close()
+		logArg = "/proc/self/fd/4"
+	}
+	args := r.globalArgs(logArg)
+	args = append(args, "exec", "--process", "/proc/self/fd/3")
+	if opts.ConsoleSocket != nil {
+		args = append(args, "--console-socket", opts.ConsoleSocket.Path())
+	}
+	if opts.PidfdSocket != nil {
+		args = append(args, "--pidfd-socket", opts.PidfdSocket.Path())
+	}
+	if opts.Detach {
+		args = append(args, "--detach")
+	}
+	if opts.PidFile != "" {
+		abs, err := filepath.Abs(opts.PidFile)
+		if err != nil {
+			return fmt.Errorf("exec pid file %q: %w", opts.PidFile, err)
+		}
+		args = append(args, "--pid-file", abs)
+	}
+	args = append(args, opts.ExtraArgs...)
+	args = append(args, id)
+	cmd := r.cmd(ctx, args)
+	cmd.ExtraFiles = []*os.File{specFile}
+	if logFile != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, logFile)
+	}
+	var out bytes.Buffer
+	if opts.IO != nil {
+		opts.IO.Set(cmd)
+	}
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = &out, &out // runc's own words on failure
+	}
+	err = r.run(cmd, opts)
+	if err == nil {
+		return nil
+	}
+	if out.Len() > 0 {
+		err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(out.Bytes()))
+	}
+	if logFile == nil {
+		return withRuncLog(err, opts.LogFile)
+	}
+	if msg := lastRuncErrorIn(logFile); msg != "" {
+		return fmt.Errorf("%w: %s", err, msg)
+	}
+	return err
+}
+
+// globalArgs are runc's options before the command, as go-runc gives
+// them, with log as --log.
+func (r *Runc) globalArgs(log string) []string {
+	var out []string
+	if r.Root != "" {
+		out = append(out, "--root", r.Root)
+	}
+	if r.Debug {
+		out = append(out, "--debug")
+	}
+	if log != "" {
+		out = append(out, "--log", log)
+	}
+	if r.LogFormat != "" {
+		out = append(out, "--log-format", string(r.LogFormat))
+	}
+	if r.SystemdCgroup {
+		out = append(out, "--systemd-cgroup")
+	}
+	if r.Rootless != nil {
+		out = append(out, "--rootless="+strconv.FormatBool(*r.Rootless))
+	}
+	return append(out, r.ExtraArgs...)
+}
+
+// cmd is the runc command line args, set up as go-runc sets up its own.
+func (r *Runc) cmd(ctx context.Context, args []string) *exec.Cmd {
+	command := r.Command
+	if command == "" {
+		command = runc.DefaultCommand
+	}
+	cmd := exec.CommandContext(ctx, command, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: r.Setpgid, Pdeathsig: r.PdeathSignal}
+	// NOTIFY_SOCKET makes runc talk to systemd: only for systemd's own
+	// children.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "NOTIFY_SOCKET=") })
+	cmd.Dir = r.WorkDir
+	return cmd
+}
+
+// run starts cmd through the process monitor (the reaper: the only wait
+// loop), hands its IO the start, and waits for it.
+func (r *Runc) run(cmd *exec.Cmd, opts *runc.ExecOpts) error {
+	start := runc.Monitor.Start
+	if r.PdeathSignal != 0 {
+		start = runc.Monitor.StartLocked
+	}
+	ec, err := start(cmd)
+	if err != nil {
+		return err
+	}
+	if opts.Started != nil {
+		opts.Started <- cmd.Process.Pid
+	}
+	if c, ok := opts.IO.(runc.StartCloser); ok {
+		if err := c.CloseAfterStart(); err != nil {
+			_, _ = runc.Monitor.Wait(cmd, ec)
+			return err
+		}
+	}
+	status, err := runc.Monitor.Wait(cmd, ec)
+	if err == nil && status != 0 {
+		err = fmt.Errorf("%s did not terminate successfully: %w", cmd.Args[0], &runc.ExitError{Status: status})
+	}
+	return err
+}
+
+// memfdWith returns a memfd named name (close-on-exec in this process;
+// a child gets it through ExtraFiles) holding data.
+func memfdWith(name string, data []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd for %s: %w", name, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if len(data) > 0 {
+		if _, err := f.Write(data); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("memfd for %s: %w", name, err)
+		}
+	}
+	return f, nil
+}
+
+// lastRuncErrorIn is lastRuncError of a log runc wrote into f.
+func lastRuncErrorIn(f *os.File) string {
+	data, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
+	if err != nil {
+		return ""
+	}
+	return lastRuncErrorOf(data)
 }
 
 func withRuncLog(err error, logFile string) error {
@@ -114,6 +286,11 @@ func lastRuncError(path string) string {
 	if err != nil {
 		return ""
 	}
+	return lastRuncErrorOf(data)
+}
+
+// lastRuncErrorOf is lastRuncError of the log's text.
+func lastRuncErrorOf(data []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		var l struct {
