@@ -325,6 +325,9 @@ func (r *Report) checkTargets() []Target {
 			ov, cov := l.StartP50-fl.StartP50, cl.StartP50-fl.StartP50
 			t.Status = holds(ov <= cov)
 			t.Detail = fmt.Sprintf("overhead %.1f ms vs conmon %.1f ms (runc %.1f ms)", ov, cov, fl.StartP50)
+			if l.StartPairedOverFloor != nil && cl.StartPairedOverFloor != nil {
+				t.Detail += fmt.Sprintf("; paired %+.1f ms vs conmon %+.1f ms", *l.StartPairedOverFloor, *cl.StartPairedOverFloor)
+			}
 		}
 		ts = append(ts, t)
 	}
