@@ -791,6 +791,8 @@ func (b *bencher) logRun(ctx context.Context, s *sysEntry, line int) (*LogResult
 	}
 	cancel()
 	wall := time.Since(t0)
+	close(stop) // the sampler writes peak until it has stopped
+	<-sampled
 	cpu1 := 0.0
 	if c.Final != nil {
 		cpu1 = c.Final.CPU
@@ -800,8 +802,6 @@ func (b *bencher) logRun(ctx context.Context, s *sysEntry, line int) (*LogResult
 	} else if mon > 0 {
 		cpu1, _ = cpuSeconds(mon)
 	}
-	close(stop)
-	<-sampled
 	var size int64
 	if fi, serr := os.Stat(c.LogPath); serr == nil {
 		size = fi.Size()
