@@ -53,8 +53,8 @@ type stdinSink interface {
 
 // attachServer is the SEQPACKET attach socket of one container.
 type attachServer struct {
-	ln      *net.UnixListener
-	rc      syscall.RawConn // ln's fd, for AcceptPending's non-blocking accepts
+	ln      *os.File        // the listening socket
+	rc      syscall.RawConn // ln's fd: every accept is a non-blocking one under mu
 	dir     *os.File        // O_PATH handle of the socket's directory
 	path    string          // socket path as clients name it
 	symlink string          // <socket-dir>/<cuuid>, removed at close; "" with --full-attach
@@ -199,20 +199,53 @@ func newAttachServer(bundle, socketDir, cuuid string, full bool, stdin stdinSink
 	}
 	ln.SetUnlinkOnClose(false)
 	_ = os.Chmod(procPath, 0o700)
-	rc, err := ln.SyscallConn()
+	// The socket is kept as an *os.File: its raw conn can wait for a
+	// pending connection in the runtime's poller and then accept it
+	// (acceptLoop), which a net listener's raw conn cannot.
+	lf, err := listenerFile(ln)
+	ln.Close()
 	if err != nil {
-		ln.Close()
+		d.Close()
+		return nil, fmt.Errorf("attach socket: %w", err)
+	}
+	rc, err := lf.SyscallConn()
+	if err != nil {
+		lf.Close()
 		d.Close()
 		return nil, fmt.Errorf("attach socket: %w", err)
 	}
 	s := &attachServer{
-		ln: ln, rc: rc, dir: d, path: filepath.Join(dir, "attach"), symlink: symlink,
+		ln: lf, rc: rc, dir: d, path: filepath.Join(dir, "attach"), symlink: symlink,
 		stdin: stdin, closeIn: closeIn, diag: diag, stallGrace: attachStallGrace,
 		clients: make(map[*attachClient]struct{}),
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
+}
+
+// listenerFile returns a non-blocking duplicate of ln's socket as an
+// *os.File registered with the runtime's poller.
+func listenerFile(ln *net.UnixListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(nfd), "attach"), nil
 }
 
 // attachQuiet is the pause in the output after which Broadcast looks for
@@ -235,23 +268,25 @@ const attachQuiet = time.Millisecond
 func (s *attachServer) acceptLoop() {
 	defer s.wg.Done()
 	for {
-		conn, err := s.ln.AcceptUnix()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+		// Accepting only under mu, with the client added in the same
+		// hold: a connection taken from the socket but not yet added
+		// would miss output that AcceptPending or Broadcast, finding
+		// nothing queued, let through meanwhile.
+		var failed error
+		err := s.rc.Read(func(fd uintptr) bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.shutdown {
+				return true
 			}
-			s.diag.Warnf("Failed to accept client connection on attach socket: %v", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
+			failed = s.acceptPendingLocked(fd)
+			return failed != nil
+		})
+		if err != nil || failed == nil {
+			return // the socket is closed
 		}
-		s.mu.Lock()
-		if s.shutdown {
-			s.mu.Unlock()
-			conn.Close()
-			return
-		}
-		s.addClientLocked(conn)
-		s.mu.Unlock()
+		s.diag.Warnf("Failed to accept client connection on attach socket: %v", failed)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -277,19 +312,23 @@ func (s *attachServer) AcceptPending() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.shutdown {
-		_ = s.rc.Control(s.acceptPendingLocked)
+		_ = s.rc.Control(func(fd uintptr) { _ = s.acceptPendingLocked(fd) })
 	}
 }
 
-// acceptPendingLocked accepts every queued connection without waiting.
-func (s *attachServer) acceptPendingLocked(lfd uintptr) {
+// acceptPendingLocked accepts every queued connection without waiting. It
+// returns nil once none is left, or the error that stopped it.
+func (s *attachServer) acceptPendingLocked(lfd uintptr) error {
 	for {
 		nfd, _, err := unix.Accept4(int(lfd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
 			continue
 		}
+		if errors.Is(err, unix.EAGAIN) {
+			return nil
+		}
 		if err != nil {
-			return
+			return err
 		}
 		f := os.NewFile(uintptr(nfd), "attach-client")
 		conn, err := net.FileConn(f)
@@ -367,7 +406,7 @@ func (s *attachServer) Broadcast(stream byte, data []byte) {
 	}
 	now := time.Now()
 	if s.lastOut.IsZero() || now.Sub(s.lastOut) >= attachQuiet {
-		_ = s.rc.Control(s.acceptPendingLocked)
+		_ = s.rc.Control(func(fd uintptr) { _ = s.acceptPendingLocked(fd) })
 	}
 	if len(s.clients) == 0 {
 		s.lastOut = now
@@ -403,7 +442,6 @@ func (s *attachServer) Close(timeout time.Duration) {
 		return
 	}
 	s.shutdown = true
-	_ = s.ln.Close()
 	for c := range s.clients {
 		c.dropped.Store(true)
 		c.close()
@@ -412,6 +450,9 @@ func (s *attachServer) Close(timeout time.Duration) {
 	clients := s.clients
 	s.clients = nil
 	s.mu.Unlock()
+	// Closed outside mu: Close waits for acceptLoop's read of the socket
+	// to end, and that read takes mu to accept.
+	_ = s.ln.Close()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
