@@ -161,6 +161,18 @@ func (w reportingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// LogFile is process.LogFiler, passed through from the tap's writer
+// (tapWriter.LogFile): without it the keeper's journal would not know
+// that the pipeline appends to a file, would mark a write done only after
+// it returned (and after maybeCheck), and a crash in between would have
+// the next daemon write the batch to the file a second time.
+func (w reportingWriter) LogFile() string {
+	if f, ok := w.WriteCloser.(process.LogFiler); ok {
+		return f.LogFile()
+	}
+	return ""
+}
+
 // logReport remembers, per driver, what was seen at the last check.
 type logReport struct {
 	log     *slog.Logger

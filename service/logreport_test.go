@@ -283,3 +283,40 @@ func TestLogReportFailingAtClose(t *testing.T) {
 		t.Errorf("after close: %+v", st.Drivers)
 	}
 }
+
+// fileDriver is a driver that appends to a file of its own (readable, as
+// k8s-file and json-file are); it writes nothing here.
+type fileDriver struct{ flakyDriver }
+
+func (d *fileDriver) LogSource() logging.Source {
+	return logging.Source{Path: "/logs/c1.log", Format: logging.FormatK8sFile}
+}
+
+// The writer the copiers get through reportLogErrors still names the
+// pipeline's log file (process.LogFiler): the keeper's journal records
+// that file's size before each write and truncates a write a crash cut
+// short; without it the journal marks the write done only after it
+// returned, and a crash in between writes the batch twice.
+func TestReportingWriterLogFile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		d    logging.Driver
+		want string
+	}{
+		{"file driver", &fileDriver{}, "/logs/c1.log"},
+		{"no file", &flakyDriver{}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tap := reportedTap(t, tc.d, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+			defer tap.Close()
+			w := tap.Writer(logging.Stdout)
+			lf, ok := w.(process.LogFiler)
+			if !ok {
+				t.Fatalf("the tap's writer %T is not a process.LogFiler", w)
+			}
+			if got := lf.LogFile(); got != tc.want {
+				t.Errorf("LogFile() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
