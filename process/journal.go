@@ -351,6 +351,21 @@ func rewind(path string, ino uint64, size int64) {
 	_ = unix.Truncate(path, size)
 }
 
+// kindName names a destination kind in the daemon's log: "file" means
+// that a cut write is truncated before it is written again, "other" that
+// it is repeated.
+func kindName(kind uint8) string {
+	switch kind {
+	case jkPipe:
+		return "pipe"
+	case jkFile:
+		return "file"
+	case jkOther:
+		return "other"
+	}
+	return "none"
+}
+
 // at returns where destination k stands.
 func (j *streamJournal) at(k int) int64 {
 	if j.kind[k] == jkPipe {
@@ -377,7 +392,7 @@ func (j *streamJournal) replay(dests []io.WriteCloser, alive []bool, warn func(k
 			continue
 		}
 		if j.log != nil {
-			j.log.Info("keeper journal: writing what the previous daemon read and did not write", "destination", k, "bytes", j.pos-from)
+			j.log.Info("keeper journal: writing what the previous daemon read and did not write", "destination", k, "kind", kindName(j.kind[k]), "bytes", j.pos-from)
 		}
 		if err := j.writeTo(k, dests[k], j.mem[from:j.pos], j.pos); err != nil {
 			alive[k] = false
