@@ -129,6 +129,7 @@ type streamJournal struct {
 	fileFD [JournalMaxDests]int    // jkFile: the descriptor it writes through, or -1 (stat the path)
 	pipes  bool                    // a jkPipe destination: pages are punched out on reset
 	moved  [JournalMaxDests]bool   // written in this batch
+	cut    [JournalMaxDests]int64  // jkFile: bytes of a cut write truncated at adoption (logged by replay)
 	pos    int64                   // the memfd's position, as known here
 	view   []byte                  // the batch just read, in the mapping
 	priv   *[]byte                 // its copy (batch), until put
@@ -291,7 +292,7 @@ func newStreamJournal(jio *ioJournal, fds []int, dests []io.WriteCloser) (_ *str
 				}
 			}
 			if adopted && j.u64(destOff(k, fPending)) == 1 && j.u64(destOff(k, fKind)) == jkFile {
-				rewind(j.file[k], j.u64(destOff(k, fIno)), int64(j.u64(destOff(k, fSize))))
+				j.cut[k] = rewind(j.file[k], j.u64(destOff(k, fIno)), int64(j.u64(destOff(k, fSize))))
 			}
 			j.put64(destOff(k, fDone), uint64(from))
 		case isConn(d):
@@ -342,13 +343,17 @@ func (s *sharedWriter) LogFile() string {
 }
 
 // rewind truncates the file at path back to size, if it is still the
-// inode ino and longer: the part of a write a crash cut short.
-func rewind(path string, ino uint64, size int64) {
+// inode ino and longer: the part of a write a crash cut short. It returns
+// how many bytes it took away.
+func rewind(path string, ino uint64, size int64) int64 {
 	var st unix.Stat_t
 	if ino == 0 || unix.Stat(path, &st) != nil || st.Ino != ino || st.Size <= size {
-		return
+		return 0
 	}
-	_ = unix.Truncate(path, size)
+	if unix.Truncate(path, size) != nil {
+		return 0
+	}
+	return st.Size - size
 }
 
 // kindName names a destination kind in the daemon's log: "file" means
@@ -392,7 +397,7 @@ func (j *streamJournal) replay(dests []io.WriteCloser, alive []bool, warn func(k
 			continue
 		}
 		if j.log != nil {
-			j.log.Info("keeper journal: writing what the previous daemon read and did not write", "destination", k, "kind", kindName(j.kind[k]), "bytes", j.pos-from)
+			j.log.Info("keeper journal: writing what the previous daemon read and did not write", "destination", k, "kind", kindName(j.kind[k]), "bytes", j.pos-from, "truncated", j.cut[k])
 		}
 		if err := j.writeTo(k, dests[k], j.mem[from:j.pos], j.pos); err != nil {
 			alive[k] = false
