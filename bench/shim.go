@@ -197,6 +197,19 @@ func (s *shimSystem) startShim(ctx context.Context, c *Container) (*shimConn, er
 	}
 	sc.pid = int(resp.ShimPid)
 	s.mu.Lock()
+	if other := s.shims[addr]; other != nil {
+		// A concurrent launch in the same group connected first. Two
+		// records of one daemon would each count part of its users, and
+		// the first to reach zero would stop (and at last SIGKILL) the
+		// daemon under the other's containers.
+		other.users++
+		s.mu.Unlock()
+		client.Close()
+		if logR != nil {
+			logR.Close()
+		}
+		return other, nil
+	}
 	s.shims[addr] = sc
 	s.mu.Unlock()
 	return sc, nil
