@@ -87,7 +87,7 @@ func TestClient(t *testing.T) {
 
 	// Input reaches the process, output comes back.
 	stdin.data <- []byte("hello\n")
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(stdout.String(), "got hello") {
 			return fmt.Errorf("stdout %q", stdout.String())
 		}

@@ -166,22 +166,6 @@ func (h *harness) psOf(name string) psEntry {
 	return psEntry{}
 }
 
-// eventually polls f until it returns nil or d passes.
-func eventually(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func processAlive(pid int) bool {
 	if pid <= 0 {
 		return false
@@ -254,7 +238,7 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	// logs: both streams, tail, since.
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		// The tail counts lines of both streams together, as docker's does.
 		r := h.run("logs", "--tail", "4", "web")
 		if r.code != 0 || strings.Count(r.stdout, "tick") != 2 || strings.Count(r.stderr, "oops") != 2 {
@@ -369,7 +353,7 @@ func TestLifecycle(t *testing.T) {
 	if len(h.ps()) != 0 {
 		t.Errorf("ps after rm not empty")
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if processAlive(e.ShimPid) {
 			return fmt.Errorf("shim %d still running after its last container was removed", e.ShimPid)
 		}
@@ -381,7 +365,7 @@ func TestStopIgnoringTERM(t *testing.T) {
 	h := newHarness(t)
 	// Not pid 1 of its namespace: a shell that traps TERM away, with a child.
 	h.ok("run", "-d", "--name", "stubborn", "--rootfs", h.rootfs, "--", "sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done")
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if r := h.run("logs", "stubborn"); !strings.Contains(r.stdout, "ready") {
 			return fmt.Errorf("not ready: %v", r)
 		}
@@ -414,7 +398,7 @@ func TestDeadShim(t *testing.T) {
 	if err := syscall.Kill(e.ShimPid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if e := h.psOf("orphan"); e.Status != "unknown" || e.ExitCode != nil {
 			return fmt.Errorf("ps after the shim was killed: %+v, want unknown", e)
 		}
@@ -437,7 +421,7 @@ func TestDeadShim(t *testing.T) {
 		t.Errorf("runc still knows %s after rm", e.ID)
 	}
 	// The container was killed (it may stay a zombie when pid 1 does not reap).
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.Pid))
 		if err == nil && !strings.Contains(string(stat), ") Z ") {
 			return fmt.Errorf("container process %d still running: %s", e.Pid, stat)
@@ -477,7 +461,7 @@ func TestGroup(t *testing.T) {
 		t.Errorf("b after a was removed: %+v", e)
 	}
 	h.ok("rm", "-f", "b", "c")
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, pid := range []int{a.ShimPid, c.ShimPid} {
 			if processAlive(pid) {
 				return fmt.Errorf("shim %d still running", pid)
@@ -610,7 +594,7 @@ func TestEvents(t *testing.T) {
 	if r := h.run("run", "--rm", "--name", "ev2", "--group", "evg", "--rootfs", h.rootfs, "--", "sh", "-c", "exit 2"); r.code != 2 {
 		t.Errorf("run: %v", r)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		s := out.String()
 		for _, want := range []string{`"topic":"/tasks/exec-added"`, `"topic":"/tasks/exec-started"`,
 			`"topic":"/tasks/create"`, `"topic":"/tasks/start"`, `"topic":"/tasks/exit"`, `"name":"ev2"`} {
@@ -624,7 +608,7 @@ func TestEvents(t *testing.T) {
 	// same group (same socket) is followed too.
 	pid := h.psOf("ev").ShimPid
 	h.ok("rm", "-f", "ev")
-	eventually(t, 15*time.Second, func() error {
+	testutil.Eventually(t, 15*time.Second, func() error {
 		if processAlive(pid) {
 			return fmt.Errorf("shim %d still running", pid)
 		}
@@ -633,7 +617,7 @@ func TestEvents(t *testing.T) {
 	h.ok("run", "-d", "--name", "ev3", "--group", "evg", "--rootfs", h.rootfs, "--", "sleep", "1000")
 	time.Sleep(1500 * time.Millisecond)
 	h.ok("exec", "ev3", "--", "true")
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if s := out.String(); !strings.Contains(s, `"topic":"/tasks/exec-started","namespace":"conmonctl","type":"containerd.events.TaskExecStarted","container":"`+h.psOf("ev3").ID) {
 			return fmt.Errorf("no exec event of ev3 after the shim was replaced:\n%s", s)
 		}
@@ -707,7 +691,7 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("first dup: %+v", e)
 	}
 	h.ok("rm", "-f", "dup")
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if pids := h.shims(); len(pids) > 0 {
 			return fmt.Errorf("shims left behind: %v", pids)
 		}
@@ -783,7 +767,7 @@ func TestLogsOfOtherDrivers(t *testing.T) {
 		name := "drv-" + driver
 		h.ok("run", "-d", "--name", name, "--log-driver", driver, "--rootfs", h.rootfs, "--",
 			"sh", "-c", "echo via "+driver+"; echo err via "+driver+" >&2; sleep 1000")
-		eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, func() error {
 			r := h.run("logs", name)
 			if r.code != 0 || r.stdout != "via "+driver+"\n" || r.stderr != "err via "+driver+"\n" {
 				return fmt.Errorf("logs with %s: %v", driver, r)

@@ -71,7 +71,7 @@ func TestLogStatsDiskFull(t *testing.T) {
 	h.ok("run", "-d", "--name", "full", "--group", "lsg", "--log-opt", "path="+filepath.Join(mnt, "ctr.log"),
 		"--rootfs", h.rootfs, "--", "sh", "-c", "yes "+strings.Repeat("z", 90)+" | head -n 20000; sleep 1000")
 	var st logStats
-	eventually(t, 30*time.Second, func() error {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		r := h.run("logs", "--stats", "--json", "full")
 		if r.code != 0 {
 			return fmt.Errorf("logs --stats --json: %v", r)
@@ -99,7 +99,7 @@ func TestLogStatsDiskFull(t *testing.T) {
 		}
 	}
 	id := h.psOf("full").ID
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		s := events.String()
 		if !strings.Contains(s, `"topic":"/conmon-v2/log/failing"`) || !strings.Contains(s, `"container":"`+id+`"`) {
 			return fmt.Errorf("no /conmon-v2/log/failing event of %s:\n%s", id, s)
