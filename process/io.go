@@ -397,6 +397,27 @@ func (i *IO) copyOut(stream logging.Stream, r io.Reader, closeSrc bool) {
 	}()
 }
 
+// nonblockingConn returns r as a file and its raw descriptor when r is an
+// *os.File in non-blocking mode, which the runtime poller can wait for;
+// false otherwise.
+func nonblockingConn(r io.Reader) (*os.File, syscall.RawConn, bool) {
+	f, ok := r.(*os.File)
+	if !ok {
+		return nil, nil, false
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, nil, false
+	}
+	nonblock := false
+	// Not f.Fd(): it would make the file blocking.
+	_ = rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nonblock = err == nil && fl&unix.O_NONBLOCK != 0
+	})
+	return f, rc, nonblock
+}
+
 // readerOf returns a function that reads the next piece of r into a
 // buffer from copyBufs; the caller returns the buffer (nil when nothing
 // was read) to copyBufs. For a non-blocking file, the usual case (pipes
@@ -409,21 +430,8 @@ func readerOf(r io.Reader) func() (*[]byte, int, error) {
 		n, err := r.Read(*bp)
 		return bp, n, err
 	}
-	f, ok := r.(*os.File)
+	f, rc, ok := nonblockingConn(r)
 	if !ok {
-		return plain
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return plain
-	}
-	nonblock := false
-	// Not f.Fd(): it would make the file blocking.
-	_ = rc.Control(func(fd uintptr) {
-		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
-		nonblock = err == nil && fl&unix.O_NONBLOCK != 0
-	})
-	if !nonblock {
 		return plain // the poller cannot wait for it
 	}
 	pipeSize := -1 // not asked yet; 0: not a pipe, or not to be grown

@@ -420,20 +420,8 @@ func (j *streamJournal) reader(r io.Reader) func() (*[]byte, int, error) {
 		}
 		return j.batch(), n, err
 	}
-	f, ok := r.(*os.File)
+	f, rc, ok := nonblockingConn(r)
 	if !ok {
-		return plain
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return plain
-	}
-	nonblock := false
-	_ = rc.Control(func(fd uintptr) {
-		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
-		nonblock = err == nil && fl&unix.O_NONBLOCK != 0
-	})
-	if !nonblock {
 		return plain
 	}
 	spliceOK := true
