@@ -81,15 +81,76 @@ type OOMWatch struct {
 }
 
 // WatchOOM watches the memory cgroup of pid and calls onOOM once per OOM
-// kill: on cgroup v1 woken by an eventfd registered in
+// kill from now on: on cgroup v1 woken by an eventfd registered in
 // cgroup.event_control for memory.oom_control, on v2 by inotify on
-// memory.events. onOOM must not block on locks held around Poll. The watch
-// ends by itself when the cgroup disappears; Stop ends it earlier.
+// memory.events. It re-arms the watch of a task whose earlier kills were
+// reported before (re-adoption, a live upgrade); a new container's watch
+// is WatchNewOOM. onOOM must not block on locks held around Poll. The
+// watch ends by itself when the cgroup disappears; Stop ends it earlier.
 func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
-	if cgroups.Mode() == cgroups.Unified {
-		return watchOOMv2(pid, onOOM)
+	cg, err := ProcCgroup(pid)
+	if err != nil {
+		return nil, err
 	}
-	return watchOOMv1(pid, onOOM)
+	return watchOOM(cg, false, onOOM)
+}
+
+// WatchNewOOM is WatchOOM for the cgroup of a container just created,
+// named by procCgroup (ProcCgroup's text, read while its init lived):
+// every kill the cgroup counted before the watch was armed (an OOM kill of
+// runc init between runc create and now) is reported too, by calls of
+// onOOM before WatchNewOOM returns, and the kernel's later wake-up for
+// the same kill is not reported again (kills are counted, not events).
+// Kernels without the oom_kill counter (cgroup v1 before 4.13) report
+// only what happens after the watch is armed.
+func WatchNewOOM(procCgroup string, onOOM func()) (*OOMWatch, error) {
+	return watchOOM(procCgroup, true, onOOM)
+}
+
+// ProcCgroup returns the text of /proc/PID/cgroup, which names the cgroups
+// an OOM watch of pid is armed on. One small read: Create takes it on its
+// request path, while the container's init surely exists, and arms the
+// watch from it later, which still works once that init was killed and
+// reaped.
+func ProcCgroup(pid int) (string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", fmt.Errorf("cgroup of pid %d: %w", pid, err)
+	}
+	return string(data), nil
+}
+
+func watchOOM(procCgroup string, fresh bool, onOOM func()) (*OOMWatch, error) {
+	if cgroups.Mode() == cgroups.Unified {
+		group, err := unifiedPathOf(procCgroup)
+		if err != nil {
+			return nil, err
+		}
+		return watchOOMv2(filepath.Join("/sys/fs/cgroup", group, "memory.events"), fresh, onOOM)
+	}
+	// Two small reads (/proc/PID/cgroup and mountinfo), not cgroup1.Load
+	// and cgroup1.Default, which parse mountinfo once per controller
+	// (about 2 ms a watch).
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := memoryDirV1Of(procCgroup, string(mi))
+	if err != nil {
+		return nil, fmt.Errorf("memory cgroup: %w", err)
+	}
+	return watchOOMv1(dir, fresh, onOOM)
+}
+
+// unifiedPathOf returns the cgroup v2 path ("0::PATH") of the text of
+// /proc/PID/cgroup.
+func unifiedPathOf(procCgroup string) (string, error) {
+	for _, line := range strings.Split(procCgroup, "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			return path, nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 path in /proc/PID/cgroup: %w", errdefs.ErrNotFound)
 }
 
 // Poll reports the OOM kills not reported yet, calling onOOM for each.
@@ -140,22 +201,6 @@ func (w *OOMWatch) run() {
 			}
 		}
 	}()
-}
-
-// memoryDirV1 returns the cgroup v1 memory directory of pid, from two
-// small reads: /proc/PID/cgroup and /proc/self/mountinfo (cgroup1.Load
-// and cgroup1.Default parse mountinfo once per controller, about 2 ms on
-// every Create). See memoryDirV1Of.
-func memoryDirV1(pid int) (string, error) {
-	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return "", err
-	}
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	return memoryDirV1Of(string(cg), string(mi))
 }
 
 // memoryDirV1Of finds, given the text of /proc/PID/cgroup and of
@@ -244,17 +289,15 @@ func unescapeMountinfo(s string) string {
 
 func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
-func watchOOMv1(pid int, onOOM func()) (*OOMWatch, error) {
-	dir, err := memoryDirV1(pid)
-	if err != nil {
-		return nil, fmt.Errorf("memory cgroup of pid %d: %w", pid, err)
-	}
+// watchOOMv1 watches the cgroup v1 memory directory dir; fresh reports
+// the kills counted before (WatchNewOOM).
+func watchOOMv1(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
 	control := filepath.Join(dir, "memory.oom_control")
 	// Non-blocking, so the runtime poller owns it and Stop's Close ends a
 	// pending Read.
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		return nil, fmt.Errorf("oom eventfd for pid %d: %w", pid, err)
+		return nil, fmt.Errorf("oom eventfd for %s: %w", dir, err)
 	}
 	// Registration: "<eventfd> <fd of memory.oom_control>" written to the
 	// cgroup's cgroup.event_control; the kernel keeps its own reference.
@@ -265,24 +308,19 @@ func watchOOMv1(pid int, onOOM func()) (*OOMWatch, error) {
 	}
 	if err != nil {
 		_ = unix.Close(fd)
-		return nil, fmt.Errorf("oom eventfd for pid %d: %w", pid, err)
+		return nil, fmt.Errorf("oom eventfd for %s: %w", dir, err)
 	}
 	w := &OOMWatch{f: os.NewFile(uintptr(fd), "oom-eventfd"), onOOM: onOOM, count: func() (uint64, error) {
 		return counter(control, "oom_kill")
 	}}
-	w.seen, _ = w.count()
-	w.run()
+	w.start(fresh)
 	return w, nil
 }
 
-func watchOOMv2(pid int, onOOM func()) (*OOMWatch, error) {
-	group, err := cgroup2.PidGroupPath(pid)
-	if err != nil {
-		return nil, fmt.Errorf("cgroup of pid %d: %w", pid, err)
-	}
-	events := filepath.Join("/sys/fs/cgroup", group, "memory.events")
-	seen, err := counter(events, "oom_kill")
-	if err != nil {
+// watchOOMv2 watches a cgroup v2 memory.events file; fresh reports the
+// kills counted before (WatchNewOOM).
+func watchOOMv2(events string, fresh bool, onOOM func()) (*OOMWatch, error) {
+	if _, err := counter(events, "oom_kill"); err != nil {
 		return nil, err
 	}
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
@@ -293,11 +331,28 @@ func watchOOMv2(pid int, onOOM func()) (*OOMWatch, error) {
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("watching %s: %w", events, err)
 	}
-	w := &OOMWatch{f: os.NewFile(uintptr(fd), "inotify"), onOOM: onOOM, seen: seen, count: func() (uint64, error) {
+	w := &OOMWatch{f: os.NewFile(uintptr(fd), "inotify"), onOOM: onOOM, count: func() (uint64, error) {
 		return counter(events, "oom_kill")
 	}}
-	w.run()
+	w.start(fresh)
 	return w, nil
+}
+
+// start sets the count the watch reports from and runs its goroutine. The
+// counter is read after the kernel's notification is registered, so a kill
+// is either counted here or wakes the goroutine; either way it is reported
+// once, as the goroutine reports the counter's increase, not the wake-up
+// (the v1 registration itself wakes it while the cgroup is under OOM).
+// fresh reports what the counter holds now (a new container's cgroup
+// counted only its own kills); otherwise those kills are taken as
+// reported already.
+func (w *OOMWatch) start(fresh bool) {
+	if fresh {
+		w.poll(false)
+	} else {
+		w.seen, _ = w.count()
+	}
+	w.run()
 }
 
 // counter reads a "key value" line of a cgroup file such as

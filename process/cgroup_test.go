@@ -1,7 +1,11 @@
 package process
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -73,5 +77,94 @@ func TestMemoryDirV1Of(t *testing.T) {
 				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestOOMWatchCountsEarlierKills: a new container's watch reports the
+// kills its cgroup counted before the watch was armed (runc init OOM-killed
+// between runc create and the arming), once, and not again when the
+// kernel's wake-up for that kill arrives; a re-armed watch (WatchOOM)
+// takes them as reported. A temporary directory stands for the cgroup: the
+// v1 registration is then a plain write, and inotify works on any file.
+func TestOOMWatchCountsEarlierKills(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, format string
+		arm                func(dir string, fresh bool, onOOM func()) (*OOMWatch, error)
+	}{
+		{"v1", "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n",
+			func(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
+				if err := os.WriteFile(filepath.Join(dir, "cgroup.event_control"), nil, 0o600); err != nil {
+					return nil, err
+				}
+				return watchOOMv1(dir, fresh, onOOM)
+			}},
+		{"v2", "memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill %d\noom_group_kill 0\n",
+			func(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
+				return watchOOMv2(filepath.Join(dir, "memory.events"), fresh, onOOM)
+			}},
+	} {
+		for _, fresh := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/fresh=%v", tc.name, fresh), func(t *testing.T) {
+				dir := t.TempDir()
+				file := filepath.Join(dir, tc.file)
+				writeCounter(t, file, tc.format, 1)
+				var n atomic.Int32
+				w, err := tc.arm(dir, fresh, func() { n.Add(1) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Stop()
+				want := int32(0)
+				if fresh {
+					want = 1 // reported before the watch's constructor returned
+				}
+				if got := n.Load(); got != want {
+					t.Fatalf("after arming on oom_kill 1: %d reports, want %d", got, want)
+				}
+				// The kernel's wake-up for the same kill (v1: the
+				// registration while under_oom) is no second report.
+				w.poll(true)
+				w.Poll()
+				if got := n.Load(); got != want {
+					t.Fatalf("after a wake-up for the same kill: %d reports, want %d", got, want)
+				}
+				// A later kill is reported once.
+				writeCounter(t, file, tc.format, 2)
+				w.Poll()
+				w.poll(true)
+				if got := n.Load(); got != want+1 {
+					t.Fatalf("after a second kill: %d reports, want %d", got, want+1)
+				}
+			})
+		}
+	}
+}
+
+// writeCounter writes the counter file in place, in one write: no
+// truncation a woken watch could read as a file without its counter.
+func writeCounter(t *testing.T, file, format string, n int) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err == nil {
+		_, err = f.WriteAt([]byte(fmt.Sprintf(format, n)), 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnifiedPathOf(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"0::/conmon-v2-test/c1\n", "/conmon-v2-test/c1"},
+		{"12:memory:/a\n1:name=systemd:/b\n0::/c\n", "/c"},
+		{"12:memory:/a\n", ""},
+	} {
+		got, err := unifiedPathOf(tc.text)
+		if got != tc.want || (err != nil) != (tc.want == "") {
+			t.Errorf("unifiedPathOf(%q) = %q, %v; want %q", tc.text, got, err, tc.want)
+		}
 	}
 }

@@ -130,7 +130,7 @@ func (s *Service) AdoptTasks(ctx context.Context, ids []string, keep func(proces
 			continue
 		}
 		if watched {
-			s.watchOOM(c, c.Init.Pid) // as Create does: /tasks/oom again
+			s.rewatchOOM(c) // as Create does: /tasks/oom again
 		}
 		adopted = append(adopted, rec.ID)
 	}

@@ -259,7 +259,7 @@ func (s *Service) Restore(ctx context.Context, tasks []TaskFDs) ([]string, error
 			if s.ctx.Err() != nil {
 				return
 			}
-			s.watchOOM(c, c.Init.Pid)
+			s.rewatchOOM(c)
 		}
 	}()
 	var restored []string

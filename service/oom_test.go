@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 
@@ -19,7 +20,7 @@ func TestOOMArmedBeforeStart(t *testing.T) {
 	h := newHarness(t)
 	release := make(chan struct{})
 	var armed atomic.Int32
-	h.s.watchOOMFn = func(int, func()) (*process.OOMWatch, error) {
+	h.s.watchNewOOMFn = func(string, func()) (*process.OOMWatch, error) {
 		<-release
 		armed.Add(1)
 		return nil, errors.New("no cgroups in unit tests")
@@ -50,5 +51,33 @@ func TestOOMArmedBeforeStart(t *testing.T) {
 	h.s.mu.Unlock()
 	if pending != 0 || armed.Load() != 2 {
 		t.Fatalf("after Delete: %d watches being armed, %d armed; want 0 and 2", pending, armed.Load())
+	}
+}
+
+// TestOOMBeforeWatchArmed: runc init is OOM-killed between Create's answer
+// and the arming of its watch. The new watch reports the kill the cgroup
+// counted (process.WatchNewOOM calls onOOM before it returns), from the
+// cgroup Create read while init lived, and init's exit, which arrived
+// first, is held until then: /tasks/oom precedes /tasks/exit.
+func TestOOMBeforeWatchArmed(t *testing.T) {
+	h := newHarness(t)
+	h.s.procCgroupFn = func(pid int) (string, error) { return fmt.Sprintf("cgroup of %d", pid), nil }
+	release := make(chan struct{})
+	var armedOn atomic.Value
+	h.s.watchNewOOMFn = func(cg string, onOOM func()) (*process.OOMWatch, error) {
+		<-release
+		armedOn.Store(cg)
+		onOOM() // oom_kill was 1 when the watch was armed
+		return nil, errors.New("no cgroups in unit tests")
+	}
+	pid := h.create(t, "c1")
+	h.exits.exit(t, int(pid), 128+9) // the kill, reaped before the watch exists
+	close(release)
+	wantEvents(t, h.pub.wait(t, 3), "/tasks/create", "/tasks/oom", fmt.Sprintf("/tasks/exit c1 %d", 128+9))
+	if got, want := armedOn.Load(), fmt.Sprintf("cgroup of %d", pid); got != want {
+		t.Fatalf("watch armed on %q, want %q (read by Create)", got, want)
+	}
+	if _, err := h.s.Delete(context.Background(), &taskv2.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
 	}
 }

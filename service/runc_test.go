@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/containers/conmon-v2/internal/testutil"
+	"github.com/containers/conmon-v2/process"
 	"github.com/containers/conmon-v2/reaper"
 )
 
@@ -400,8 +401,26 @@ func TestMain(m *testing.M) {
 func TestRuncOOM(t *testing.T) {
 	e := newRuncEnv(t)
 	ctx := context.Background()
-	b := e.bundle(t, "oom1", false, nil, "/bin/sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done")
-	// A small memory limit without swap: the shell's string doubling hits it.
+	b := e.bundle(t, "oom1", false, nil, "/bin/sh", "-c", memoryHog)
+	limitMemory(t, b)
+	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "oom1", Bundle: b}))
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "oom1"}))
+	if code := e.wait(t, "oom1", ""); code != 137 {
+		t.Fatalf("exit %d, want 137 (OOM kill)", code)
+	}
+	// The OOM event comes before the exit it caused.
+	wantEvents(t, e.pub.wait(t, 4), "/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit oom1 137")
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oom1"}))
+}
+
+// memoryHog is a shell loop whose string doubling hits limitMemory's
+// limit.
+const memoryHog = "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"
+
+// limitMemory gives bundle b's container a small memory limit (16 MiB)
+// without swap, so going over it is an OOM kill.
+func limitMemory(t *testing.T, b string) {
+	t.Helper()
 	data, err := os.ReadFile(filepath.Join(b, "config.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -420,14 +439,77 @@ func TestRuncOOM(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "oom1", Bundle: b}))
-	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "oom1"}))
-	if code := e.wait(t, "oom1", ""); code != 137 {
-		t.Fatalf("exit %d, want 137 (OOM kill)", code)
+}
+
+// TestRuncOOMBeforeWatch: runc init is OOM-killed after runc create and
+// before its task's OOM watch is armed (the arming is held back here).
+// The watch, once armed, reports the kill its cgroup counted, and init's
+// exit, reaped meanwhile, is published after it. The kill: init's
+// oom_score_adj raised to 1000 makes it the OOM killer's choice when a
+// shell joins its memory cgroup and goes over the limit.
+func TestRuncOOMBeforeWatch(t *testing.T) {
+	e := newRuncEnv(t)
+	r := testReaper(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	arm := e.s.watchNewOOMFn
+	e.s.watchNewOOMFn = func(cg string, onOOM func()) (*process.OOMWatch, error) {
+		<-release
+		return arm(cg, onOOM)
 	}
-	// The OOM event comes before the exit it caused.
-	wantEvents(t, e.pub.wait(t, 4), "/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit oom1 137")
-	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oom1"}))
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	b := e.bundle(t, "oomw", false, nil, "/bin/true")
+	limitMemory(t, b)
+	pid := int(must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "oomw", Bundle: b})).Pid)
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte("1000"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	procs := "/sys/fs/cgroup/memory/conmon-v2-test/oomw/cgroup.procs"
+	if cgroupsUnified() {
+		procs = "/sys/fs/cgroup/conmon-v2-test/oomw/cgroup.procs"
+	}
+	hog := exec.Command("/bin/sh", "-c", `echo $$ > "$0" && exec /bin/sh -c "$1"`, procs, memoryHog)
+	ec, err := r.Start(hog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hogDone := make(chan int, 1)
+	go func() {
+		status, _ := r.Wait(hog, ec)
+		hogDone <- status
+	}()
+	defer func() {
+		_ = hog.Process.Kill()
+		<-hogDone
+	}()
+	// init is killed and reaped while its watch waits.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); !os.IsNotExist(err) {
+			return fmt.Errorf("runc init (pid %d) not OOM-killed and reaped yet", pid)
+		}
+		return nil
+	})
+	e.pub.mu.Lock()
+	early := append([]string(nil), e.pub.events...)
+	e.pub.mu.Unlock()
+	if len(early) > 1 {
+		t.Fatalf("before the watch is armed: events %q, want /tasks/create at most", early)
+	}
+	close(release)
+	if code := e.wait(t, "oomw", ""); code != 137 {
+		t.Fatalf("init's exit %d, want 137 (OOM kill)", code)
+	}
+	got := e.pub.wait(t, 3)
+	if got[0] != "/tasks/create" || got[1] != "/tasks/oom" || got[len(got)-1] != "/tasks/exit oomw 137" {
+		t.Fatalf("events %q, want /tasks/create, /tasks/oom (one per kill: init's, maybe the shell's), /tasks/exit oomw 137", got)
+	}
+	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oomw"}))
 }
 
 func TestRuncExecStdinCloseIO(t *testing.T) {

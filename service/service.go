@@ -113,15 +113,19 @@ type Service struct {
 	early      map[int]reaper.Exit      // exits of unknown pids while starting > 0
 	oom        map[string]*process.OOMWatch
 	oomArming  map[string]chan struct{} // OOM watches being armed after Create (armOOM); closed when done
+	oomHeld    map[string]process.Exit  // init exits held until their task's OOM watch is armed (finishExitLocked)
 	closed     bool
 	frozen     bool        // a live upgrade is under way (Freeze)
 	stopExits  func() bool // stops the exit loop; false if it was stopped already
 
-	// killPid, watchOOMFn and statsFn are process.KillPid, WatchOOM and Stats;
-	// unit tests replace them since their pids are not real.
-	killPid    func(pid int, sig uint32) error
-	watchOOMFn func(pid int, onOOM func()) (*process.OOMWatch, error)
-	statsFn    func(pid int) (*anypb.Any, error)
+	// killPid, procCgroupFn, watchNewOOMFn, watchOOMFn and statsFn are
+	// process.KillPid, ProcCgroup, WatchNewOOM, WatchOOM and Stats; unit
+	// tests replace them since their pids are not real.
+	killPid       func(pid int, sig uint32) error
+	procCgroupFn  func(pid int) (string, error)
+	watchNewOOMFn func(procCgroup string, onOOM func()) (*process.OOMWatch, error)
+	watchOOMFn    func(pid int, onOOM func()) (*process.OOMWatch, error)
+	statsFn       func(pid int) (*anypb.Any, error)
 }
 
 // New returns a running service. It subscribes to cfg.Reaper's exits
@@ -181,26 +185,29 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Service{
-		cfg:        cfg,
-		rt:         rt,
-		starter:    starter,
-		ctx:        sctx,
-		cancel:     cancel,
-		exits:      exits,
-		events:     newEventQueue(cfg.Publisher, cfg.Log),
-		logs:       logs,
-		rec:        newRecordWriter(cfg.StateDir, cfg.Log),
-		containers: make(map[string]*process.Container),
-		reserved:   make(map[string]bool),
-		deleting:   make(map[string]bool),
-		killing:    make(map[string]int),
-		byPid:      make(map[int]*process.Process),
-		early:      make(map[int]reaper.Exit),
-		oom:        make(map[string]*process.OOMWatch),
-		oomArming:  make(map[string]chan struct{}),
-		killPid:    process.KillPid,
-		watchOOMFn: process.WatchOOM,
-		statsFn:    process.Stats,
+		cfg:           cfg,
+		rt:            rt,
+		starter:       starter,
+		ctx:           sctx,
+		cancel:        cancel,
+		exits:         exits,
+		events:        newEventQueue(cfg.Publisher, cfg.Log),
+		logs:          logs,
+		rec:           newRecordWriter(cfg.StateDir, cfg.Log),
+		containers:    make(map[string]*process.Container),
+		reserved:      make(map[string]bool),
+		deleting:      make(map[string]bool),
+		killing:       make(map[string]int),
+		byPid:         make(map[int]*process.Process),
+		early:         make(map[int]reaper.Exit),
+		oom:           make(map[string]*process.OOMWatch),
+		oomArming:     make(map[string]chan struct{}),
+		oomHeld:       make(map[string]process.Exit),
+		killPid:       process.KillPid,
+		procCgroupFn:  process.ProcCgroup,
+		watchNewOOMFn: process.WatchNewOOM,
+		watchOOMFn:    process.WatchOOM,
+		statsFn:       process.Stats,
 	}
 	logs.publish = s.events.push // before any tap exists: no task yet
 	s.events.start(sctx)
@@ -393,6 +400,12 @@ func (s *Service) execsBusyLocked(c *process.Container) bool {
 
 func (s *Service) finishExitLocked(c *process.Container, p *process.Process, e process.Exit) {
 	if p.Init {
+		if s.oomArming[c.ID] != nil {
+			// The watch may yet report an OOM kill of init from before it
+			// was armed: armOOM publishes the exit once it is.
+			s.oomHeld[c.ID] = e
+			return
+		}
 		// An OOM kill is reported before the exit it caused.
 		s.oom[c.ID].Poll()
 	}

@@ -244,6 +244,8 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	s.killPid = func(pid int, sig uint32) error { return nil }
+	s.procCgroupFn = func(int) (string, error) { return "", nil }
+	s.watchNewOOMFn = func(string, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
 	s.watchOOMFn = func(int, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
 	h.s = s
 	t.Cleanup(func() { _ = s.Close() })

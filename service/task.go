@@ -100,6 +100,14 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 		}
 	}
 	c, cerr := process.Create(ctx, cfg)
+	var cg string
+	var cgErr error
+	if cerr == nil {
+		// Read while init surely lives: its OOM watch, armed after the
+		// answer, must find its cgroup even if an OOM kill took init
+		// (and the reaper its pid) before then.
+		cg, cgErr = s.procCgroupFn(c.Init.Pid)
+	}
 
 	s.mu.Lock()
 	delete(s.reserved, r.ID)
@@ -136,17 +144,26 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	// The watch is armed behind the answer: it costs 0.3-0.7 ms (a
 	// mountinfo parse and the cgroup's event registration), and the
 	// container's own process only runs after Start, which waits for it.
-	s.armOOM(c, pid)
+	s.armOOM(c, func(onOOM func()) (*process.OOMWatch, error) {
+		if cgErr != nil {
+			return nil, cgErr
+		}
+		return s.watchNewOOMFn(cg, onOOM)
+	})
 	return &taskv2.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
-// armOOM arms c's OOM watch in a goroutine, off Create's request path.
-// No OOM kill of the container is missed: init's Start waits for the
-// watch (awaitOOMArms) before runc start runs the container's process.
-// Delete, a live upgrade's Commit and Close wait for it too, so a watch
-// never outlives its task or the service. The goroutine is the
-// service's (s.wg).
-func (s *Service) armOOM(c *process.Container, pid int) {
+// armOOM arms c's OOM watch (with arm) in a goroutine, off Create's
+// request path. No OOM kill of the container is missed: init's Start
+// waits for the watch (awaitOOMArms) before runc start runs the
+// container's process, and a kill of runc init before the watch was armed
+// is still counted by the cgroup, which the new watch reports
+// (process.WatchNewOOM). An exit of init meanwhile is held
+// (finishExitLocked) and published here, after that report. Delete, a
+// live upgrade's Commit and Close wait for the arming too, so a watch
+// never outlives its task or the service. The goroutine is the service's
+// (s.wg).
+func (s *Service) armOOM(c *process.Container, arm func(onOOM func()) (*process.OOMWatch, error)) {
 	done := make(chan struct{})
 	s.mu.Lock()
 	if s.closed || s.oomArming[c.ID] != nil {
@@ -159,12 +176,19 @@ func (s *Service) armOOM(c *process.Container, pid int) {
 	go func() {
 		defer s.wg.Done()
 		defer close(done)
-		s.watchOOM(c, pid)
+		s.watchOOM(c, arm)
 		s.mu.Lock()
-		if s.oomArming[c.ID] == done {
-			delete(s.oomArming, c.ID)
+		defer s.mu.Unlock()
+		if s.oomArming[c.ID] != done {
+			return
 		}
-		s.mu.Unlock()
+		delete(s.oomArming, c.ID)
+		if e, ok := s.oomHeld[c.ID]; ok {
+			delete(s.oomHeld, c.ID)
+			if s.containers[c.ID] == c {
+				s.finishExitLocked(c, c.Init, e)
+			}
+		}
 	}()
 }
 
@@ -188,13 +212,14 @@ func (s *Service) awaitOOMArms(id string) {
 	}
 }
 
-// watchOOM starts the OOM watch of a new container; a host without a
-// memory cgroup only loses OOM events, so a failure is logged.
-func (s *Service) watchOOM(c *process.Container, pid int) {
+// watchOOM starts the OOM watch of c with arm (WatchOOM or WatchNewOOM
+// with its callback); a host without a memory cgroup only loses OOM
+// events, so a failure is logged.
+func (s *Service) watchOOM(c *process.Container, arm func(onOOM func()) (*process.OOMWatch, error)) {
 	id := c.ID
 	// The callback queues directly (no s.mu): the exit handler polls the
 	// watch while it holds s.mu.
-	w, err := s.watchOOMFn(pid, func() {
+	w, err := arm(func() {
 		s.events.push(topicOOM, &eventsapi.TaskOOM{ContainerID: id})
 	})
 	if err != nil {
@@ -209,6 +234,14 @@ func (s *Service) watchOOM(c *process.Container, pid int) {
 	}
 	s.oom[id] = w
 	s.mu.Unlock()
+}
+
+// rewatchOOM arms the OOM watch of a task taken over (re-adoption, a live
+// upgrade): its kills before now are taken as reported, by the daemon that
+// had the task (or lost with it: a crash cannot tell which).
+func (s *Service) rewatchOOM(c *process.Container) {
+	pid := c.Init.Pid
+	s.watchOOM(c, func(onOOM func()) (*process.OOMWatch, error) { return s.watchOOMFn(pid, onOOM) })
 }
 
 // Start starts init or an exec and publishes /tasks/start or
