@@ -1,9 +1,12 @@
 package resilience
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,4 +80,64 @@ func (c *containerd) checkConnectionKept() {
 	if strings.Contains(c.Log(), "shim disconnected") {
 		c.T.Errorf("containerd saw the shim's connection close")
 	}
+}
+
+// ctrEvents is `ctr events` running for the test: the events containerd
+// publishes, one a line ("<time> <namespace> <topic> <json>").
+type ctrEvents struct {
+	c   *containerd
+	out *testutil.SyncBuffer
+}
+
+// watchEvents runs `ctr events` until the end of the test.
+func (c *containerd) watchEvents() *ctrEvents {
+	c.T.Helper()
+	cmd := exec.Command(c.CtrBin, "--address", c.Address, "events")
+	out := &testutil.SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		c.T.Fatal(err)
+	}
+	c.T.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return &ctrEvents{c: c, out: out}
+}
+
+// exits waits until containerd published the deletion of task id, and
+// returns the exit statuses it published for the task's init before.
+func (e *ctrEvents) exits(id string) []uint32 {
+	t := e.c.T
+	t.Helper()
+	var exits []uint32
+	testutil.Eventually(t, 10*time.Second, func() error {
+		exits = nil
+		for _, l := range strings.Split(e.out.String(), "\n") {
+			f := strings.Fields(l)
+			k := slices.IndexFunc(f, func(s string) bool { return strings.HasPrefix(s, "/tasks/") })
+			j := strings.IndexByte(l, '{')
+			if k < 0 || j < 0 {
+				continue
+			}
+			var ev struct {
+				ContainerID string `json:"container_id"`
+				ID          string `json:"id"`
+				ExitStatus  uint32 `json:"exit_status"`
+			}
+			if err := json.Unmarshal([]byte(l[j:]), &ev); err != nil || ev.ContainerID != id {
+				continue
+			}
+			switch f[k] {
+			case "/tasks/exit":
+				if ev.ID == id {
+					exits = append(exits, ev.ExitStatus)
+				}
+			case "/tasks/delete":
+				return nil
+			}
+		}
+		return fmt.Errorf("no /tasks/delete of %s from containerd yet; events:\n%s", id, e.out.String())
+	})
+	return exits
 }
