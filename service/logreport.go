@@ -126,12 +126,10 @@ func (s *Service) LogStats(ctx context.Context, id string) (LogStats, error) {
 	if r := s.logs.get(id); r != nil {
 		return r.stats(), nil
 	}
-	s.mu.Lock()
-	_, ok := s.containers[id]
-	s.mu.Unlock()
-	if !ok {
-		return LogStats{}, fmt.Errorf("log stats: task %q: %w", id, errdefs.ErrNotFound)
+	if _, _, err := s.lockTask(id, ""); err != nil {
+		return LogStats{}, fmt.Errorf("log stats: %w", err)
 	}
+	s.mu.Unlock()
 	return LogStats{ID: id}, nil
 }
 

@@ -28,11 +28,15 @@ var _ taskv2.TTRPCTaskService = (*Service)(nil)
 // io.containers.conmon-v2.log.* annotations), or nil when it asks for none.
 type LogTapFunc func(ctx context.Context, id, namespace string, spec *specs.Spec) (process.Tap, error)
 
-// lookupLocked finds a container and one of its processes (init when
-// execID is empty).
-func (s *Service) lookupLocked(id, execID string) (*process.Container, *process.Process, error) {
+// lockTask locks s.mu and finds a container and one of its processes
+// (init when execID is empty). On success it returns with s.mu held, for
+// the caller to unlock; on error with s.mu released, and the error is
+// NotFound naming the task (and the exec).
+func (s *Service) lockTask(id, execID string) (*process.Container, *process.Process, error) {
+	s.mu.Lock()
 	c := s.containers[id]
 	if c == nil {
+		s.mu.Unlock()
 		return nil, nil, fmt.Errorf("task %q: %w", id, errdefs.ErrNotFound)
 	}
 	if execID == "" {
@@ -40,6 +44,7 @@ func (s *Service) lookupLocked(id, execID string) (*process.Container, *process.
 	}
 	p := c.Execs[execID]
 	if p == nil {
+		s.mu.Unlock()
 		return nil, nil, fmt.Errorf("exec %q of task %q: %w", execID, id, errdefs.ErrNotFound)
 	}
 	return c, p, nil
@@ -248,10 +253,8 @@ func (s *Service) rewatchOOM(c *process.Container) {
 // /tasks/exec-started, always before that process's exit.
 func (s *Service) Start(ctx context.Context, r *taskv2.StartRequest) (_ *taskv2.StartResponse, err error) {
 	defer recoverPanic("Start", &err)
-	s.mu.Lock()
-	c, p, err := s.lookupLocked(r.ID, r.ExecID)
+	c, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	if p.Starting || p.Status != process.Created {
@@ -350,10 +353,8 @@ func (s *Service) Delete(ctx context.Context, r *taskv2.DeleteRequest) (_ *taskv
 	if r.ExecID == "" {
 		s.awaitOOMArms(r.ID) // its watch is stopped below
 	}
-	s.mu.Lock()
-	c, p, err := s.lookupLocked(r.ID, r.ExecID)
+	c, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	if s.deleting[r.ID] {
@@ -434,12 +435,11 @@ func deleteResponse(p *process.Process) *taskv2.DeleteResponse {
 // for execs).
 func (s *Service) State(ctx context.Context, r *taskv2.StateRequest) (_ *taskv2.StateResponse, err error) {
 	defer recoverPanic("State", &err)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, p, err := s.lookupLocked(r.ID, r.ExecID)
+	c, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
+	defer s.mu.Unlock()
 	return &taskv2.StateResponse{
 		ID:         p.ID,
 		Bundle:     c.Bundle,
@@ -459,10 +459,8 @@ func (s *Service) State(ctx context.Context, r *taskv2.StateRequest) (_ *taskv2.
 // id in containerd.runc.v1.ProcessDetails.
 func (s *Service) Pids(ctx context.Context, r *taskv2.PidsRequest) (_ *taskv2.PidsResponse, err error) {
 	defer recoverPanic("Pids", &err)
-	s.mu.Lock()
-	c, _, err := s.lookupLocked(r.ID, "")
+	c, _, err := s.lockTask(r.ID, "")
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	execByPid := make(map[int]string)
@@ -504,10 +502,8 @@ func (s *Service) Resume(ctx context.Context, r *taskv2.ResumeRequest) (_ *empty
 }
 
 func (s *Service) freeze(ctx context.Context, id string, ev process.Event) (*emptypb.Empty, error) {
-	s.mu.Lock()
-	c, p, err := s.lookupLocked(id, "")
+	c, p, err := s.lockTask(id, "")
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	if _, err := process.Next(p.Status, ev); err != nil || c.InitExitDeferred != nil {
@@ -540,10 +536,8 @@ func (s *Service) freeze(ctx context.Context, id string, ev process.Event) (*emp
 // is not installed).
 func (s *Service) Checkpoint(ctx context.Context, r *taskv2.CheckpointTaskRequest) (_ *emptypb.Empty, err error) {
 	defer recoverPanic("Checkpoint", &err)
-	s.mu.Lock()
-	c, p, err := s.lookupLocked(r.ID, "")
+	c, p, err := s.lockTask(r.ID, "")
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	if p.Status != process.Running && p.Status != process.Paused {
@@ -589,10 +583,8 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskv2.CheckpointTaskReques
 // A process that already exited is NotFound "process already finished".
 func (s *Service) Kill(ctx context.Context, r *taskv2.KillRequest) (_ *emptypb.Empty, err error) {
 	defer recoverPanic("Kill", &err)
-	s.mu.Lock()
-	c, p, err := s.lookupLocked(r.ID, r.ExecID)
+	c, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	// Kill with All on an exited init still signals what is left in the
@@ -657,12 +649,11 @@ func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (_ *em
 	if err := json.Unmarshal(r.Spec.Value, &spec); err != nil {
 		return nil, fmt.Errorf("exec %q: process spec: %v: %w", r.ExecID, err, errdefs.ErrInvalidArgument)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, _, err := s.lookupLocked(r.ID, "")
+	c, _, err := s.lockTask(r.ID, "")
 	if err != nil {
 		return nil, err
 	}
+	defer s.mu.Unlock()
 	if initGoneLocked(c) || s.deleting[r.ID] {
 		return nil, fmt.Errorf("exec %q: task %q is not running: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -685,10 +676,8 @@ func (s *Service) Exec(ctx context.Context, r *taskv2.ExecProcessRequest) (_ *em
 // ResizePty sets the size of a process's terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskv2.ResizePtyRequest) (_ *emptypb.Empty, err error) {
 	defer recoverPanic("ResizePty", &err)
-	s.mu.Lock()
-	_, p, err := s.lookupLocked(r.ID, r.ExecID)
+	_, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	pio := p.IO
@@ -705,10 +694,8 @@ func (s *Service) ResizePty(ctx context.Context, r *taskv2.ResizePtyRequest) (_ 
 // CloseIO closes a process's stdin.
 func (s *Service) CloseIO(ctx context.Context, r *taskv2.CloseIORequest) (_ *emptypb.Empty, err error) {
 	defer recoverPanic("CloseIO", &err)
-	s.mu.Lock()
-	_, p, err := s.lookupLocked(r.ID, r.ExecID)
+	_, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	pio := p.IO
@@ -739,10 +726,8 @@ func (s *Service) Update(ctx context.Context, r *taskv2.UpdateTaskRequest) (_ *e
 	if err := json.Unmarshal(r.Resources.Value, &res); err != nil {
 		return nil, fmt.Errorf("update of %q: resources: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
 	}
-	s.mu.Lock()
-	c, p, err := s.lookupLocked(r.ID, "")
+	c, p, err := s.lockTask(r.ID, "")
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	if p.Status == process.Stopped || p.Status == process.Deleted {
@@ -760,12 +745,11 @@ func (s *Service) Update(ctx context.Context, r *taskv2.UpdateTaskRequest) (_ *e
 // returns its exit status and time.
 func (s *Service) Wait(ctx context.Context, r *taskv2.WaitRequest) (_ *taskv2.WaitResponse, err error) {
 	defer recoverPanic("Wait", &err)
-	s.mu.Lock()
-	_, p, err := s.lookupLocked(r.ID, r.ExecID)
-	s.mu.Unlock()
+	_, p, err := s.lockTask(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Unlock()
 	select {
 	case <-p.Done():
 	case <-ctx.Done():
@@ -779,10 +763,8 @@ func (s *Service) Wait(ctx context.Context, r *taskv2.WaitRequest) (_ *taskv2.Wa
 // Stats returns the task's cgroup metrics.
 func (s *Service) Stats(ctx context.Context, r *taskv2.StatsRequest) (_ *taskv2.StatsResponse, err error) {
 	defer recoverPanic("Stats", &err)
-	s.mu.Lock()
-	_, p, err := s.lookupLocked(r.ID, "")
+	_, p, err := s.lockTask(r.ID, "")
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	pid := 0
