@@ -2,7 +2,6 @@ package conmon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,13 +10,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/containers/conmon-v2/logging"
@@ -60,6 +60,7 @@ type Monitor struct {
 	pending  *console.WinSize
 	consRead chan struct{} // closed once the terminal master is being read
 	keeper   *keeperLink   // the exit keeper that started the monitor; nil: none
+	early    []reaper.Exit // exits reaped while `runtime exec` ran, in order
 }
 
 // NewMonitor returns a monitor for cfg. r must be running (Run) and be
@@ -188,7 +189,7 @@ func (m *Monitor) Run(ctx context.Context) int {
 		m.boot.StartFD = -1
 	}
 
-	status, rerr := m.startRuntime(ctx, rio, sock)
+	status, rerr := m.startRuntime(ctx, sub, rio, sock)
 	rio.Close()
 	if cfg.Passthru {
 		// The container has the caller's stdio now; the monitor lets go
@@ -334,32 +335,43 @@ func (m *Monitor) receiveConsole(sock *runc.Socket, path string) {
 	m.logs.ReadFrom(logging.Stdout, r)
 }
 
-// runc returns the go-runc client for the runtime. When socket
-// activation's LISTEN_PID must name the runtime's pid (--replace-listen-pid,
-// or LISTEN_PID naming the monitor), the runtime is started through the
-// monitor's own binary, which sets LISTEN_PID to its pid and execs the
-// runtime (Trampoline): Go cannot run code between fork and exec.
-func (m *Monitor) runc(ctx context.Context, exec bool) (context.Context, *runc.Runc) {
+// runc returns the go-runc client for `runtime create|restore`. When
+// socket activation's LISTEN_PID must name the runtime's pid, the runtime
+// is started through the monitor's own binary (see trampoline).
+func (m *Monitor) runc(ctx context.Context) (context.Context, *runc.Runc) {
 	r := &runc.Runc{
-		Command:      m.cfg.Runtime,
-		PdeathSignal: unix.SIGKILL,
-		ExtraArgs:    m.cfg.RuntimeArgs,
+		Command:       m.cfg.Runtime,
+		PdeathSignal:  unix.SIGKILL,
+		ExtraArgs:     m.cfg.RuntimeArgs,
+		SystemdCgroup: m.cfg.SystemdCgroup,
 	}
-	if !exec {
-		r.SystemdCgroup = m.cfg.SystemdCgroup
-	}
-	if lp, ok := os.LookupEnv("LISTEN_PID"); ok && (m.cfg.ReplaceListenPid || lp == strconv.Itoa(os.Getpid())) {
-		if self, err := os.Executable(); err == nil {
-			r.Command = self
-			ctx = runc.WithExtraEnv(ctx, EnvTrampoline+"="+m.cfg.Runtime)
-		}
+	if self := m.trampoline(); self != "" {
+		r.Command = self
+		ctx = runc.WithExtraEnv(ctx, EnvTrampoline+"="+m.cfg.Runtime)
 	}
 	return ctx, r
 }
 
+// trampoline returns the monitor's own executable when socket
+// activation's LISTEN_PID must name the runtime's pid (--replace-listen-pid,
+// or LISTEN_PID naming the monitor): that binary, started with
+// EnvTrampoline, sets LISTEN_PID to its pid and execs the runtime
+// (Trampoline), as Go cannot run code between fork and exec. "" otherwise.
+func (m *Monitor) trampoline() string {
+	lp, ok := os.LookupEnv("LISTEN_PID")
+	if !ok || !(m.cfg.ReplaceListenPid || lp == strconv.Itoa(os.Getpid())) {
+		return ""
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	return self
+}
+
 // startRuntime runs `runtime create|restore|exec` and waits for it. The
 // runtime starts with the caller's oom_score_adj, not the monitor's -1000.
-func (m *Monitor) startRuntime(ctx context.Context, rio *runtimeIO, sock *runc.Socket) (int, error) {
+func (m *Monitor) startRuntime(ctx context.Context, sub *reaper.Subscription, rio *runtimeIO, sock *runc.Socket) (int, error) {
 	cfg := m.cfg
 	m.setOOMScore(m.boot.OOMScoreAdj)
 	defer m.setOOMScore("-1000")
@@ -370,31 +382,20 @@ func (m *Monitor) startRuntime(ctx context.Context, rio *runtimeIO, sock *runc.S
 	var err error
 	switch {
 	case cfg.Exec:
-		var spec specs.Process
-		b, rerr := os.ReadFile(cfg.ExecProcessSpec)
-		if rerr == nil {
-			rerr = json.Unmarshal(b, &spec)
-		}
-		if rerr != nil {
-			return -1, fmt.Errorf("exec process spec %s: %w", cfg.ExecProcessSpec, rerr)
-		}
-		rctx, r := m.runc(ctx, true)
-		err = r.Exec(rctx, cfg.CID, spec, &runc.ExecOpts{
-			IO: rio, PidFile: cfg.ContainerPidfile, ConsoleSocket: cs, Detach: true, ExtraArgs: cfg.RuntimeOpts,
-		})
+		return m.execRuntime(ctx, sub, rio, sock)
 	case cfg.Restore != "":
 		extra := append([]string{}, cfg.RuntimeOpts...)
 		if cfg.NoNewKeyring {
 			extra = append([]string{"--no-new-keyring"}, extra...)
 		}
-		rctx, r := m.runc(ctx, false)
+		rctx, r := m.runc(ctx)
 		_, err = r.Restore(rctx, cfg.CID, cfg.Bundle, &runc.RestoreOpts{
 			CheckpointOpts: runc.CheckpointOpts{ImagePath: cfg.Restore, WorkDir: cfg.Bundle},
 			IO:             rio, Detach: true, PidFile: cfg.ContainerPidfile, NoPivot: cfg.NoPivot,
 			ConsoleSocket: cs, ExtraArgs: extra,
 		})
 	default:
-		rctx, r := m.runc(ctx, false)
+		rctx, r := m.runc(ctx)
 		err = r.Create(rctx, cfg.CID, cfg.Bundle, &runc.CreateOpts{
 			IO: rio, PidFile: cfg.ContainerPidfile, ConsoleSocket: cs,
 			NoPivot: cfg.NoPivot, NoNewKeyring: cfg.NoNewKeyring, ExtraArgs: cfg.RuntimeOpts,
@@ -409,6 +410,88 @@ func (m *Monitor) startRuntime(ctx context.Context, rio *runtimeIO, sock *runc.S
 		return -1, err
 	}
 	return 0, nil
+}
+
+// execRuntime runs `runtime exec --detach` as conmon does and returns
+// its exit status. The caller's process spec file goes to the runtime as
+// it is (--process PATH): nothing is decoded and written again to a
+// temporary file; the runtime checks the spec and reports a bad one on
+// its stderr, which the caller gets in the sync message.
+//
+// The runtime is forked directly (syscall.ForkExec), not through os/exec:
+// an exec session's latency is mostly process start-up, and os/exec's
+// first start in a process probes pidfd support by forking a throwaway
+// child. Its exit comes from sub, the monitor's queue of reaped exits
+// (the reaper stays the one wait loop); exits queued before it, such as
+// a short command's own, are kept in m.early for waitContainer.
+//
+// Its parent-death signal is SIGKILL. The kernel sends it when the
+// forking thread ends; Go ends a thread only when a goroutine locked to
+// it returns, which no goroutine of the monitor does.
+func (m *Monitor) execRuntime(ctx context.Context, sub *reaper.Subscription, rio *runtimeIO, sock *runc.Socket) (int, error) {
+	cfg := m.cfg
+	command, env := cfg.Runtime, runtimeEnv()
+	if self := m.trampoline(); self != "" {
+		command = self
+		env = append(env, EnvTrampoline+"="+cfg.Runtime)
+	}
+	path := command
+	if !strings.Contains(path, "/") {
+		var err error
+		if path, err = exec.LookPath(command); err != nil {
+			return -1, err
+		}
+	}
+	argv := append([]string{command}, cfg.RuntimeArgs...)
+	argv = append(argv, "exec", "--process", cfg.ExecProcessSpec)
+	if sock != nil {
+		argv = append(argv, "--console-socket", sock.Path())
+	}
+	argv = append(argv, "--detach")
+	if cfg.ContainerPidfile != "" {
+		pidFile, err := filepath.Abs(cfg.ContainerPidfile)
+		if err != nil {
+			return -1, err
+		}
+		argv = append(argv, "--pid-file", pidFile)
+	}
+	argv = append(argv, cfg.RuntimeOpts...)
+	argv = append(argv, cfg.CID)
+	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{rio.stdin.Fd(), rio.stdout.Fd(), rio.stderr.Fd()},
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	})
+	if err != nil {
+		m.diag.Errorf("Failed to start runtime: %v", err)
+		return -1, fmt.Errorf("fork/exec %s: %w", path, err)
+	}
+	for {
+		e, err := sub.Recv(ctx)
+		if err != nil {
+			return -1, err
+		}
+		if e.Pid != pid {
+			m.early = append(m.early, e)
+			continue
+		}
+		if e.Status != 0 {
+			return e.Status, fmt.Errorf("%s did not terminate successfully: %w", command, &runc.ExitError{Status: e.Status})
+		}
+		return 0, nil
+	}
+}
+
+// runtimeEnv is the environment go-runc gives the runtime: the monitor's
+// without NOTIFY_SOCKET.
+func runtimeEnv() []string {
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "NOTIFY_SOCKET=") {
+			env = append(env, e)
+		}
+	}
+	return env
 }
 
 // runtimeStderr returns what the runtime wrote to its stderr (the
@@ -442,6 +525,12 @@ func (m *Monitor) setOOMScore(v string) {
 // for the timeout, or for ctx. An exec session without a terminal also
 // waits for its output pipes to reach EOF, as conmon does.
 func (m *Monitor) waitContainer(ctx context.Context, sub *reaper.Subscription, pid int, timeout <-chan time.Time, trim func()) (int, bool) {
+	for _, e := range m.early {
+		if e.Pid == pid {
+			return e.Status, false
+		}
+	}
+	m.early = nil
 	exits := make(chan reaper.Exit, 1)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
