@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -93,6 +94,11 @@ func (d *drainReader) Read(p []byte) (int, error) {
 	d.eof()
 	return 0, io.EOF
 }
+
+// SyscallConn exposes the pipe's descriptor, so that the log pipeline can
+// grow the pipe of a busy stream (logging.BusyPipeSize): with the kernel's
+// 64 KiB pipe the container blocks, and the monitor wakes, every 64 KiB.
+func (d *drainReader) SyscallConn() (syscall.RawConn, error) { return d.f.SyscallConn() }
 
 // Drain makes the reader return what is left and then EOF.
 func (d *drainReader) Drain() {
