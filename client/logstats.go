@@ -60,6 +60,9 @@ type LogDriverStats struct {
 	LastErrorAt time.Time
 	// Failing is true from a write error until the driver writes again.
 	Failing bool
+	// Failures counts the driver's failed calls (write, flush, reopen,
+	// sync, close), those whose records it held for a retry included.
+	Failures uint64
 }
 
 // Dropped returns what the pipeline dropped before any driver saw it:
@@ -91,7 +94,7 @@ func (s *Shim) LogStats(ctx context.Context, id string) (LogStats, error) {
 		out.Drivers = append(out.Drivers, LogDriverStats{
 			Name: d.GetName(), Written: logCounter(d.GetWritten()), Errors: logCounter(d.GetErrors()),
 			Lost: logCounter(d.GetLost()), LastError: d.GetLastError(), LastErrorAt: unixNano(d.GetLastErrorAt()),
-			Failing: d.GetFailing(),
+			Failing: d.GetFailing(), Failures: d.GetFailures(),
 		})
 	}
 	return out, nil

@@ -17,13 +17,16 @@ type logCountJSON struct {
 }
 
 type logDriverJSON struct {
-	Name        string       `json:"name"`
-	Written     logCountJSON `json:"written"`
-	Failed      logCountJSON `json:"failed"`
-	Lost        logCountJSON `json:"lost"`
-	Failing     bool         `json:"failing"`
-	LastError   string       `json:"last_error,omitempty"`
-	LastErrorAt *time.Time   `json:"last_error_at,omitempty"`
+	Name    string       `json:"name"`
+	Written logCountJSON `json:"written"`
+	Failed  logCountJSON `json:"failed"`
+	Lost    logCountJSON `json:"lost"`
+	Failing bool         `json:"failing"`
+	// Failures are the driver's failed calls, also those whose records
+	// it held and wrote later (Failed and Lost count records).
+	Failures    uint64     `json:"failures"`
+	LastError   string     `json:"last_error,omitempty"`
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
 }
 
 type logStatsJSON struct {
@@ -69,7 +72,7 @@ func cmdLogStats(ctx context.Context, a *app, args []string) error {
 	}
 	for _, d := range st.Drivers {
 		dj := logDriverJSON{Name: d.Name, Written: logCount(d.Written), Failed: logCount(d.Errors),
-			Lost: logCount(d.Lost), Failing: d.Failing, LastError: d.LastError}
+			Lost: logCount(d.Lost), Failing: d.Failing, Failures: d.Failures, LastError: d.LastError}
 		if !d.LastErrorAt.IsZero() {
 			at := d.LastErrorAt.UTC()
 			dj.LastErrorAt = &at
@@ -98,7 +101,7 @@ func cmdLogStats(ctx context.Context, a *app, args []string) error {
 	}
 	fmt.Fprintln(a.stdout)
 	w = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "DRIVER\tWRITTEN\tFAILED\tLOST\tSTATUS\tLAST ERROR")
+	fmt.Fprintln(w, "DRIVER\tWRITTEN\tFAILED\tLOST\tFAILURES\tSTATUS\tLAST ERROR")
 	for _, d := range out.Drivers {
 		status, last := "ok", "-"
 		if d.Failing {
@@ -110,7 +113,7 @@ func cmdLogStats(ctx context.Context, a *app, args []string) error {
 				last = d.LastErrorAt.Format(time.RFC3339) + " " + last
 			}
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%s\n", d.Name, d.Written.Lines, d.Failed.Lines, d.Lost.Lines, status, last)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%s\t%s\n", d.Name, d.Written.Lines, d.Failed.Lines, d.Lost.Lines, d.Failures, status, last)
 	}
 	return w.Flush()
 }

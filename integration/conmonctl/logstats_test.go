@@ -27,6 +27,7 @@ type logStats struct {
 			Lines uint64 `json:"lines"`
 		} `json:"lost"`
 		Failing     bool       `json:"failing"`
+		Failures    uint64     `json:"failures"`
 		LastError   string     `json:"last_error"`
 		LastErrorAt *time.Time `json:"last_error_at"`
 	} `json:"drivers"`
@@ -89,11 +90,16 @@ func TestLogStatsDiskFull(t *testing.T) {
 	if !d.Failing || !strings.Contains(d.LastError, "no space left on device") || d.LastErrorAt == nil {
 		t.Errorf("driver %+v: want failing with a last error naming ENOSPC and its time", d)
 	}
-	t.Logf("driver %s: %d failed, %d lost, last error %q", d.Name, d.Failed.Lines, d.Lost.Lines, d.LastError)
+	// Every failed or lost line was in a failed call at least once (a
+	// held line's retries fail again, so calls may be more).
+	if d.Failures == 0 {
+		t.Errorf("driver %+v: no failures (failed driver calls) reported", d)
+	}
+	t.Logf("driver %s: %d failed, %d lost, %d failures, last error %q", d.Name, d.Failed.Lines, d.Lost.Lines, d.Failures, d.LastError)
 
 	out := h.ok("logs", "--stats", "full")
 	t.Logf("logs --stats:\n%s", out)
-	for _, want := range []string{"dropped", "DRIVER", "failing", "no space left on device"} {
+	for _, want := range []string{"dropped", "DRIVER", "FAILURES", "failing", "no space left on device"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("logs --stats lacks %q:\n%s", want, out)
 		}

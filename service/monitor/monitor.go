@@ -253,6 +253,7 @@ func (m *Monitor) LogStats(ctx context.Context, req *conmonapi.LogStatsRequest) 
 			LastError:   d.LastError,
 			LastErrorAt: unixNano(d.LastErrorAt),
 			Failing:     d.Failing,
+			Failures:    d.Failures,
 		})
 	}
 	return out, nil

@@ -404,6 +404,7 @@ func TestLogStats(t *testing.T) {
 				DriverStats: logging.DriverStats{
 					Name: "k8s-file", Written: logging.Counter{Lines: 4, Bytes: 40},
 					Errors: logging.Counter{Lines: 3, Bytes: 30}, Lost: logging.Counter{Lines: 1, Bytes: 10},
+					Failures:  7, // more calls than records: held records failed again
 					LastError: "write ctr.log: no space left on device",
 				},
 				Failing: true, LastErrorAt: failedAt,
@@ -430,6 +431,7 @@ func TestLogStats(t *testing.T) {
 				Name: "k8s-file", Written: client.LogCounter{Lines: 4, Bytes: 40},
 				Errors: client.LogCounter{Lines: 3, Bytes: 30}, Lost: client.LogCounter{Lines: 1, Bytes: 10},
 				LastError: "write ctr.log: no space left on device", LastErrorAt: failedAt, Failing: true,
+				Failures: 7,
 			}},
 		}},
 	}

@@ -915,7 +915,12 @@ type LogDriverStats struct {
 	LastErrorAt int64  `protobuf:"varint,6,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
 	// failing is true from a write error until the driver writes again
 	// without a new one.
-	Failing       bool `protobuf:"varint,7,opt,name=failing,proto3" json:"failing,omitempty"`
+	Failing bool `protobuf:"varint,7,opt,name=failing,proto3" json:"failing,omitempty"`
+	// failures counts the calls to the driver that failed (write, flush,
+	// reopen, sync, close), those whose records it held for a retry
+	// included: it grows while the driver fails, whatever becomes of the
+	// records (errors and lost count records).
+	Failures      uint64 `protobuf:"varint,8,opt,name=failures,proto3" json:"failures,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -997,6 +1002,13 @@ func (x *LogDriverStats) GetFailing() bool {
 		return x.Failing
 	}
 	return false
+}
+
+func (x *LogDriverStats) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
 }
 
 // LogDriverEvent is the payload of the events /conmon-v2/log/failing (a
@@ -1159,7 +1171,7 @@ const file_monitor_proto_rawDesc = "" +
 	"\vread_errors\x18\n" +
 	" \x01(\x04R\n" +
 	"readErrors\x123\n" +
-	"\adrivers\x18\v \x03(\v2\x19.conmon.v1.LogDriverStatsR\adrivers\"\x8c\x02\n" +
+	"\adrivers\x18\v \x03(\v2\x19.conmon.v1.LogDriverStatsR\adrivers\"\xa8\x02\n" +
 	"\x0eLogDriverStats\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\awritten\x18\x02 \x01(\v2\x15.conmon.v1.LogCounterR\awritten\x12-\n" +
@@ -1168,7 +1180,8 @@ const file_monitor_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x05 \x01(\tR\tlastError\x12\"\n" +
 	"\rlast_error_at\x18\x06 \x01(\x03R\vlastErrorAt\x12\x18\n" +
-	"\afailing\x18\a \x01(\bR\afailing\"\xbb\x01\n" +
+	"\afailing\x18\a \x01(\bR\afailing\x12\x1a\n" +
+	"\bfailures\x18\b \x01(\x04R\bfailures\"\xbb\x01\n" +
 	"\x0eLogDriverEvent\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
 	"\x06driver\x18\x02 \x01(\tR\x06driver\x12\x14\n" +
