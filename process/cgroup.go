@@ -102,7 +102,10 @@ func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
 // onOOM before WatchNewOOM returns, and the kernel's later wake-up for
 // the same kill is not reported again (kills are counted, not events).
 // Kernels without the oom_kill counter (cgroup v1 before 4.13) report
-// only what happens after the watch is armed.
+// only what happens after the watch is armed. The cgroup is taken to be
+// the container's own, made by runc create: a cgroup path that outlived an
+// earlier container (or that several share) has its earlier kills
+// reported again.
 func WatchNewOOM(procCgroup string, onOOM func()) (*OOMWatch, error) {
 	return watchOOM(procCgroup, true, onOOM)
 }
