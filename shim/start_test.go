@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -159,6 +161,79 @@ func TestStartReadsSpecOnlyForPods(t *testing.T) {
 			}
 			if err != nil || !strings.HasPrefix(out.String(), "unix://") {
 				t.Fatalf("start: %v, stdout %q", err, out.String())
+			}
+		})
+	}
+}
+
+// A start that joins a running daemon leaves the daemon's configuration
+// in the bundle (ours when the daemon sends none), and the address.
+func TestStartJoinsRunningDaemon(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		daemonCfg func(ours []byte) []byte
+	}{
+		{"same configuration", func(ours []byte) []byte { return ours }},
+		{"other configuration", func([]byte) []byte { return []byte("grouping = \"namespace\"\nruntime_root = \"/run/other\"\n") }},
+		{"older daemon sends none", func([]byte) []byte { return nil }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "shimstart")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			cfgPath := filepath.Join(dir, "shim.toml")
+			writeTestFile(t, cfgPath, "grouping = \"namespace\"\nsocket_dir = \""+filepath.Join(dir, "s")+"\"\n", 0o644)
+			ours, err := ResolveConfig(nil, cfgPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tt.daemonCfg(ours.Encode())
+			sock, err := SocketPath(filepath.Join(dir, "s"), "", "/run/c.sock", "ns", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			l, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv, err := ttrpc.NewServer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			members := newMembership(time.Minute)
+			registerGroupService(srv, members, want)
+			go srv.Serve(context.Background(), l)
+			t.Cleanup(func() { srv.Close() })
+
+			bundle := filepath.Join(dir, "bundle")
+			if err := os.MkdirAll(bundle, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			f := Flags{Namespace: "ns", ID: "c2", Address: "/run/c.sock", Bundle: bundle, Config: cfgPath, Action: ActionStart}
+			err = Start(context.Background(), f, StartEnv{Stdin: strings.NewReader(""), Stdout: &out, Self: "/nonexistent/must-not-spawn"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != Address(sock) {
+				t.Fatalf("stdout %q, want %q", out.String(), Address(sock))
+			}
+			if a, _ := os.ReadFile(filepath.Join(bundle, AddressFile)); string(a) != Address(sock) {
+				t.Fatalf("address file %q", a)
+			}
+			if want == nil {
+				want = ours.Encode()
+			}
+			if saved, _ := os.ReadFile(filepath.Join(bundle, ConfigFile)); !bytes.Equal(saved, want) {
+				t.Fatalf("bundle config %q, want %q", saved, want)
+			}
+			if !members.waiting() {
+				t.Fatal("the daemon was not told of the new member")
 			}
 		})
 	}
