@@ -23,7 +23,7 @@ type oomWatcher struct {
 	v2       bool
 	efd      *os.File // v1 eventfd
 	oomCtl   *os.File // v1 memory.oom_control, kept open for the registration
-	baseKill uint64   // oom_kill count when the watch started
+	baseKill uint64   // oom_kill count not the container's (see watchOOMDir)
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	fired    bool // guarded by mu
@@ -61,16 +61,31 @@ func memoryCgroupDir(pid int) (dir string, v2 bool, err error) {
 	return "", v2, fmt.Errorf("no memory cgroup for pid %d", pid)
 }
 
-// watchOOM starts watching pid's memory cgroup; onOOM runs (once) when an
-// OOM kill is seen. A container without a memory cgroup is not watched.
+// watchOOM starts watching the memory cgroup of pid, a container's init
+// just created by the runtime; onOOM runs (once) when an OOM kill is seen.
+// A container without a memory cgroup is not watched.
 func watchOOM(pid int, onOOM func(), diag *Diag) *oomWatcher {
 	dir, v2, err := memoryCgroupDir(pid)
 	if err != nil {
 		diag.Infof("Not watching for OOM: %v", err)
 		return nil
 	}
+	return watchOOMDir(dir, v2, onOOM, diag)
+}
+
+// watchOOMDir watches the memory cgroup directory dir of a container just
+// created. The cgroup is the container's own (the runtime made it for
+// this container), so every kill its oom_kill counter holds is the
+// container's: one that happened between the runtime's create and now
+// (runc init killed while it waited for start) is reported too, at Final
+// at the latest, where a baseline taken now would hide it. The one
+// exception is a container left in the hierarchy's root cgroup, whose
+// counter is the whole machine's: there only kills from now on count.
+func watchOOMDir(dir string, v2 bool, onOOM func(), diag *Diag) *oomWatcher {
 	w := &oomWatcher{dir: dir, v2: v2, onOOM: onOOM}
-	w.baseKill, _ = w.killCount()
+	if isCgroupRoot(dir) {
+		w.baseKill, _ = w.killCount()
+	}
 	if v2 {
 		// Checked when the container exits (memory.events is final then).
 		return w
@@ -98,6 +113,14 @@ func watchOOM(pid int, onOOM func(), diag *Diag) *oomWatcher {
 	w.wg.Add(1)
 	go w.readEvents()
 	return w
+}
+
+// isCgroupRoot reports whether dir is the root of a cgroup hierarchy as
+// memoryCgroupDir names it (/sys/fs/cgroup on v2, /sys/fs/cgroup/memory
+// on v1).
+func isCgroupRoot(dir string) bool {
+	dir = filepath.Clean(dir)
+	return dir == "/sys/fs/cgroup" || dir == "/sys/fs/cgroup/memory"
 }
 
 func (w *oomWatcher) readEvents() {
