@@ -52,7 +52,6 @@ type Monitor struct {
 	stdin    stdinWriter
 	pipes    []*drainReader // stdout, stderr pipes (none with passthrough)
 	termOut  *drainReader   // terminal master; guarded by consMu
-	boost    *procBoost     // GOMAXPROCS while the output streams; nil: none
 	ctrPid   atomic.Int64
 	oom      *oomWatcher
 	oomOnce  sync.Once
@@ -67,7 +66,7 @@ type Monitor struct {
 // NewMonitor returns a monitor for cfg. r must be running (Run) and be
 // go-runc's Monitor; openLog builds the log pipeline.
 func NewMonitor(cfg *Config, boot *Bootstrap, r *reaper.Reaper, diag *Diag, openLog LogOpener) *Monitor {
-	return &Monitor{cfg: cfg, boot: boot, reaper: r, diag: diag, openLog: openLog, boost: newProcBoost()}
+	return &Monitor{cfg: cfg, boot: boot, reaper: r, diag: diag, openLog: openLog}
 }
 
 // tap is the pipeline's tap: every chunk read goes to the attach clients.
@@ -300,7 +299,7 @@ func (m *Monitor) setupStdio() (*runtimeIO, error) {
 		} else {
 			rio.stderr = w
 		}
-		m.pipes = append(m.pipes, newDrainReader(r, m.boost))
+		m.pipes = append(m.pipes, newDrainReader(r))
 	}
 	return rio, nil
 }
@@ -331,7 +330,7 @@ func (m *Monitor) receiveConsole(sock *runc.Socket, path string) {
 	}
 	_ = unix.SetNonblock(dup, true)
 	f := os.NewFile(uintptr(dup), "console")
-	r := newDrainReader(f, m.boost)
+	r := newDrainReader(f)
 	m.consMu.Lock()
 	m.cons = c
 	if m.pending != nil {
@@ -641,7 +640,6 @@ func (m *Monitor) finish(status int, timedOut bool) int {
 	for _, r := range m.readers() {
 		r.Close()
 	}
-	m.boost.Close()
 	m.closeInherited()
 	if m.attach != nil {
 		m.attach.Close(2 * time.Second)

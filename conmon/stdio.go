@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,14 +45,13 @@ func (r *runtimeIO) Stderr() io.ReadCloser { return nil }
 // (conmon's drain at exit).
 type drainReader struct {
 	f        *os.File
-	boost    *procBoost // told of busy reads; nil: none
 	draining atomic.Bool
 	done     chan struct{} // closed at EOF
 	once     sync.Once
 }
 
-func newDrainReader(f *os.File, boost *procBoost) *drainReader {
-	return &drainReader{f: f, boost: boost, done: make(chan struct{})}
+func newDrainReader(f *os.File) *drainReader {
+	return &drainReader{f: f, done: make(chan struct{})}
 }
 
 func (d *drainReader) eof() { d.once.Do(func() { close(d.done) }) }
@@ -62,9 +60,6 @@ func (d *drainReader) Read(p []byte) (int, error) {
 	if !d.draining.Load() {
 		n, err := d.f.Read(p)
 		if n > 0 {
-			if n >= busyRead {
-				d.boost.busy()
-			}
 			return n, nil
 		}
 		if err == nil {
@@ -98,104 +93,6 @@ func (d *drainReader) Read(p []byte) (int, error) {
 	}
 	d.eof()
 	return 0, io.EOF
-}
-
-// busyRead is the size of a read that shows a stream busy: the container
-// wrote faster than the monitor read, at least a default pipe's worth.
-const busyRead = 64 << 10
-
-// boostProcs is GOMAXPROCS while a container's output is busy.
-const boostProcs = 2
-
-// boostHold is how long GOMAXPROCS stays raised after the last busy read.
-const boostHold = 500 * time.Millisecond
-
-// procBoost raises GOMAXPROCS from the monitor's 1 (Daemonize) to
-// boostProcs while the container's output streams, and lowers it again
-// once the output has been quiet for boostHold. With a single P, sysmon
-// takes the P from the reader whenever one of its write(2)s of a log batch
-// outlasts its tick, and hands it to another thread that finds nothing to
-// do and parks again: thread wake-ups and switches on every batch. With a
-// second, idle P it leaves a short syscall alone (measured on the logs
-// figure: a third fewer context switches, 6-14% less monitor CPU; see
-// docs/conmon.md "Log throughput"). A quiet container never raises it, so
-// an idle monitor keeps the memory of one P.
-type procBoost struct {
-	quiet int           // GOMAXPROCS to return to
-	hold  time.Duration // boostHold; tests shorten it
-	start time.Time     // base of last
-	last  atomic.Int64
-	on    atomic.Bool
-
-	mu     sync.Mutex
-	timer  *time.Timer // lowers it; nil until the first boost
-	closed bool        // guarded by mu
-}
-
-// newProcBoost returns nil (no boost) when GOMAXPROCS is already
-// boostProcs or more, or the machine has a single CPU.
-func newProcBoost() *procBoost {
-	n := runtime.GOMAXPROCS(0)
-	if n >= boostProcs || runtime.NumCPU() < 2 {
-		return nil
-	}
-	return &procBoost{quiet: n, hold: boostHold, start: time.Now()}
-}
-
-// busy records a busy read and raises GOMAXPROCS if it is not raised.
-func (b *procBoost) busy() {
-	if b == nil {
-		return
-	}
-	b.last.Store(int64(time.Since(b.start)))
-	if b.on.Load() {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed || b.on.Load() {
-		return
-	}
-	runtime.GOMAXPROCS(boostProcs)
-	b.on.Store(true)
-	if b.timer == nil {
-		b.timer = time.AfterFunc(b.hold, b.lower)
-	} else {
-		b.timer.Reset(b.hold)
-	}
-}
-
-// lower runs on the timer: GOMAXPROCS goes back once the output has been
-// quiet for hold; otherwise it looks again when that will be so.
-func (b *procBoost) lower() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed || !b.on.Load() {
-		return
-	}
-	if idle := time.Since(b.start) - time.Duration(b.last.Load()); idle < b.hold {
-		b.timer.Reset(b.hold - idle)
-		return
-	}
-	runtime.GOMAXPROCS(b.quiet)
-	b.on.Store(false)
-}
-
-// Close stops the timer and returns GOMAXPROCS to its quiet value.
-func (b *procBoost) Close() {
-	if b == nil {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	if b.timer != nil {
-		b.timer.Stop()
-	}
-	if b.on.Load() {
-		runtime.GOMAXPROCS(b.quiet)
-		b.on.Store(false)
-	}
 }
 
 // SyscallConn exposes the pipe's descriptor, so that the log pipeline can
