@@ -113,20 +113,27 @@ func SocketFromAddress(addr string) (string, error) {
 // kept under its state directory, a tmpfs that a power loss empties
 // anyway. On a disk, two fsyncs cost `start` 1–3 ms each, on every
 // container's start (bench/README.md, latency).
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	name := tmp.Name()
-	defer os.Remove(name) // fails harmlessly after the rename
+	defer func() {
+		if err != nil {
+			os.Remove(name)
+		}
+	}()
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
+	// CreateTemp made the file 0600: a chmod only for another mode.
+	if mode != 0o600 {
+		if err := tmp.Chmod(mode); err != nil {
+			tmp.Close()
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err

@@ -197,4 +197,26 @@ func TestWriteFileAtomic(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("temporary files left: %v", entries)
 	}
+	for _, mode := range []os.FileMode{0o600, 0o644, 0o400} {
+		p := filepath.Join(dir, "mode"+mode.String())
+		if err := WriteFileAtomic(p, []byte("x"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != mode {
+			t.Fatalf("%s: mode %v %v, want %v", p, st.Mode(), err, mode)
+		}
+	}
+	// A rename that fails (the target is a non-empty directory) leaves
+	// no temporary file behind.
+	target := filepath.Join(dir, "busy")
+	if err := os.MkdirAll(filepath.Join(target, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(dir)
+	if err := WriteFileAtomic(target, []byte("x"), 0o600); err == nil {
+		t.Fatal("WriteFileAtomic over a non-empty directory succeeded")
+	}
+	if after, _ := os.ReadDir(dir); len(after) != len(before) {
+		t.Fatalf("temporary file left after a failed rename: %v", after)
+	}
 }
