@@ -18,6 +18,9 @@ func TestDrainReaderExposesPipe(t *testing.T) {
 	defer w.Close()
 	d := newDrainReader(r)
 	defer d.Close()
+	if !pipesUnlimited() {
+		t.Skip("not privileged in the initial user namespace: pipes are not grown")
+	}
 	var c any = d
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -39,5 +42,22 @@ func TestDrainReaderExposesPipe(t *testing.T) {
 	}
 	if size < 1<<20 {
 		t.Fatalf("pipe size after F_SETPIPE_SZ 1 MiB = %d", size)
+	}
+}
+
+func TestIdentityIDMap(t *testing.T) {
+	for _, tc := range []struct {
+		m    string
+		want bool
+	}{
+		{"         0          0 4294967295\n", true},
+		{"0 0 4294967295", true},
+		{"         0       1000          1\n         1     100000      65536\n", false}, // rootless
+		{"         0     100000      65536\n", false},
+		{"", false},
+	} {
+		if got := identityIDMap([]byte(tc.m)); got != tc.want {
+			t.Errorf("identityIDMap(%q) = %v, want %v", tc.m, got, tc.want)
+		}
 	}
 }
