@@ -1,0 +1,100 @@
+// Package pipesize is the project's one policy for growing the pipe of a
+// busy container output stream: the shim's output copiers (package
+// process) and the log pipeline (package logging, which the conmon
+// drop-in reads through) both use it.
+//
+// The kernel gives a pipe 64 KiB. A container that writes faster than its
+// monitor reads then blocks, and the monitor wakes, once per 64 KiB. Once
+// a read finds the pipe full (it returned the pipe's whole capacity), the
+// pipe is grown once to Busy (F_SETPIPE_SZ): one wake-up per MiB. A pipe
+// that never fills keeps the kernel's size. The attempt is made once per
+// pipe; a refusal changes nothing.
+//
+// What the kernel does (fs/pipe.c: account_pipe_buffers,
+// too_many_pipe_buffers_soft/_hard, pipe_is_unprivileged_user,
+// alloc_pipe_info, pipe_set_size): every pipe's pages are charged, always,
+// to the user that created it (its real uid; user_struct is global, so a
+// uid inside a user namespace is charged as the host uid it maps to), and
+// stay charged until the pipe is freed. The limits fs.pipe-user-pages-soft
+// (default 16384 pages, 64 MiB) and fs.pipe-user-pages-hard (default 0,
+// none) bind only a process that is "unprivileged": without
+// CAP_SYS_RESOURCE and without CAP_SYS_ADMIN in the initial user
+// namespace (capable()). Past the soft limit such a process gets pipes of
+// two pages and cannot grow one. Privilege thus exempts the process that
+// holds it; it does not stop the charge.
+//
+// The rule (Decide): grow only when
+//   - both limits are off (fs.pipe-user-pages-soft and -hard are 0):
+//     nobody is limited, whatever is charged; or
+//   - the process runs in the initial user namespace (an identity
+//     uid_map) with CAP_SYS_RESOURCE or CAP_SYS_ADMIN effective: a
+//     rootful engine, whose pipes are charged to root.
+//
+// Under a rootless engine (rootless Podman, containerd in RootlessKit) the
+// monitor's pipes are charged to the user who runs it, and that user's
+// other processes, in any program, are unprivileged: each grown pipe would
+// take 256 of their 16384 pages until the container exits, and past that
+// every new pipe of theirs gets two pages. There pipes keep the kernel's
+// size, as with conmon.
+//
+// What remains under a rootful engine: root's charge is shared with
+// processes that run as host uid 0 without those capabilities, chiefly
+// containers without a user namespace (engines drop CAP_SYS_RESOURCE and
+// CAP_SYS_ADMIN by default). Each grown pipe takes 256 of root's 16384
+// soft pages from them; only streams that keep their pipe full are grown,
+// so it takes some 60 such streams on one host, less what root's other
+// pipes hold, before those containers' new pipes get two pages.
+package pipesize
+
+import "strings"
+
+// Busy is what a busy stream's pipe is grown to: 1 MiB, the default
+// fs.pipe-max-size, so no CAP_SYS_RESOURCE is needed for the size itself.
+const Busy = 1 << 20
+
+// Capability bits (linux/capability.h).
+const (
+	capSysAdmin    = 21
+	capSysResource = 24
+)
+
+// Facts is what the decision depends on, as read from this process's
+// /proc (ReadFacts) or given by a test.
+type Facts struct {
+	UIDMap []byte // /proc/self/uid_map; nil if unreadable
+	CapEff uint64 // effective capabilities (capget(2) or CapEff in /proc/self/status)
+	// fs.pipe-user-pages-soft and -hard, in pages: 0 is no limit, -1
+	// unknown (unreadable: counted as a limit).
+	SoftPages, HardPages int64
+}
+
+// Decide reports whether a process with facts f grows busy pipes: see the
+// package comment for the rule and why.
+func Decide(f Facts) bool {
+	if f.SoftPages == 0 && f.HardPages == 0 {
+		return true
+	}
+	const privileged = 1<<capSysResource | 1<<capSysAdmin
+	return identityIDMap(f.UIDMap) && f.CapEff&privileged != 0
+}
+
+// identityIDMap reports whether an uid_map is the initial user namespace's:
+// every id mapped to itself.
+func identityIDMap(m []byte) bool {
+	f := strings.Fields(string(m))
+	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
+}
+
+// Grower grows one pipe at most once, when a read finds it full. Its zero
+// value asks Allowed; it is not safe for concurrent use (one reader owns
+// it).
+type Grower struct {
+	size  int         // 0: not asked yet; >0: the pipe's size; <0: done (grown, refused or not to grow)
+	allow func() bool // nil: Allowed; tests inject
+}
+
+// Wants reports whether a read of n bytes needs Observe: cheap, so that a
+// reader that must fetch the descriptor for Observe can skip that.
+func (g *Grower) Wants(n int) bool {
+	return n > 0 && (g.size == 0 || (g.size > 0 && n >= g.size))
+}

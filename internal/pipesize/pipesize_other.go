@@ -1,0 +1,20 @@
+//go:build !linux
+
+package pipesize
+
+import "io"
+
+// Allowed is false: pipes are grown on Linux only.
+func Allowed() bool { return false }
+
+// Observe does nothing outside Linux.
+func (g *Grower) Observe(fd uintptr, n int) {}
+
+// ReaderGrower does nothing outside Linux.
+type ReaderGrower struct{}
+
+// ForReader returns nil outside Linux.
+func ForReader(io.Reader) *ReaderGrower { return nil }
+
+// Observe does nothing outside Linux.
+func (*ReaderGrower) Observe(int) {}
