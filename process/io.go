@@ -20,6 +20,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/containers/conmon-v2/internal/pipesize"
 	"github.com/containers/conmon-v2/logging"
 )
 
@@ -313,13 +314,6 @@ func (i *IO) startCopying(fifo *os.File) error {
 // logging.DefaultReadSize, as conmon's 8 KiB reads would).
 const copyBufSize = 128 << 10
 
-// busyPipeSize is what a stream's pipe is grown to (F_SETPIPE_SZ) once a
-// read finds it full: the writer then blocks, and the copier wakes, once
-// per busyPipeSize rather than per 64 KiB. A pipe that never fills keeps
-// the kernel's default, so quiet containers do not count against the
-// user's pipe pages (fs.pipe-user-pages-soft). Failing is harmless.
-const busyPipeSize = 1 << 20
-
 // copyBufs holds the read buffers of the output copiers. A copier takes a
 // buffer only once its stream is readable and gives it back after the
 // write, so an idle container holds none: the memory of a daemon that
@@ -434,17 +428,7 @@ func readerOf(r io.Reader) func() (*[]byte, int, error) {
 	if !ok {
 		return plain // the poller cannot wait for it
 	}
-	pipeSize := -1 // not asked yet; 0: not a pipe, or not to be grown
-	grow := func(fd uintptr, n int) {
-		if pipeSize < 0 {
-			pipeSize, _ = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0)
-			pipeSize = max(pipeSize, 0)
-		}
-		if pipeSize > 0 && n >= pipeSize && pipeSize < busyPipeSize {
-			_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, busyPipeSize)
-			pipeSize = 0 // grown, or refused: try once
-		}
-	}
+	var grow pipesize.Grower // a busy stream's pipe: the project's one policy
 	return func() (*[]byte, int, error) {
 		var (
 			bp   *[]byte
@@ -464,9 +448,7 @@ func readerOf(r io.Reader) func() (*[]byte, int, error) {
 				bp = nil
 				return false // wait in the poller, holding no buffer
 			}
-			if n > 0 {
-				grow(fd, n)
-			}
+			grow.Observe(fd, n)
 			return true
 		})
 		switch {

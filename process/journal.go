@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/containers/conmon-v2/internal/pipesize"
 	"github.com/containers/conmon-v2/logging"
 )
 
@@ -425,7 +426,7 @@ func (j *streamJournal) reader(r io.Reader) func() (*[]byte, int, error) {
 		return plain
 	}
 	spliceOK := true
-	pipeSize := -1
+	var grow pipesize.Grower // a busy stream's pipe (see readerOf)
 	return func() (*[]byte, int, error) {
 		var (
 			n    int
@@ -453,16 +454,7 @@ func (j *streamJournal) reader(r io.Reader) func() (*[]byte, int, error) {
 			if rerr == unix.EAGAIN {
 				return false
 			}
-			if n > 0 {
-				if pipeSize < 0 {
-					pipeSize, _ = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0)
-					pipeSize = max(pipeSize, 0)
-				}
-				if pipeSize > 0 && n >= pipeSize && pipeSize < busyPipeSize {
-					_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, busyPipeSize)
-					pipeSize = 0
-				}
-			}
+			grow.Observe(fd, n)
 			return true
 		})
 		if n < 0 {
