@@ -7,19 +7,28 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/containers/conmon-v2/internal/pipesize"
 	"github.com/containers/conmon-v2/logging"
 )
 
-// TestBusyPipeGrows: a pipe whose first read fills ReadSize is grown to
-// BusyPipeSize; a quiet one keeps the kernel's size.
+// TestBusyPipeGrows: a pipe that a read finds full is grown to
+// pipesize.Busy (where the policy allows it); one that never fills, busy
+// or quiet, keeps the kernel's size.
 func TestBusyPipeGrows(t *testing.T) {
+	line := []byte("0123456789abcdef\n")
 	for _, tc := range []struct {
-		name string
-		data []byte
-		want func(int) bool
+		name     string
+		readSize int
+		data     func(pipe int) []byte
+		grows    bool
 	}{
-		{"busy", bytes.Repeat([]byte("0123456789abcdef\n"), 3000), func(n int) bool { return n >= logging.BusyPipeSize }},
-		{"quiet", []byte("one line\n"), func(n int) bool { return n < logging.BusyPipeSize }},
+		// A read as large as the pipe takes it whole: full.
+		{"full", 64 << 10, func(pipe int) []byte {
+			b := bytes.Repeat(line, pipe/len(line))
+			return append(b, bytes.Repeat([]byte("x"), pipe-len(b)-1)...)
+		}, true},
+		{"busy, never full", 0, func(int) []byte { return bytes.Repeat(line, 3000) }, false},
+		{"quiet", 0, func(int) []byte { return []byte("one line\n") }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, w, err := os.Pipe()
@@ -27,11 +36,22 @@ func TestBusyPipeGrows(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			if _, err := w.Write(tc.data); err != nil {
+			def, err := unix.FcntlInt(r.Fd(), unix.F_GETPIPE_SZ, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.readSize > 0 && tc.readSize != def {
+				t.Skipf("pipes here hold %d bytes, not %d", def, tc.readSize)
+			}
+			data := tc.data(def)
+			if tc.grows {
+				data = append(data, '\n')
+			}
+			if _, err := w.Write(data); err != nil {
 				t.Fatal(err)
 			}
 			d := &memDriver{}
-			p := logging.NewPipeline(logging.Metadata{ID: "x"}, []logging.Driver{d}, logging.PipelineOptions{})
+			p := logging.NewPipeline(logging.Metadata{ID: "x"}, []logging.Driver{d}, logging.PipelineOptions{ReadSize: tc.readSize})
 			p.ReadFrom(logging.Stdout, r)
 			w.Close()
 			if err := p.Close(); err != nil {
@@ -41,10 +61,14 @@ func TestBusyPipeGrows(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !tc.want(size) {
-				t.Fatalf("pipe size %d after %d bytes", size, len(tc.data))
+			want := def
+			if tc.grows && pipesize.Allowed() {
+				want = pipesize.Busy
 			}
-			if st := p.Stats(); st.Read.Bytes != uint64(len(tc.data)-bytes.Count(tc.data, []byte("\n"))) {
+			if size != want {
+				t.Fatalf("pipe size %d after %d bytes, want %d", size, len(data), want)
+			}
+			if st := p.Stats(); st.Read.Bytes != uint64(len(data)-bytes.Count(data, []byte("\n"))) {
 				t.Fatalf("read %+v", st.Read)
 			}
 		})

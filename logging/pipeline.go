@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/containers/conmon-v2/internal/pipesize"
 )
 
 // DefaultReadSize is the size of one read from a container's pipe, as in
@@ -368,15 +370,10 @@ type readState struct {
 // would give), and the first read that would have fit in ReadSize switches
 // it back. A busy stream thus costs one read, one wake-up and one batch
 // per BusyReadSize instead of per ReadSize, while a quiet one holds only
-// its ReadSize buffer.
+// its ReadSize buffer. A read that finds the pipe full (its whole 64 KiB)
+// grows the pipe once to 1 MiB where the project's policy allows it
+// (internal/pipesize), so that a read of BusyReadSize can come back full.
 const BusyReadSize = 128 << 10
-
-// BusyPipeSize is what the pipe of a busy stream is grown to, when the
-// reader exposes its descriptor (syscall.Conn): a 64 KiB pipe never
-// fills a read of BusyReadSize. A pipe that never fills keeps the
-// kernel's default, so quiet containers do not count against the user's
-// pipe pages (fs.pipe-user-pages-soft).
-const BusyPipeSize = 1 << 20
 
 func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 	small := p.bufPool.Get().(*[]byte)
@@ -388,13 +385,14 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 		}
 	}()
 	st := &readState{}
-	grown := false
+	grow := pipesize.ForReader(r) // a busy stream's pipe: the project's one policy
 	for {
 		buf := *small
 		if big != nil {
 			buf = *big
 		}
 		n, err := r.Read(buf)
+		grow.Observe(n)
 		if n > 0 {
 			// A read that filled the buffer is most likely followed by
 			// more: its records ride with the next read's batch instead of
@@ -404,10 +402,6 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 		switch {
 		case big == nil && n == len(buf) && p.bigSize > len(buf):
 			big = p.bigPool.Get().(*[]byte)
-			if !grown {
-				grown = true
-				growPipe(r)
-			}
 		case big != nil && n < len(*small):
 			p.bigPool.Put(big)
 			big = nil

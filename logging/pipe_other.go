@@ -1,7 +1,0 @@
-//go:build !linux
-
-package logging
-
-import "io"
-
-func growPipe(io.Reader) {}
