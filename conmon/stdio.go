@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -97,46 +96,13 @@ func (d *drainReader) Read(p []byte) (int, error) {
 }
 
 // SyscallConn exposes the pipe's descriptor, so that the log pipeline can
-// grow the pipe of a busy stream (logging.BusyPipeSize): with the kernel's
-// 64 KiB pipe the container blocks, and the monitor wakes, every 64 KiB.
-// It does so only where the kernel exempts the monitor from the per-user
-// pipe limits (pipesUnlimited): elsewhere (rootless Podman) every grown
-// pipe counts 1 MiB against fs.pipe-user-pages-soft (64 MiB by default)
-// until the container exits, and past it every new pipe of the user, in
-// any program, gets two pages. There the pipes keep the kernel's size, as
-// with conmon. The pipeline calls it once per busy stream.
+// grow the pipe of a busy stream: with the kernel's 64 KiB pipe the
+// container blocks, and the monitor wakes, every 64 KiB. Whether it does
+// is the project's one policy (internal/pipesize): not under rootless
+// Podman, where every grown pipe would take 1 MiB of its user's
+// fs.pipe-user-pages-soft until the container exits.
 func (d *drainReader) SyscallConn() (syscall.RawConn, error) {
-	if !pipesUnlimited() {
-		return nil, errPipesLimited
-	}
 	return d.f.SyscallConn()
-}
-
-var errPipesLimited = errors.New("pipes count against the user's pipe page limit: not grown")
-
-// pipesUnlimited reports whether the kernel lets this process grow pipes
-// without counting them against its user's limits: it runs in the initial
-// user namespace (where the kernel checks capabilities) with
-// CAP_SYS_RESOURCE or CAP_SYS_ADMIN.
-func pipesUnlimited() bool {
-	m, err := os.ReadFile("/proc/self/uid_map")
-	if err != nil || !identityIDMap(m) {
-		return false
-	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	const want = 1<<unix.CAP_SYS_RESOURCE | 1<<unix.CAP_SYS_ADMIN
-	return data[0].Effective&want != 0
-}
-
-// identityIDMap reports whether an uid_map is the initial user namespace's:
-// every id mapped to itself.
-func identityIDMap(m []byte) bool {
-	f := strings.Fields(string(m))
-	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
 }
 
 // Drain makes the reader return what is left and then EOF.
