@@ -105,3 +105,27 @@ func FuzzShimConfig(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMayBeBootstrap checks that the wire-format pre-check never rejects
+// an input that proto.Unmarshal takes for BootstrapParams of c1/default.
+func FuzzMayBeBootstrap(f *testing.F) {
+	ro := fuzzMarshal(&runtimeoptions.Options{ConfigBody: []byte("grouping = \"container\"\n")})
+	for _, seed := range [][]byte{
+		nil,
+		fuzzMarshal(&anypb.Any{TypeUrl: runtimeOptionsURL, Value: ro}),
+		fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c1", Namespace: "default", SocketDir: proto.String("/run/s"),
+			Extensions: []*bootstrap.Extension{{Value: &anypb.Any{TypeUrl: runtimeOptionsURL, Value: ro}}}}),
+		append(fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c1", Namespace: "default"}), fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c2"})...),
+		append(fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c2", Namespace: "default"}), fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c1"})...),
+		{0x08, 0x01, 0x0a, 0x02, 'c', '1', 0x12, 0x07, 'd', 'e', 'f', 'a', 'u', 'l', 't'},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var bp bootstrap.BootstrapParams
+		full := proto.Unmarshal(data, &bp) == nil && bp.GetInstanceID() == "c1" && bp.GetNamespace() == "default"
+		if full && !mayBeBootstrap(data, "c1", "default") {
+			t.Fatalf("mayBeBootstrap rejects %x, which unmarshals as BootstrapParams of c1/default", data)
+		}
+	})
+}
