@@ -392,7 +392,7 @@ func (p *Pipeline) readLoop(s Stream, r io.Reader) {
 			buf = *big
 		}
 		n, err := r.Read(buf)
-		grow.Observe(n)
+		grow.Observe(n, len(buf))
 		if n > 0 {
 			// A read that filled the buffer is most likely followed by
 			// more: its records ride with the next read's batch instead of

@@ -448,7 +448,7 @@ func readerOf(r io.Reader) func() (*[]byte, int, error) {
 				bp = nil
 				return false // wait in the poller, holding no buffer
 			}
-			grow.Observe(fd, n)
+			grow.Observe(fd, n, len(*bp))
 			return true
 		})
 		switch {

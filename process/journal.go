@@ -454,7 +454,7 @@ func (j *streamJournal) reader(r io.Reader) func() (*[]byte, int, error) {
 			if rerr == unix.EAGAIN {
 				return false
 			}
-			grow.Observe(fd, n)
+			grow.Observe(fd, n, copyBufSize)
 			return true
 		})
 		if n < 0 {

@@ -5,10 +5,15 @@
 //
 // The kernel gives a pipe 64 KiB. A container that writes faster than its
 // monitor reads then blocks, and the monitor wakes, once per 64 KiB. Once
-// a read finds the pipe full (it returned the pipe's whole capacity), the
-// pipe is grown once to Busy (F_SETPIPE_SZ): one wake-up per MiB. A pipe
-// that never fills keeps the kernel's size. The attempt is made once per
-// pipe; a refusal changes nothing.
+// a read comes back full (it took all the reader's buffer could hold, or
+// the pipe's whole capacity), the stream outruns its reader and the pipe
+// is grown to Busy (F_SETPIPE_SZ): one wake-up per MiB. A stream whose
+// reads never come back full keeps the kernel's size. The attempt is made
+// once per pipe; a refusal changes nothing. (The shim's copiers read 128
+// KiB, so for them "full" is a full pipe; the log pipeline reads 8 KiB
+// until a read fills it, and growing at that first full read measured
+// faster for the drop-in than waiting for a full pipe: docs/logging.md,
+// "Speed".)
 //
 // What the kernel does (fs/pipe.c: account_pipe_buffers,
 // too_many_pipe_buffers_soft/_hard, pipe_is_unprivileged_user,
@@ -85,7 +90,7 @@ func identityIDMap(m []byte) bool {
 	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
 }
 
-// Grower grows one pipe at most once, when a read finds it full. Its zero
+// Grower grows one pipe at most once, when a read comes back full. Its zero
 // value asks Allowed; it is not safe for concurrent use (one reader owns
 // it).
 type Grower struct {
@@ -93,8 +98,14 @@ type Grower struct {
 	allow func() bool // nil: Allowed; tests inject
 }
 
-// Wants reports whether a read of n bytes needs Observe: cheap, so that a
-// reader that must fetch the descriptor for Observe can skip that.
-func (g *Grower) Wants(n int) bool {
-	return n > 0 && (g.size == 0 || (g.size > 0 && n >= g.size))
+// Wants reports whether a read of n bytes into a buffer of buf bytes
+// needs Observe: cheap, so that a reader that must fetch the descriptor
+// for Observe can skip that.
+func (g *Grower) Wants(n, buf int) bool {
+	return n > 0 && (g.size == 0 || (g.size > 0 && full(n, buf, g.size)))
 }
+
+// full reports whether a read of n bytes into a buffer of buf bytes, from
+// a pipe of size bytes, came back full: it took all the buffer could
+// hold, or all the pipe could.
+func full(n, buf, size int) bool { return n >= min(buf, size) }

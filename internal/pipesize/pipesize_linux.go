@@ -47,13 +47,15 @@ func sysctlPages(name string) int64 {
 	return n
 }
 
-// Observe is called with the pipe's descriptor after each read of n > 0
-// bytes from it (at least when Wants(n)). The first call learns the
-// pipe's size (F_GETPIPE_SZ; not a pipe, already Busy or more, or not
-// Allowed: done); a read of the whole size found the pipe full and grows
-// it to Busy, once, whatever the kernel answers.
-func (g *Grower) Observe(fd uintptr, n int) {
-	if !g.Wants(n) {
+// Observe is called with the pipe's descriptor after each read of n
+// bytes into a buffer of buf bytes (at least when Wants). The first call
+// learns the pipe's size (F_GETPIPE_SZ; not a pipe, already Busy or more,
+// or not Allowed: done). A read that came back full, taking all the
+// buffer could hold or all the pipe could, shows a stream that outruns
+// its reader: the pipe is grown to Busy, once, whatever the kernel
+// answers.
+func (g *Grower) Observe(fd uintptr, n, buf int) {
+	if !g.Wants(n, buf) {
 		return
 	}
 	if g.size == 0 {
@@ -67,7 +69,7 @@ func (g *Grower) Observe(fd uintptr, n int) {
 			return
 		}
 		g.size = sz
-		if n < sz {
+		if !full(n, buf, sz) {
 			return
 		}
 	}
@@ -97,10 +99,10 @@ func ForReader(r io.Reader) *ReaderGrower {
 }
 
 // Observe is Grower.Observe for the reader's descriptor; call it after each
-// read of n bytes.
-func (rg *ReaderGrower) Observe(n int) {
-	if rg == nil || !rg.g.Wants(n) {
+// read of n bytes into a buffer of buf bytes.
+func (rg *ReaderGrower) Observe(n, buf int) {
+	if rg == nil || !rg.g.Wants(n, buf) {
 		return
 	}
-	_ = rg.rc.Control(func(fd uintptr) { rg.g.Observe(fd, n) })
+	_ = rg.rc.Control(func(fd uintptr) { rg.g.Observe(fd, n, buf) })
 }

@@ -17,20 +17,24 @@ func pipeSize(t *testing.T, f *os.File) int {
 	return sz
 }
 
-// TestGrower: a pipe is grown once a read returns its whole size, and only
-// where the policy allows; a read that did not find it full, or a second
-// full one after a refusal, changes nothing.
+// TestGrower: a pipe is grown once a read comes back full (it filled the
+// buffer or took the whole pipe), and only where the policy allows; reads
+// that did not come back full change nothing.
 func TestGrower(t *testing.T) {
+	type read struct{ n, buf int } // n < 0: the pipe's size
 	for _, tc := range []struct {
 		name  string
 		allow bool
-		reads []int // each read: bytes, as a fraction of the kernel's size when negative (-1: all)
+		reads []read
 		grown bool
 	}{
-		{"full read, allowed", true, []int{-1}, true},
-		{"full read, not allowed", false, []int{-1}, false},
-		{"partial reads", true, []int{4096, 60000, 65535}, false},
-		{"partial then full", true, []int{4096, -1}, true},
+		{"full pipe, allowed", true, []read{{-1, 128 << 10}}, true},
+		{"full pipe, not allowed", false, []read{{-1, 128 << 10}}, false},
+		{"full buffer", true, []read{{8192, 8192}}, true},
+		{"full buffer, not allowed", false, []read{{8192, 8192}}, false},
+		{"partial reads", true, []read{{4096, 128 << 10}, {60000, 128 << 10}, {65535, 128 << 10}, {100, 8192}}, false},
+		{"partial then full", true, []read{{4096, 128 << 10}, {-1, 128 << 10}}, true},
+		{"nothing read", true, []read{{0, 0}, {0, 8192}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, w, err := os.Pipe()
@@ -44,11 +48,11 @@ func TestGrower(t *testing.T) {
 				t.Skipf("pipes here start at %d", def)
 			}
 			g := Grower{allow: func() bool { return tc.allow }}
-			for _, n := range tc.reads {
-				if n < 0 {
-					n = def
+			for _, rd := range tc.reads {
+				if rd.n < 0 {
+					rd.n = def
 				}
-				g.Observe(r.Fd(), n)
+				g.Observe(r.Fd(), rd.n, rd.buf)
 			}
 			got := pipeSize(t, r)
 			if tc.grown && got < Busy {
@@ -60,7 +64,7 @@ func TestGrower(t *testing.T) {
 			if !tc.grown && got != def {
 				t.Fatalf("size %d, want the kernel's %d", got, def)
 			}
-			if g.Wants(def) && tc.grown {
+			if tc.grown && g.Wants(def, def) {
 				t.Fatal("Grower still wants reads after growing")
 			}
 		})
@@ -75,7 +79,7 @@ func TestReaderGrower(t *testing.T) {
 		t.Fatal("ForReader of a bytes.Reader is not nil")
 	}
 	var none *ReaderGrower
-	none.Observe(1 << 20) // must not panic
+	none.Observe(1<<20, 1<<20) // must not panic
 
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -86,7 +90,7 @@ func TestReaderGrower(t *testing.T) {
 	def := pipeSize(t, r)
 	rg := ForReader(r)
 	rg.g.allow = func() bool { return true }
-	rg.Observe(def)
+	rg.Observe(def, 128<<10)
 	if got := pipeSize(t, r); got < Busy && Allowed() {
 		t.Fatalf("size %d after a full read, want %d", got, Busy)
 	}

@@ -8,7 +8,7 @@ import "io"
 func Allowed() bool { return false }
 
 // Observe does nothing outside Linux.
-func (g *Grower) Observe(fd uintptr, n int) {}
+func (g *Grower) Observe(fd uintptr, n, buf int) {}
 
 // ReaderGrower does nothing outside Linux.
 type ReaderGrower struct{}
@@ -17,4 +17,4 @@ type ReaderGrower struct{}
 func ForReader(io.Reader) *ReaderGrower { return nil }
 
 // Observe does nothing outside Linux.
-func (*ReaderGrower) Observe(int) {}
+func (*ReaderGrower) Observe(n, buf int) {}
