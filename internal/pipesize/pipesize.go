@@ -46,9 +46,10 @@
 // processes that run as host uid 0 without those capabilities, chiefly
 // containers without a user namespace (engines drop CAP_SYS_RESOURCE and
 // CAP_SYS_ADMIN by default). Each grown pipe takes 256 of root's 16384
-// soft pages from them; only streams that keep their pipe full are grown,
-// so it takes some 60 such streams on one host, less what root's other
-// pipes hold, before those containers' new pipes get two pages.
+// soft pages from them; only streams whose reads come back full are
+// grown, so it takes some 60 such streams on one host, fewer by what
+// root's other pipes hold, before those containers' new pipes get two
+// pages. No interface shows a user's charge, so no budget is kept here.
 package pipesize
 
 import "strings"
