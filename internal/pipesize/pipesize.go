@@ -32,8 +32,9 @@
 //   - both limits are off (fs.pipe-user-pages-soft and -hard are 0):
 //     nobody is limited, whatever is charged; or
 //   - the process runs in the initial user namespace (an identity
-//     uid_map) with CAP_SYS_RESOURCE or CAP_SYS_ADMIN effective: a
-//     rootful engine, whose pipes are charged to root.
+//     uid_map, and /proc/self/ns/user is that namespace's inode) with
+//     CAP_SYS_RESOURCE or CAP_SYS_ADMIN effective: a rootful engine,
+//     whose pipes are charged to root.
 //
 // Under a rootless engine (rootless Podman, containerd in RootlessKit) the
 // monitor's pipes are charged to the user who runs it, and that user's
@@ -72,7 +73,16 @@ type Facts struct {
 	// fs.pipe-user-pages-soft and -hard, in pages: 0 is no limit, -1
 	// unknown (unreadable: counted as a limit).
 	SoftPages, HardPages int64
+	// UserNS is the inode of /proc/self/ns/user; 0 if unknown. A child
+	// user namespace can be given an identity uid_map too, but its
+	// capabilities are not the initial namespace's, where the kernel
+	// checks them.
+	UserNS uint64
 }
+
+// initUserNS is the inode number of the initial user namespace
+// (PROC_USER_INIT_INO in the kernel's include/linux/proc_ns.h, fixed).
+const initUserNS = 0xEFFFFFFD
 
 // Decide reports whether a process with facts f grows busy pipes: see the
 // package comment for the rule and why.
@@ -81,7 +91,8 @@ func Decide(f Facts) bool {
 		return true
 	}
 	const privileged = 1<<capSysResource | 1<<capSysAdmin
-	return identityIDMap(f.UIDMap) && f.CapEff&privileged != 0
+	initial := identityIDMap(f.UIDMap) && (f.UserNS == 0 || f.UserNS == initUserNS)
+	return initial && f.CapEff&privileged != 0
 }
 
 // identityIDMap reports whether an uid_map is the initial user namespace's:

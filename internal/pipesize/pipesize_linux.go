@@ -27,6 +27,10 @@ func ReadFacts() Facts {
 	if m, err := os.ReadFile("/proc/self/uid_map"); err == nil {
 		f.UIDMap = m
 	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/user", &st); err == nil {
+		f.UserNS = st.Ino
+	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err == nil {

@@ -44,6 +44,9 @@ func TestDecide(t *testing.T) {
 		{"rootless, hard limit only", Facts{UIDMap: []byte(rootless), SoftPages: 0, HardPages: 32768}, false},
 		{"rootless, sysctls unreadable", Facts{UIDMap: []byte(rootless), SoftPages: -1, HardPages: -1}, false},
 		{"root, sysctls unreadable", Facts{UIDMap: []byte(initNS), CapEff: admin, SoftPages: -1, HardPages: -1}, true},
+		{"root, the initial namespace's inode", Facts{UIDMap: []byte(initNS), CapEff: admin, SoftPages: 16384, UserNS: initUserNS}, true},
+		{"identity map in a child namespace, all caps there", Facts{UIDMap: []byte(initNS), CapEff: ^uint64(0), SoftPages: 16384, UserNS: 4026532123}, false},
+		{"child namespace, limits off", Facts{UIDMap: []byte(initNS), SoftPages: 0, HardPages: 0, UserNS: 4026532123}, true},
 	} {
 		if got := Decide(tc.f); got != tc.want {
 			t.Errorf("%s: Decide(%+v) = %v, want %v", tc.name, tc.f, got, tc.want)
