@@ -370,8 +370,8 @@ type readState struct {
 // would give), and the first read that would have fit in ReadSize switches
 // it back. A busy stream thus costs one read, one wake-up and one batch
 // per BusyReadSize instead of per ReadSize, while a quiet one holds only
-// its ReadSize buffer. A read that finds the pipe full (its whole 64 KiB)
-// grows the pipe once to 1 MiB where the project's policy allows it
+// its ReadSize buffer. A read that comes back full grows the pipe to 1
+// MiB, until the stream goes quiet, where the project's policy allows it
 // (internal/pipesize), so that a read of BusyReadSize can come back full.
 const BusyReadSize = 128 << 10
 

@@ -8,12 +8,31 @@
 // a read comes back full (it took all the reader's buffer could hold, or
 // the pipe's whole capacity), the stream outruns its reader and the pipe
 // is grown to Busy (F_SETPIPE_SZ): one wake-up per MiB. A stream whose
-// reads never come back full keeps the kernel's size. The attempt is made
-// once per pipe; a refusal changes nothing. (The shim's copiers read 128
-// KiB, so for them "full" is a full pipe; the log pipeline reads 8 KiB
-// until a read fills it, and growing at that first full read measured
-// faster for the drop-in than waiting for a full pipe: docs/logging.md,
-// "Speed".)
+// reads never come back full keeps the kernel's size. (The shim's copiers
+// read 128 KiB, so for them "full" is a full pipe; the log pipeline reads
+// 8 KiB until a read fills it, and growing at that first full read
+// measured faster for the drop-in than waiting for a full pipe:
+// docs/logging.md, "Speed".)
+//
+// A grown pipe is shrunk back to the size it had (the kernel's, as the
+// first F_GETPIPE_SZ found it) once its stream has gone quiet: Quiet (16)
+// consecutive reads each came back quiet, taking all the pipe held and
+// that under an eighth of its old size (8 KiB of 64 KiB). A reader that
+// finds the pipe that empty, read after read, is well ahead of its writer,
+// which the kernel's size serves as well; a stream that still outruns its
+// reader fills each read (a grown pipe holds more than any buffer), so a
+// steady busy stream is never shrunk, and a pause of fewer than 16 reads
+// (a few short lines between bursts) restarts the count at the next busy
+// read. The kernel refuses to shrink a pipe that holds more than fits
+// (EBUSY): the next quiet read tries again. A shrunk pipe is grown again
+// by the same rule, but only at the Regrow+1-th (17th) full read after the
+// shrink: a stream that alternates bursts and pauses costs at most two
+// F_SETPIPE_SZ per 33 reads, and runs at the kernel's size between a
+// shrink and its regrowth, never worse than an ungrown pipe. Any other
+// refusal, of a growth or a shrink, ends it for that pipe. The Grower
+// sees only reads (no timer, no goroutine): a stream that stops dead
+// right after a burst, with no small reads after it, keeps its grown pipe
+// until it writes again or exits.
 //
 // What the kernel does (fs/pipe.c: account_pipe_buffers,
 // too_many_pipe_buffers_soft/_hard, pipe_is_unprivileged_user,
@@ -47,10 +66,13 @@
 // processes that run as host uid 0 without those capabilities, chiefly
 // containers without a user namespace (engines drop CAP_SYS_RESOURCE and
 // CAP_SYS_ADMIN by default). Each grown pipe takes 256 of root's 16384
-// soft pages from them; only streams whose reads come back full are
-// grown, so it takes some 60 such streams on one host, fewer by what
-// root's other pipes hold, before those containers' new pipes get two
-// pages. No interface shows a user's charge, so no budget is kept here.
+// soft pages from them, but only while its stream outruns its reader:
+// 16 quiet reads give the 240 above the kernel's 16 back. It takes some
+// 60 streams busy at the same moment on one host (fewer, by what root's
+// other pipes hold), not 60 that were ever busy, before those containers'
+// new pipes get two pages; a stream that fell silent right after a burst
+// still counts until it writes again or exits (above). No interface shows
+// a user's charge, so no budget is kept here.
 package pipesize
 
 import "strings"
@@ -102,22 +124,52 @@ func identityIDMap(m []byte) bool {
 	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
 }
 
-// Grower grows one pipe at most once, when a read comes back full. Its zero
-// value asks Allowed; it is not safe for concurrent use (one reader owns
-// it).
+// Quiet is how many consecutive quiet reads (Grower) shrink a grown pipe
+// back to its size before growth; Regrow is how many full reads a pipe
+// that was shrunk waits before it is grown again.
+const (
+	Quiet  = 16
+	Regrow = 16
+)
+
+// Grower grows one pipe to Busy when a read comes back full, and shrinks
+// it back to the size it had once Quiet consecutive reads came back
+// quiet (under an eighth of that size); a pipe that was shrunk is grown
+// again at the Regrow+1-th full read after. Its zero value asks Allowed;
+// it is not safe for concurrent use (one reader owns it) and allocates
+// nothing.
 type Grower struct {
-	size  int         // 0: not asked yet; >0: the pipe's size; <0: done (grown, refused or not to grow)
+	size  int         // 0: not asked yet; >0: the pipe's size before growth; <0: done (never to grow or shrink)
+	grown bool        // the pipe is Busy (size > 0)
+	count int         // grown: consecutive quiet reads; not grown: full reads still to wait after a shrink
 	allow func() bool // nil: Allowed; tests inject
 }
 
 // Wants reports whether a read of n bytes into a buffer of buf bytes
-// needs Observe: cheap, so that a reader that must fetch the descriptor
-// for Observe can skip that.
+// needs Observe: a few integer compares, so that a reader that must fetch
+// the descriptor for Observe can skip that. A grown pipe wants its quiet
+// reads, and the first busy read after some (which restarts the count);
+// a pipe at its own size wants its full reads.
 func (g *Grower) Wants(n, buf int) bool {
-	return n > 0 && (g.size == 0 || (g.size > 0 && full(n, buf, g.size)))
+	switch {
+	case n <= 0 || g.size < 0:
+		return false
+	case g.size == 0:
+		return true
+	case g.grown:
+		return g.count > 0 || quiet(n, buf, g.size)
+	}
+	return full(n, buf, g.size)
 }
 
 // full reports whether a read of n bytes into a buffer of buf bytes, from
 // a pipe of size bytes, came back full: it took all the buffer could
 // hold, or all the pipe could.
 func full(n, buf, size int) bool { return n >= min(buf, size) }
+
+// quiet reports whether a read of n bytes into a buffer of buf bytes
+// came back quiet for a pipe whose size before growth is size: it took
+// everything the pipe held (less than the buffer) and that was under an
+// eighth of size. A stream whose reader finds its pipe that empty, read
+// after read, does not need more than the kernel's size.
+func quiet(n, buf, size int) bool { return n < buf && n < size>>3 }

@@ -56,13 +56,18 @@ func sysctlPages(name string) int64 {
 // learns the pipe's size (F_GETPIPE_SZ; not a pipe, already Busy or more,
 // or not Allowed: done). A read that came back full, taking all the
 // buffer could hold or all the pipe could, shows a stream that outruns
-// its reader: the pipe is grown to Busy, once, whatever the kernel
-// answers.
+// its reader: the pipe is grown to Busy. Once Quiet consecutive reads of
+// the grown pipe came back quiet, it is shrunk to its learned size; the
+// kernel refuses (EBUSY) while the pipe holds more than that size's
+// slots, and the next quiet read tries again. A shrunk pipe is grown again
+// at the Regrow+1-th full read after the shrink. Any other refusal, of a
+// growth or a shrink, ends it: the pipe keeps the size it has.
 func (g *Grower) Observe(fd uintptr, n, buf int) {
 	if !g.Wants(n, buf) {
 		return
 	}
-	if g.size == 0 {
+	switch {
+	case g.size == 0:
 		allow := g.allow
 		if allow == nil {
 			allow = Allowed
@@ -76,9 +81,31 @@ func (g *Grower) Observe(fd uintptr, n, buf int) {
 		if !full(n, buf, sz) {
 			return
 		}
+	case g.grown:
+		if !quiet(n, buf, g.size) {
+			g.count = 0
+			return
+		}
+		if g.count++; g.count < Quiet {
+			return
+		}
+		switch _, err := unix.FcntlInt(fd, unix.F_SETPIPE_SZ, g.size); err {
+		case nil:
+			g.grown, g.count = false, Regrow
+		case unix.EBUSY: // more than fits: at the next quiet read
+		default:
+			g.size = -1
+		}
+		return
+	case g.count > 0: // shrunk: the full reads to wait
+		g.count--
+		return
 	}
-	_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, Busy)
-	g.size = -1
+	if _, err := unix.FcntlInt(fd, unix.F_SETPIPE_SZ, Busy); err != nil {
+		g.size = -1
+		return
+	}
+	g.grown, g.count = true, 0
 }
 
 // ReaderGrower is a Grower for a reader that exposes its descriptor

@@ -71,6 +71,160 @@ func TestGrower(t *testing.T) {
 	}
 }
 
+// canGrow reports whether this process may grow a pipe to Busy at all
+// (an unprivileged one past fs.pipe-user-pages-soft may not).
+func canGrow(t *testing.T) bool {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	_, err = unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, Busy)
+	return err == nil
+}
+
+// TestGrowerLifecycle drives a Grower with reads of a real pipe: a busy
+// stream's pipe is grown and stays grown while busy (and through short
+// pauses), a quiet one is shrunk back to the kernel's size, a shrink the
+// kernel refuses (the pipe holds more than fits) is retried at a later
+// quiet read, and a shrunk pipe waits Regrow full reads before it is
+// grown again.
+func TestGrowerLifecycle(t *testing.T) {
+	const buf = 128 << 10 // the shim's reads
+	type phase struct {
+		kind  string // "busy": fill the pipe (up to buf) and read it; "quiet": 100 bytes; "told": Observe a 100-byte read, read nothing; "hold": write 100 KiB, read nothing; "drain": read all
+		times int
+		want  int // the pipe's size after the phase: Busy, or 0 for the kernel's
+	}
+	for _, tc := range []struct {
+		name   string
+		allow  bool
+		phases []phase
+	}{
+		{"busy stream grows and stays grown", true, []phase{
+			{"busy", 1, Busy}, {"busy", 40, Busy},
+		}},
+		{"pauses shorter than Quiet keep it grown", true, []phase{
+			{"busy", 1, Busy}, {"quiet", Quiet - 1, Busy}, {"busy", 1, Busy},
+			{"quiet", Quiet - 1, Busy}, {"busy", 3, Busy}, {"quiet", Quiet - 1, Busy},
+		}},
+		{"quiet stream shrinks back", true, []phase{
+			{"busy", 5, Busy}, {"quiet", Quiet - 1, Busy}, {"quiet", 1, 0}, {"quiet", 50, 0},
+		}},
+		{"shrink refused while the pipe holds more, retried later", true, []phase{
+			{"busy", 1, Busy}, {"hold", 1, Busy}, {"told", Quiet, Busy}, {"told", 3, Busy},
+			{"drain", 1, Busy}, {"quiet", 1, 0},
+		}},
+		{"a busy read restarts the quiet count after a refusal", true, []phase{
+			{"busy", 1, Busy}, {"hold", 1, Busy}, {"told", Quiet, Busy}, {"drain", 1, Busy},
+			{"busy", 1, Busy}, {"quiet", Quiet - 1, Busy}, {"quiet", 1, 0},
+		}},
+		{"regrowth waits Regrow full reads", true, []phase{
+			{"busy", 1, Busy}, {"quiet", Quiet, 0}, {"busy", Regrow, 0}, {"busy", 1, Busy},
+			{"busy", 10, Busy}, {"quiet", Quiet, 0}, {"quiet", 3, 0}, {"busy", Regrow, 0}, {"busy", 1, Busy},
+		}},
+		{"not allowed: nothing", false, []phase{
+			{"busy", 20, 0}, {"quiet", Quiet * 2, 0}, {"busy", 20, 0},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.allow && !canGrow(t) {
+				t.Skip("F_SETPIPE_SZ to 1 MiB is refused to this process")
+			}
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			defer w.Close()
+			rfd, wfd := r.Fd(), w.Fd() // blocking: writes below always fit
+			def := pipeSize(t, r)
+			if def >= Busy {
+				t.Skipf("pipes here start at %d", def)
+			}
+			g := Grower{allow: func() bool { return tc.allow }}
+			data, into := make([]byte, buf), make([]byte, buf)
+			write := func(n int) {
+				if _, err := unix.Write(int(wfd), data[:n]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			read := func() int {
+				n, err := unix.Read(int(rfd), into)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			for i, ph := range tc.phases {
+				for range ph.times {
+					switch ph.kind {
+					case "busy":
+						write(min(buf, pipeSize(t, r)))
+						g.Observe(rfd, read(), buf)
+					case "quiet":
+						write(100)
+						g.Observe(rfd, read(), buf)
+					case "told":
+						g.Observe(rfd, 100, buf)
+					case "hold":
+						write(100 << 10)
+					case "drain":
+						read()
+					}
+				}
+				want := ph.want
+				if want == 0 {
+					want = def
+				}
+				if got := pipeSize(t, r); got != want {
+					t.Fatalf("phase %d (%d× %s): size %d, want %d", i, ph.times, ph.kind, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestGrowerWants: the fast path wants the reads Observe acts on: every
+// read until the pipe is known, its full reads at the kernel's size, the
+// quiet reads of a grown pipe (and the busy read that ends a count), and
+// nothing once done.
+func TestGrowerWants(t *testing.T) {
+	const def, buf = 64 << 10, 128 << 10
+	for _, tc := range []struct {
+		name string
+		g    Grower
+		n    int
+		want bool
+	}{
+		{"unknown, any read", Grower{}, 1, true},
+		{"unknown, nothing read", Grower{}, 0, false},
+		{"done", Grower{size: -1}, def, false},
+		{"kernel size, full", Grower{size: def}, def, true},
+		{"kernel size, partial", Grower{size: def}, def - 1, false},
+		{"grown, busy", Grower{size: def, grown: true}, buf, false},
+		{"grown, not quiet enough", Grower{size: def, grown: true}, def / 8, false},
+		{"grown, quiet", Grower{size: def, grown: true}, def/8 - 1, true},
+		{"grown, busy after quiet reads", Grower{size: def, grown: true, count: 3}, buf, true},
+		{"shrunk, waiting, full", Grower{size: def, count: Regrow}, def, true},
+		{"shrunk, quiet", Grower{size: def, count: Regrow}, 100, false},
+	} {
+		if got := tc.g.Wants(tc.n, buf); got != tc.want {
+			t.Errorf("%s: Wants(%d, %d) = %v, want %v", tc.name, tc.n, buf, got, tc.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		g := Grower{size: def, grown: true}
+		for range Quiet - 1 {
+			g.Observe(^uintptr(0), 100, buf)
+		}
+	}); n != 0 {
+		t.Errorf("Observe allocates: %v per run", n)
+	}
+}
+
 // TestReaderGrower: the io.Reader form grows the pipe behind an *os.File
 // whose read returned the pipe's size, and is a no-op for a reader
 // without a descriptor.
