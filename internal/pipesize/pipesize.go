@@ -16,23 +16,25 @@
 //
 // A grown pipe is shrunk back to the size it had (the kernel's, as the
 // first F_GETPIPE_SZ found it) once its stream has gone quiet: Quiet (16)
-// consecutive reads each came back quiet, taking all the pipe held and
-// that under an eighth of its old size (8 KiB of 64 KiB). A reader that
-// finds the pipe that empty, read after read, is well ahead of its writer,
-// which the kernel's size serves as well; a stream that still outruns its
-// reader fills each read (a grown pipe holds more than any buffer), so a
-// steady busy stream is never shrunk, and a pause of fewer than 16 reads
-// (a few short lines between bursts) restarts the count at the next busy
-// read. The kernel refuses to shrink a pipe that holds more than fits
-// (EBUSY): the next quiet read tries again. A shrunk pipe is grown again
-// by the same rule, but only at the Regrow+1-th (17th) full read after the
-// shrink: a stream that alternates bursts and pauses costs at most two
-// F_SETPIPE_SZ per 33 reads, and runs at the kernel's size between a
-// shrink and its regrowth, never worse than an ungrown pipe. Any other
-// refusal, of a growth or a shrink, ends it for that pipe. The Grower
-// sees only reads (no timer, no goroutine): a stream that stops dead
-// right after a burst, with no small reads after it, keeps its grown pipe
-// until it writes again or exits.
+// consecutive reads came back quiet, over at least QuietFor (2 s) from
+// the first of them to the last. A read is quiet when it took all the
+// pipe held and that was under an eighth of the old size (8 KiB of 64
+// KiB): a reader that finds the pipe that empty is well ahead of its
+// writer, which the kernel's size serves as well. A stream that still
+// outruns its reader fills its reads (a grown pipe holds more than any
+// buffer), so a steady busy stream is never shrunk; one busy read
+// restarts the count, so a stream whose reader only now and then catches
+// up (bursts, or a writer a little slower than its reader) stays grown.
+// The kernel refuses to shrink a pipe that holds more slots than fit
+// (EBUSY): the next quiet read tries again. A shrunk pipe is grown again,
+// by the same rule, at its next full read; as a shrink takes 2 s of
+// quiet, a pipe changes size at most twice per 2 s (and a refused shrink
+// is retried only at a quiet read). Any other refusal, of a growth or a
+// shrink, ends it for that pipe. The Grower sees only reads, with a clock
+// read at the first quiet read of a run and at each one from the 16th
+// (no timer, no goroutine): a stream that stops dead right after a
+// burst, with no small reads after it, keeps its grown pipe until it
+// writes again (2 s of small reads) or exits.
 //
 // What the kernel does (fs/pipe.c: account_pipe_buffers,
 // too_many_pipe_buffers_soft/_hard, pipe_is_unprivileged_user,
@@ -66,16 +68,19 @@
 // processes that run as host uid 0 without those capabilities, chiefly
 // containers without a user namespace (engines drop CAP_SYS_RESOURCE and
 // CAP_SYS_ADMIN by default). Each grown pipe takes 256 of root's 16384
-// soft pages from them, but only while its stream outruns its reader:
-// 16 quiet reads give the 240 above the kernel's 16 back. It takes some
-// 60 streams busy at the same moment on one host (fewer, by what root's
-// other pipes hold), not 60 that were ever busy, before those containers'
-// new pipes get two pages; a stream that fell silent right after a burst
-// still counts until it writes again or exits (above). No interface shows
-// a user's charge, so no budget is kept here.
+// soft pages from them, but only while its stream is busy: 2 s of quiet
+// reads give back the 240 above the kernel's 16. It takes some 60 streams
+// busy at the same time on one host (fewer, by what root's other pipes
+// hold), not 60 that were ever busy, before those containers' new pipes
+// get two pages; a stream that fell silent right after a burst still
+// counts until it writes again or exits (above). No interface shows a
+// user's charge, so no budget is kept here.
 package pipesize
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // Busy is what a busy stream's pipe is grown to: 1 MiB, the default
 // fs.pipe-max-size, so no CAP_SYS_RESOURCE is needed for the size itself.
@@ -124,25 +129,26 @@ func identityIDMap(m []byte) bool {
 	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
 }
 
-// Quiet is how many consecutive quiet reads (Grower) shrink a grown pipe
-// back to its size before growth; Regrow is how many full reads a pipe
-// that was shrunk waits before it is grown again.
+// A grown pipe is shrunk once its stream has gone quiet: Quiet
+// consecutive quiet reads (Grower) over at least QuietFor, from the first
+// of them to the last.
 const (
-	Quiet  = 16
-	Regrow = 16
+	Quiet    = 16
+	QuietFor = 2 * time.Second
 )
 
 // Grower grows one pipe to Busy when a read comes back full, and shrinks
-// it back to the size it had once Quiet consecutive reads came back
-// quiet (under an eighth of that size); a pipe that was shrunk is grown
-// again at the Regrow+1-th full read after. Its zero value asks Allowed;
-// it is not safe for concurrent use (one reader owns it) and allocates
-// nothing.
+// it back to the size it had once its stream has gone quiet (Quiet,
+// QuietFor); it grows it again at the next full read. Its zero value asks
+// Allowed and reads the clock with time.Now; it is not safe for
+// concurrent use (one reader owns it) and allocates nothing.
 type Grower struct {
-	size  int         // 0: not asked yet; >0: the pipe's size before growth; <0: done (never to grow or shrink)
-	grown bool        // the pipe is Busy (size > 0)
-	count int         // grown: consecutive quiet reads; not grown: full reads still to wait after a shrink
-	allow func() bool // nil: Allowed; tests inject
+	size  int              // 0: not asked yet; >0: the pipe's size before growth; <0: done (never to grow or shrink)
+	grown bool             // the pipe is Busy (size > 0)
+	count int              // grown: consecutive quiet reads
+	since time.Time        // grown, count > 0: when the first of them was observed
+	allow func() bool      // nil: Allowed; tests inject
+	now   func() time.Time // nil: time.Now; tests inject
 }
 
 // Wants reports whether a read of n bytes into a buffer of buf bytes

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,10 +58,10 @@ func sysctlPages(name string) int64 {
 // or not Allowed: done). A read that came back full, taking all the
 // buffer could hold or all the pipe could, shows a stream that outruns
 // its reader: the pipe is grown to Busy. Once Quiet consecutive reads of
-// the grown pipe came back quiet, it is shrunk to its learned size; the
-// kernel refuses (EBUSY) while the pipe holds more than that size's
-// slots, and the next quiet read tries again. A shrunk pipe is grown again
-// at the Regrow+1-th full read after the shrink. Any other refusal, of a
+// the grown pipe came back quiet, over at least QuietFor, it is shrunk to
+// its learned size; the kernel refuses (EBUSY) while the pipe holds more
+// than that size's slots, and the next quiet read tries again. A shrunk
+// pipe is grown again at its next full read. Any other refusal, of a
 // growth or a shrink, ends it: the pipe keeps the size it has.
 func (g *Grower) Observe(fd uintptr, n, buf int) {
 	if !g.Wants(n, buf) {
@@ -86,19 +87,19 @@ func (g *Grower) Observe(fd uintptr, n, buf int) {
 			g.count = 0
 			return
 		}
-		if g.count++; g.count < Quiet {
+		if g.count++; g.count == 1 {
+			g.since = g.clock()
+		}
+		if g.count < Quiet || g.clock().Sub(g.since) < QuietFor {
 			return
 		}
 		switch _, err := unix.FcntlInt(fd, unix.F_SETPIPE_SZ, g.size); err {
 		case nil:
-			g.grown, g.count = false, Regrow
+			g.grown, g.count = false, 0
 		case unix.EBUSY: // more than fits: at the next quiet read
 		default:
 			g.size = -1
 		}
-		return
-	case g.count > 0: // shrunk: the full reads to wait
-		g.count--
 		return
 	}
 	if _, err := unix.FcntlInt(fd, unix.F_SETPIPE_SZ, Busy); err != nil {
@@ -106,6 +107,13 @@ func (g *Grower) Observe(fd uintptr, n, buf int) {
 		return
 	}
 	g.grown, g.count = true, 0
+}
+
+func (g *Grower) clock() time.Time {
+	if g.now == nil {
+		return time.Now()
+	}
+	return g.now()
 }
 
 // ReaderGrower is a Grower for a reader that exposes its descriptor

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -85,16 +86,17 @@ func canGrow(t *testing.T) bool {
 	return err == nil
 }
 
-// TestGrowerLifecycle drives a Grower with reads of a real pipe: a busy
-// stream's pipe is grown and stays grown while busy (and through short
-// pauses), a quiet one is shrunk back to the kernel's size, a shrink the
-// kernel refuses (the pipe holds more than fits) is retried at a later
-// quiet read, and a shrunk pipe waits Regrow full reads before it is
-// grown again.
+// TestGrowerLifecycle drives a Grower with reads of a real pipe and a
+// test clock: a busy stream's pipe is grown and stays grown while busy
+// (and through pauses of fewer than Quiet reads or shorter than QuietFor),
+// a quiet one is shrunk back to the kernel's size, a shrink the kernel
+// refuses (the pipe holds more than fits) is retried at a later quiet
+// read, and a shrunk pipe is grown again at its next full read, but shrunk
+// again no sooner than QuietFor after its quiet reads began.
 func TestGrowerLifecycle(t *testing.T) {
 	const buf = 128 << 10 // the shim's reads
 	type phase struct {
-		kind  string // "busy": fill the pipe (up to buf) and read it; "quiet": 100 bytes; "told": Observe a 100-byte read, read nothing; "hold": write 100 KiB, read nothing; "drain": read all
+		kind  string // "busy": fill the pipe (up to buf) and read it; "quiet": 100 bytes; "told": Observe a 100-byte read, read nothing; "hold": write 100 KiB, read nothing; "drain": read all; "wait": the clock moves QuietFor on
 		times int
 		want  int // the pipe's size after the phase: Busy, or 0 for the kernel's
 	}
@@ -104,29 +106,33 @@ func TestGrowerLifecycle(t *testing.T) {
 		phases []phase
 	}{
 		{"busy stream grows and stays grown", true, []phase{
-			{"busy", 1, Busy}, {"busy", 40, Busy},
+			{"busy", 1, Busy}, {"wait", 3, Busy}, {"busy", 40, Busy},
 		}},
-		{"pauses shorter than Quiet keep it grown", true, []phase{
-			{"busy", 1, Busy}, {"quiet", Quiet - 1, Busy}, {"busy", 1, Busy},
-			{"quiet", Quiet - 1, Busy}, {"busy", 3, Busy}, {"quiet", Quiet - 1, Busy},
+		{"pauses of fewer than Quiet reads keep it grown", true, []phase{
+			{"busy", 1, Busy}, {"quiet", 1, Busy}, {"wait", 1, Busy}, {"quiet", Quiet - 2, Busy}, {"busy", 1, Busy},
+			{"quiet", 1, Busy}, {"wait", 1, Busy}, {"quiet", Quiet - 2, Busy}, {"busy", 3, Busy},
+		}},
+		{"quiet reads within QuietFor keep it grown", true, []phase{
+			{"busy", 1, Busy}, {"quiet", 5 * Quiet, Busy}, {"busy", 1, Busy}, {"wait", 1, Busy}, {"quiet", 5 * Quiet, Busy},
 		}},
 		{"quiet stream shrinks back", true, []phase{
-			{"busy", 5, Busy}, {"quiet", Quiet - 1, Busy}, {"quiet", 1, 0}, {"quiet", 50, 0},
+			{"busy", 5, Busy}, {"quiet", 1, Busy}, {"wait", 1, Busy}, {"quiet", Quiet - 2, Busy}, {"quiet", 1, 0}, {"quiet", 50, 0},
 		}},
 		{"shrink refused while the pipe holds more, retried later", true, []phase{
-			{"busy", 1, Busy}, {"hold", 1, Busy}, {"told", Quiet, Busy}, {"told", 3, Busy},
+			{"busy", 1, Busy}, {"hold", 1, Busy}, {"told", 1, Busy}, {"wait", 1, Busy}, {"told", Quiet, Busy}, {"told", 3, Busy},
 			{"drain", 1, Busy}, {"quiet", 1, 0},
 		}},
 		{"a busy read restarts the quiet count after a refusal", true, []phase{
-			{"busy", 1, Busy}, {"hold", 1, Busy}, {"told", Quiet, Busy}, {"drain", 1, Busy},
-			{"busy", 1, Busy}, {"quiet", Quiet - 1, Busy}, {"quiet", 1, 0},
+			{"busy", 1, Busy}, {"hold", 1, Busy}, {"told", 1, Busy}, {"wait", 1, Busy}, {"told", Quiet, Busy}, {"drain", 1, Busy},
+			{"busy", 1, Busy}, {"quiet", Quiet, Busy}, {"wait", 1, Busy}, {"quiet", 1, 0},
 		}},
-		{"regrowth waits Regrow full reads", true, []phase{
-			{"busy", 1, Busy}, {"quiet", Quiet, 0}, {"busy", Regrow, 0}, {"busy", 1, Busy},
-			{"busy", 10, Busy}, {"quiet", Quiet, 0}, {"quiet", 3, 0}, {"busy", Regrow, 0}, {"busy", 1, Busy},
+		{"regrown at a full read, shrunk again only after QuietFor", true, []phase{
+			{"busy", 1, Busy}, {"quiet", 1, Busy}, {"wait", 1, Busy}, {"quiet", Quiet, 0},
+			{"busy", 1, Busy}, {"quiet", 10 * Quiet, Busy}, {"wait", 1, Busy}, {"quiet", 1, 0},
+			{"busy", 1, Busy},
 		}},
 		{"not allowed: nothing", false, []phase{
-			{"busy", 20, 0}, {"quiet", Quiet * 2, 0}, {"busy", 20, 0},
+			{"busy", 20, 0}, {"quiet", 1, 0}, {"wait", 1, 0}, {"quiet", Quiet * 2, 0}, {"busy", 20, 0},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,7 +150,8 @@ func TestGrowerLifecycle(t *testing.T) {
 			if def >= Busy {
 				t.Skipf("pipes here start at %d", def)
 			}
-			g := Grower{allow: func() bool { return tc.allow }}
+			clock := time.Unix(1e9, 0)
+			g := Grower{allow: func() bool { return tc.allow }, now: func() time.Time { return clock }}
 			data, into := make([]byte, buf), make([]byte, buf)
 			write := func(n int) {
 				if _, err := unix.Write(int(wfd), data[:n]); err != nil {
@@ -173,6 +180,8 @@ func TestGrowerLifecycle(t *testing.T) {
 						write(100 << 10)
 					case "drain":
 						read()
+					case "wait":
+						clock = clock.Add(QuietFor)
 					}
 				}
 				want := ph.want
@@ -208,8 +217,6 @@ func TestGrowerWants(t *testing.T) {
 		{"grown, not quiet enough", Grower{size: def, grown: true}, def / 8, false},
 		{"grown, quiet", Grower{size: def, grown: true}, def/8 - 1, true},
 		{"grown, busy after quiet reads", Grower{size: def, grown: true, count: 3}, buf, true},
-		{"shrunk, waiting, full", Grower{size: def, count: Regrow}, def, true},
-		{"shrunk, quiet", Grower{size: def, count: Regrow}, 100, false},
 	} {
 		if got := tc.g.Wants(tc.n, buf); got != tc.want {
 			t.Errorf("%s: Wants(%d, %d) = %v, want %v", tc.name, tc.n, buf, got, tc.want)
