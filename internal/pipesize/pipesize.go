@@ -60,7 +60,7 @@
 // Under a rootless engine (rootless Podman, containerd in RootlessKit) the
 // monitor's pipes are charged to the user who runs it, and that user's
 // other processes, in any program, are unprivileged: each grown pipe would
-// take 256 of their 16384 pages until the container exits, and past that
+// take 256 of their 16384 pages while it stays grown, and past that
 // every new pipe of theirs gets two pages. There pipes keep the kernel's
 // size, as with conmon.
 //
