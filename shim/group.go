@@ -161,10 +161,10 @@ func joinCall(conn net.Conn, service, method string, payload []byte) (codes.Code
 	// ttrpc.Response: status 1 (google.rpc.Status: code 1), payload 2.
 	var code codes.Code
 	var out []byte
-	err := eachField(msg, func(num protowire.Number, v []byte, x uint64) {
+	err := eachField(msg, func(num protowire.Number, _ protowire.Type, v []byte, x uint64) {
 		switch num {
 		case 1:
-			_ = eachField(v, func(num protowire.Number, _ []byte, x uint64) {
+			_ = eachField(v, func(num protowire.Number, _ protowire.Type, _ []byte, x uint64) {
 				if num == 1 {
 					code = codes.Code(x)
 				}
@@ -180,48 +180,12 @@ func joinCall(conn net.Conn, service, method string, payload []byte) (codes.Code
 // containerd runtimeoptions.v1.Options.
 func optionsConfigBody(b []byte) ([]byte, error) {
 	var body []byte
-	err := eachField(b, func(num protowire.Number, v []byte, _ uint64) {
+	err := eachField(b, func(num protowire.Number, _ protowire.Type, v []byte, _ uint64) {
 		if num == 3 {
 			body = v
 		}
 	})
 	return body, err
-}
-
-// eachField calls fn with each field of the serialized protobuf message
-// b: v holds a length-delimited field's bytes, x a varint's value; other
-// wire types are skipped.
-func eachField(b []byte, fn func(num protowire.Number, v []byte, x uint64)) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		switch typ {
-		case protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return protowire.ParseError(n)
-			}
-			fn(num, v, 0)
-			b = b[n:]
-		case protowire.VarintType:
-			x, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return protowire.ParseError(n)
-			}
-			fn(num, nil, x)
-			b = b[n:]
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return protowire.ParseError(n)
-			}
-			b = b[n:]
-		}
-	}
-	return nil
 }
 
 // lockDir takes an exclusive flock on dir and returns its release.

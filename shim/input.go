@@ -79,32 +79,16 @@ func DecodeStartInput(data []byte, id, namespace string) (StartInput, error) {
 // BootstrapParams' too.
 func mayBeBootstrap(data []byte, id, namespace string) bool {
 	var gotID, gotNS []byte
-	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
-		if n < 0 {
-			return false
+	err := eachField(data, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) {
+		switch {
+		case typ != protowire.BytesType:
+		case num == 1:
+			gotID = v
+		case num == 2:
+			gotNS = v
 		}
-		data = data[n:]
-		if typ == protowire.BytesType && (num == 1 || num == 2) {
-			v, n := protowire.ConsumeBytes(data)
-			if n < 0 {
-				return false
-			}
-			if num == 1 {
-				gotID = v
-			} else {
-				gotNS = v
-			}
-			data = data[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, data)
-		if n < 0 {
-			return false
-		}
-		data = data[n:]
-	}
-	return string(gotID) == id && string(gotNS) == namespace
+	})
+	return err == nil && string(gotID) == id && string(gotNS) == namespace
 }
 
 func isOptionsURL(u string) bool {
