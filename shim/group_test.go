@@ -54,13 +54,7 @@ func TestJoin(t *testing.T) {
 				}()
 				t.Cleanup(func() { l.Close() })
 			} else {
-				srv, err := ttrpc.NewServer()
-				if err != nil {
-					t.Fatal(err)
-				}
-				tc.register(srv)
-				go srv.Serve(context.Background(), l)
-				t.Cleanup(func() { srv.Close() })
+				serveTTRPC(t, l, tc.register)
 			}
 			cfg, ok := join(sock, "c1")
 			if ok != tc.wantOK || string(cfg) != tc.wantCfg {
@@ -71,4 +65,17 @@ func TestJoin(t *testing.T) {
 	if _, ok := join(shortTempSocket(t), "c1"); ok {
 		t.Fatal("join succeeded on a socket nobody listens on")
 	}
+}
+
+// serveTTRPC serves l with a ttrpc server set up by register until the
+// test ends.
+func serveTTRPC(t *testing.T, l net.Listener, register func(*ttrpc.Server)) {
+	t.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(srv)
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
 }

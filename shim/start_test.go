@@ -201,14 +201,8 @@ func TestStartJoinsRunningDaemon(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			srv, err := ttrpc.NewServer()
-			if err != nil {
-				t.Fatal(err)
-			}
 			members := newMembership(time.Minute)
-			registerGroupService(srv, members, want)
-			go srv.Serve(context.Background(), l)
-			t.Cleanup(func() { srv.Close() })
+			serveTTRPC(t, l, func(srv *ttrpc.Server) { registerGroupService(srv, members, want) })
 
 			bundle := filepath.Join(dir, "bundle")
 			if err := os.MkdirAll(bundle, 0o755); err != nil {
