@@ -9,6 +9,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// newPipe returns a pipe that is closed when the test ends.
+func newPipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		w.Close()
+	})
+	return r, w
+}
+
 func pipeSize(t *testing.T, f *os.File) int {
 	t.Helper()
 	sz, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0)
@@ -38,12 +52,7 @@ func TestGrower(t *testing.T) {
 		{"nothing read", true, []read{{0, 0}, {0, 8192}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, w, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			defer w.Close()
+			r, _ := newPipe(t)
 			def := pipeSize(t, r)
 			if def >= Busy {
 				t.Skipf("pipes here start at %d", def)
@@ -76,13 +85,8 @@ func TestGrower(t *testing.T) {
 // (an unprivileged one past fs.pipe-user-pages-soft may not).
 func canGrow(t *testing.T) bool {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	_, err = unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, Busy)
+	r, _ := newPipe(t)
+	_, err := unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, Busy)
 	return err == nil
 }
 
@@ -139,12 +143,7 @@ func TestGrowerLifecycle(t *testing.T) {
 			if tc.allow && !canGrow(t) {
 				t.Skip("F_SETPIPE_SZ to 1 MiB is refused to this process")
 			}
-			r, w, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			defer w.Close()
+			r, w := newPipe(t)
 			rfd, wfd := r.Fd(), w.Fd() // blocking: writes below always fit
 			def := pipeSize(t, r)
 			if def >= Busy {
@@ -242,12 +241,7 @@ func TestReaderGrower(t *testing.T) {
 	var none *ReaderGrower
 	none.Observe(1<<20, 1<<20) // must not panic
 
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
+	r, _ := newPipe(t)
 	def := pipeSize(t, r)
 	rg := ForReader(r)
 	rg.g.allow = func() bool { return true }
