@@ -11,13 +11,18 @@ import (
 
 // runcSystem is the floor: runc alone, no monitor at all. The container's
 // init is re-parented to the harness (a subreaper), which waits for it.
-// Its stdio is /dev/null, or, for the raw-copy limit of the log figure, a
-// pipe that `cat` copies into a file.
+// Its stdio is /dev/null, or, for the raw-copy references of the log
+// figure, a pipe that `cat` copies into a file.
 type runcSystem struct {
 	env *Env
 	// rawCopy: stdout goes through a pipe into `cat > LogPath`, the cheapest
 	// way to move the container's output into a file.
 	rawCopy bool
+	// syncBin, with rawCopy, is coreutils' sync, run on LogPath once cat
+	// has exited and before Wait returns (`sync FILE` is fsync(2) of that
+	// file): the raw copy with the durability conmon and the drop-in give
+	// the log before they report the exit.
+	syncBin string
 	// idleBin, if set, is started beside each container as its "monitor":
 	// the smallest Go process, the memory reference of a Go monitor.
 	idleBin string
@@ -30,6 +35,8 @@ type runcState struct {
 
 func (s *runcSystem) Name() string {
 	switch {
+	case s.rawCopy && s.syncBin != "":
+		return "raw pipe→file (cat + fsync)"
 	case s.rawCopy:
 		return "raw pipe→file (cat)"
 	case s.idleBin != "":
@@ -119,14 +126,32 @@ func (s *runcSystem) Wait(ctx context.Context, c *Container) (int, error) {
 			// Not ru_maxrss: cat was forked (vfork) from the harness, and
 			// the kernel carries the harness's peak into the child's
 			// maxrss at exec. Its peak RSS is sampled from VmHWM instead.
-			c.Final = &monStat{CPU: ps.UserTime().Seconds() + ps.SystemTime().Seconds()}
+			c.Final = &monStat{CPU: cpuOf(ps)}
 		}
 		st.cat = nil
 		if err != nil {
 			return code, fmt.Errorf("cat: %w", err)
 		}
+		if s.syncBin != "" {
+			// The fsync runs in its own process so that its CPU time (the
+			// write-back submitted from fsync's caller) is counted with
+			// cat's, as a monitor's exit fsync is counted in its own.
+			cmd := exec.CommandContext(ctx, s.syncBin, c.LogPath)
+			out, err := cmd.CombinedOutput()
+			if ps := cmd.ProcessState; ps != nil && c.Final != nil {
+				c.Final.CPU += cpuOf(ps)
+			}
+			if err != nil {
+				return code, fmt.Errorf("sync %s: %w: %s", c.LogPath, err, out)
+			}
+		}
 	}
 	return code, nil
+}
+
+// cpuOf is a reaped child's user and system CPU time in seconds.
+func cpuOf(ps *os.ProcessState) float64 {
+	return ps.UserTime().Seconds() + ps.SystemTime().Seconds()
 }
 
 func (s *runcSystem) Exec(ctx context.Context, c *Container, args []string) (int, error) {
