@@ -1,3 +1,10 @@
+// Package shim is the containerd shim v2 daemon of conmon-v2: a ttrpc
+// server for the containerd.task.v2 and v3 Task services (over the task
+// service that package service implements), with its request limits, its
+// side of the group's Join, its idle and shutdown rules; and the `delete`
+// and `-info` actions. The command line, the configuration and the `start`
+// action are package launch, which the launcher binary runs without this
+// package.
 package shim
 
 import (
@@ -16,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/containers/conmon-v2/shim/drain"
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // TaskService is what the daemon serves: the task API plus the two
@@ -67,7 +75,7 @@ type Daemon struct {
 	OnQuiet    func()
 	QuietDelay time.Duration
 	// Limits bound the requests served at once (zero: DefaultLimits).
-	Limits Limits
+	Limits launch.Limits
 	// Handed are connections a previous daemon handed over (live upgrade,
 	// package drain): the server serves them before accepting new ones,
 	// each from its pending bytes.
@@ -256,7 +264,7 @@ loop:
 // removed before the lock is released.
 func (d Daemon) tryExit(svc TaskService, members *membership) bool {
 	if d.SocketPath != "" {
-		unlock, err := lockDir(filepath.Dir(d.SocketPath))
+		unlock, err := launch.LockDir(filepath.Dir(d.SocketPath))
 		if err != nil {
 			if d.Log != nil {
 				d.Log.Warn("socket directory lock", "error", err)

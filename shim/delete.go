@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/containers/conmon-v2/process"
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // deleteExitStatus is what `delete` reports: the container was (or is now)
@@ -40,11 +41,11 @@ type DeleteEnv struct {
 // group whose daemon is gone. It never touches a daemon that still
 // answers, nor other containers. It is idempotent and prints a
 // DeleteResponse.
-func Delete(ctx context.Context, f Flags, env DeleteEnv) error {
+func Delete(ctx context.Context, f launch.Flags, env DeleteEnv) error {
 	if err := f.ValidateIdentity(); err != nil {
 		return err
 	}
-	bundle, err := bundleDir(f)
+	bundle, err := f.BundleDir()
 	if err != nil {
 		return err
 	}
@@ -90,16 +91,16 @@ func Delete(ctx context.Context, f Flags, env DeleteEnv) error {
 
 // deleteConfig reads the configuration start saved in the bundle, else the
 // configuration file.
-func deleteConfig(bundle, flagPath string) (Config, error) {
-	p := filepath.Join(bundle, ConfigFile)
+func deleteConfig(bundle, flagPath string) (launch.Config, error) {
+	p := filepath.Join(bundle, launch.ConfigFile)
 	data, err := os.ReadFile(p)
 	if err == nil {
-		return ParseConfig(p, data)
+		return launch.ParseConfig(p, data)
 	}
 	if !os.IsNotExist(err) {
-		return Config{}, fmt.Errorf("delete: %w", err)
+		return launch.Config{}, fmt.Errorf("delete: %w", err)
 	}
-	return ResolveConfig(nil, flagPath)
+	return launch.ResolveConfig(nil, flagPath)
 }
 
 func readPidFile(path string) int {
@@ -147,11 +148,11 @@ func unmountAll(target string) error {
 
 // bundleSocket returns the socket named by the bundle's address file.
 func bundleSocket(bundle string) (string, bool) {
-	data, err := os.ReadFile(filepath.Join(bundle, AddressFile))
+	data, err := os.ReadFile(filepath.Join(bundle, launch.AddressFile))
 	if err != nil {
 		return "", false
 	}
-	sock, err := SocketFromAddress(strings.TrimSpace(string(data)))
+	sock, err := launch.SocketFromAddress(strings.TrimSpace(string(data)))
 	return sock, err == nil
 }
 

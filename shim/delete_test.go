@@ -11,6 +11,10 @@ import (
 
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/containers/conmon-v2/shim/launch"
+
+	"github.com/containers/conmon-v2/internal/testutil"
 )
 
 // TestDelete runs the delete action with a fake runtime that records its
@@ -19,9 +23,9 @@ func TestDelete(t *testing.T) {
 	dir := t.TempDir()
 	argsFile := filepath.Join(dir, "runtime-args")
 	runtime := filepath.Join(dir, "fake-runc")
-	writeTestFile(t, runtime, "#!/bin/sh\necho \"$@\" >> "+argsFile+"\n", 0o755)
+	testutil.WriteFile(t, runtime, "#!/bin/sh\necho \"$@\" >> "+argsFile+"\n", 0o755)
 
-	cfg := DefaultConfig()
+	cfg := launch.DefaultConfig()
 	cfg.Runtime = runtime
 	cfg.RuntimeRoot = filepath.Join(dir, "root")
 	cfg.StateDir = filepath.Join(dir, "state")
@@ -30,13 +34,13 @@ func TestDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	// start left its configuration in the bundle.
-	writeTestFile(t, filepath.Join(bundle, ConfigFile), string(cfg.Encode()), 0o600)
-	writeTestFile(t, filepath.Join(bundle, "init.pid"), "4242\n", 0o644)
+	testutil.WriteFile(t, filepath.Join(bundle, launch.ConfigFile), string(cfg.Encode()), 0o600)
+	testutil.WriteFile(t, filepath.Join(bundle, "init.pid"), "4242\n", 0o644)
 
 	run := func() *taskv2.DeleteResponse {
 		t.Helper()
 		var out, errOut bytes.Buffer
-		f := Flags{Namespace: "ns", ID: "c1", Bundle: bundle, Action: ActionDelete}
+		f := launch.Flags{Namespace: "ns", ID: "c1", Bundle: bundle, Action: launch.ActionDelete}
 		if err := Delete(context.Background(), f, DeleteEnv{Stdout: &out, Stderr: &errOut}); err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +68,7 @@ func TestDelete(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "ns", "c1"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	writeTestFile(t, filepath.Join(cfg.StateDir, "ns", "c1", "state.json"), `{"id":"c1","pid":777}`, 0o600)
+	testutil.WriteFile(t, filepath.Join(cfg.StateDir, "ns", "c1", "state.json"), `{"id":"c1","pid":777}`, 0o600)
 	if resp := run(); resp.Pid != 777 {
 		t.Fatalf("pid %d, want the record's 777", resp.Pid)
 	}
@@ -82,7 +86,7 @@ func TestDelete(t *testing.T) {
 
 func TestDeleteValidates(t *testing.T) {
 	var out bytes.Buffer
-	for _, f := range []Flags{
+	for _, f := range []launch.Flags{
 		{Namespace: "ns", ID: "../etc", Bundle: "/b"},
 		{Namespace: "", ID: "c1", Bundle: "/b"},
 		{Namespace: "ns", ID: "c1", Bundle: "relative"},
@@ -93,12 +97,5 @@ func TestDeleteValidates(t *testing.T) {
 	}
 	if out.Len() != 0 {
 		t.Errorf("a refused delete printed %q", out.String())
-	}
-}
-
-func writeTestFile(t *testing.T, path, content string, mode os.FileMode) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), mode); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // RuntimeName is the containerd runtime name that resolves to this shim.
@@ -36,7 +38,11 @@ func Info(ctx context.Context, version string, stdin io.Reader, stdout io.Writer
 			return fmt.Errorf("info: stdin is not runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 	}
-	cfg, err := ResolveConfig(opts, flagConfig)
+	var resolveOpts *launch.Options
+	if opts != nil {
+		resolveOpts = &launch.Options{TypeURL: opts.GetTypeUrl(), Value: opts.GetValue()}
+	}
+	cfg, err := launch.ResolveConfig(resolveOpts, flagConfig)
 	if err != nil {
 		return err
 	}

@@ -19,51 +19,9 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
-)
 
-func TestLimitsConfig(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		text    string
-		wantErr string // substring; empty: must parse
-		want    Limits
-	}{
-		{name: "defaults", text: "", want: DefaultLimits()},
-		{
-			name: "table sets every key",
-			text: "[limits]\nrequests = 8\nqueue = 0\nqueue_timeout = \"2s\"\nwaits = 100\nrequests_per_connection = 64\n",
-			want: Limits{Requests: 8, Queue: 0, QueueTimeout: 2 * time.Second, Waits: 100, RequestsPerConnection: 64},
-		},
-		{name: "a key alone keeps the other defaults", text: "[limits]\nwaits = 7\n", want: func() Limits { l := DefaultLimits(); l.Waits = 7; return l }()},
-		{name: "zero requests", text: "[limits]\nrequests = 0\n", wantErr: "[limits] requests = 0"},
-		{name: "negative queue", text: "[limits]\nqueue = -1\n", wantErr: "[limits] queue = -1"},
-		{name: "huge waits", text: "[limits]\nwaits = 100000000\n", wantErr: "[limits] waits = 100000000"},
-		{name: "zero per connection", text: "[limits]\nrequests_per_connection = 0\n", wantErr: "requests_per_connection"},
-		{name: "negative timeout", text: "[limits]\nqueue_timeout = \"-1s\"\n", wantErr: "queue_timeout"},
-		{name: "bad timeout", text: "[limits]\nqueue_timeout = \"soon\"\n", wantErr: "soon"},
-		{name: "unknown key", text: "[limits]\nconnections = 3\n", wantErr: "limits.connections"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, err := ParseConfig("test", []byte(tc.text))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, errdefs.ErrInvalidArgument) {
-					t.Fatalf("err = %v, want InvalidArgument naming %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.Limits != tc.want {
-				t.Fatalf("limits %+v, want %+v", c.Limits, tc.want)
-			}
-			again, err := ParseConfig("encoded", c.Encode())
-			if err != nil || again.Limits != c.Limits {
-				t.Fatalf("after Encode: %+v, %v", again.Limits, err)
-			}
-		})
-	}
-}
+	"github.com/containers/conmon-v2/shim/launch"
+)
 
 func TestRequestLane(t *testing.T) {
 	for _, tc := range []struct {
@@ -73,7 +31,7 @@ func TestRequestLane(t *testing.T) {
 		{TaskServiceV2, "Kill", lanePriority},
 		{TaskServiceV3, "Delete", lanePriority},
 		{TaskServiceV2, "Shutdown", lanePriority},
-		{GroupService, "Join", lanePriority},
+		{launch.GroupService, "Join", lanePriority},
 		{TaskServiceV3, "Wait", laneWait},
 		{TaskServiceV2, "Exec", laneGeneral},
 		{TaskServiceV2, "State", laneGeneral},
@@ -108,7 +66,7 @@ type limitServer struct {
 	conns   []*limitConn
 }
 
-func newLimitServer(t *testing.T, lim Limits) *limitServer {
+func newLimitServer(t *testing.T, lim launch.Limits) *limitServer {
 	t.Helper()
 	s := &limitServer{path: filepath.Join(t.TempDir(), "s"), release: make(chan struct{}), kills: make(chan struct{}, 100)}
 	l := newLimiter(lim)
@@ -229,7 +187,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // reserve, on a flooded one; closing the server is not held up.
 func TestRequestFloodIsBounded(t *testing.T) {
 	const perConn, flood = 16, 2000
-	lim := Limits{Requests: 4, Queue: 1000, QueueTimeout: time.Minute, Waits: 8, RequestsPerConnection: perConn}
+	lim := launch.Limits{Requests: 4, Queue: 1000, QueueTimeout: time.Minute, Waits: 8, RequestsPerConnection: perConn}
 	s := newLimitServer(t, lim)
 	base := runtime.NumGoroutine()
 
@@ -328,7 +286,7 @@ func TestRequestLimitRefusals(t *testing.T) {
 	defer cancel()
 
 	// Queue of one, waits of one, no timeout in the way.
-	s := newLimitServer(t, Limits{Requests: 1, Queue: 1, QueueTimeout: time.Minute, Waits: 1, RequestsPerConnection: 64})
+	s := newLimitServer(t, launch.Limits{Requests: 1, Queue: 1, QueueTimeout: time.Minute, Waits: 1, RequestsPerConnection: 64})
 	defer close(s.release)
 	cl := s.client(t)
 	go s.call(ctx, cl, "Wait")
@@ -345,7 +303,7 @@ func TestRequestLimitRefusals(t *testing.T) {
 	}
 
 	// A short queue timeout.
-	s2 := newLimitServer(t, Limits{Requests: 1, Queue: 1, QueueTimeout: 50 * time.Millisecond, Waits: 1, RequestsPerConnection: 64})
+	s2 := newLimitServer(t, launch.Limits{Requests: 1, Queue: 1, QueueTimeout: 50 * time.Millisecond, Waits: 1, RequestsPerConnection: 64})
 	defer close(s2.release)
 	cl2 := s2.client(t)
 	go s2.call(ctx, cl2, "Exec")
@@ -370,7 +328,7 @@ func TestRequestLimitRefusals(t *testing.T) {
 // TestLimitConnStreamIDs: frames ttrpc refuses (an even or reused stream
 // id) are answered without freeing the slot of a request still running.
 func TestLimitConnStreamIDs(t *testing.T) {
-	s := newLimitServer(t, Limits{Requests: 8, Queue: 8, QueueTimeout: time.Minute, Waits: 8, RequestsPerConnection: 2})
+	s := newLimitServer(t, launch.Limits{Requests: 8, Queue: 8, QueueTimeout: time.Minute, Waits: 8, RequestsPerConnection: 2})
 	c, err := net.Dial("unix", s.path)
 	if err != nil {
 		t.Fatal(err)
@@ -404,7 +362,7 @@ func TestLimitConnStreamIDs(t *testing.T) {
 // frame sent for a unary call, which makes ttrpc v1.2's receive loop
 // dereference a nil stream handler and kill the daemon, is dropped.
 func TestLimitConnStreamsAndDataFrames(t *testing.T) {
-	s := newLimitServer(t, Limits{Requests: 8, Queue: 8, QueueTimeout: time.Minute, Waits: 8, RequestsPerConnection: 1})
+	s := newLimitServer(t, launch.Limits{Requests: 8, Queue: 8, QueueTimeout: time.Minute, Waits: 8, RequestsPerConnection: 1})
 	cl := s.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

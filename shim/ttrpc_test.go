@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // fakeService answers State with the request's ids, fails Kill with a
@@ -305,7 +307,7 @@ func TestDaemonWaitsForAJoinedMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	// start of c2 announces it, then c1 goes away before c2's Create.
-	if _, ok := join(sock, "c2"); !ok {
+	if _, ok := launch.Join(sock, "c2"); !ok {
 		t.Fatal("join failed")
 	}
 	if _, err := client.Delete(ctx, &taskv2.DeleteRequest{ID: "c1"}); err != nil {

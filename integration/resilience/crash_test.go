@@ -16,7 +16,7 @@ import (
 
 	"github.com/containers/conmon-v2/client"
 	"github.com/containers/conmon-v2/process"
-	"github.com/containers/conmon-v2/shim"
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // killDaemon kills the group's daemon with SIGKILL and waits until it is
@@ -49,7 +49,7 @@ type crashMode struct {
 	// perContainer: grouping = "container", one daemon per container. A
 	// killed daemon comes back only through a start naming its own
 	// container again (a client's; the test runs it) or through its
-	// keeper, and it reads its own task record only (shim.OnlyMember): a
+	// keeper, and it reads its own task record only (launch.OnlyMember): a
 	// container with a daemon of its own runs beside the killed ones,
 	// untouched.
 	perContainer bool
@@ -118,7 +118,7 @@ func testCrashReadoption(t *testing.T, m crashMode) {
 	var watch *recordWatch
 	if m.perContainer {
 		checkOwnDaemons(ctx, t, a, b, other.tk)
-		watch = watchRecords(t, filepath.Join(shim.DefaultConfig().StateDir, e.opts.Namespace), a.id, b.id, other.tk.id)
+		watch = watchRecords(t, filepath.Join(launch.DefaultConfig().StateDir, e.opts.Namespace), a.id, b.id, other.tk.id)
 	}
 	old := map[*task]int{}
 	keeper := map[*task]int{}

@@ -117,12 +117,16 @@ func TestRootless(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	testutil.BusyboxRootfs(t, filepath.Join(dir, "rootfs"))
-	shimBin, err := os.ReadFile(testutil.Bin(t, "containerd-shim-conmon-v2"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "containerd-shim-conmon-v2"), shimBin, 0o755); err != nil {
-		t.Fatal(err)
+	// The launcher and the daemon it runs, side by side, where the user
+	// can read them.
+	for _, name := range []string{"containerd-shim-conmon-v2", "containerd-shim-conmon-v2-daemon"} {
+		b, err := os.ReadFile(testutil.Bin(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	conf := fmt.Sprintf("grouping = \"container\"\nruntime_root = %q\nstate_dir = %q\nsocket_dir = %q\nlogger_dirs = []\n",
 		filepath.Join(dir, "runc"), filepath.Join(dir, "state"), filepath.Join(dir, "s"))

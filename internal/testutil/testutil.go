@@ -138,3 +138,11 @@ func splitLines(s string) []string {
 	}
 	return out
 }
+
+// WriteFile writes content to path with mode, failing the test on error.
+func WriteFile(t testing.TB, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}

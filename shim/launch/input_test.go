@@ -1,6 +1,7 @@
-package shim
+package launch
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -22,6 +23,17 @@ func mustAny(t *testing.T, url string, m proto.Message) *anypb.Any {
 		t.Fatal(err)
 	}
 	return &anypb.Any{TypeUrl: url, Value: b}
+}
+
+// toOptions is a as start's decoder yields it.
+func toOptions(a *anypb.Any) *Options {
+	return &Options{TypeURL: a.GetTypeUrl(), Value: a.GetValue()}
+}
+
+// sameOptions compares decoded options (a nil and an empty value are the
+// same bytes on the wire).
+func sameOptions(a, b *Options) bool {
+	return (a == nil) == (b == nil) && (a == nil || a.TypeURL == b.TypeURL && bytes.Equal(a.Value, b.Value))
 }
 
 func mustMarshal(t *testing.T, m proto.Message) []byte {
@@ -47,8 +59,8 @@ func TestDecodeStartInput(t *testing.T) {
 		err  bool
 	}{
 		{name: "empty", in: nil, want: &StartInput{}},
-		{name: "runc options Any (1.6 captured shape)", in: mustMarshal(t, runcOpts), want: &StartInput{Options: runcOpts}},
-		{name: "runtimeoptions Any (CRI)", in: mustMarshal(t, rtOpts), want: &StartInput{Options: rtOpts}},
+		{name: "runc options Any (1.6 captured shape)", in: mustMarshal(t, runcOpts), want: &StartInput{Options: toOptions(runcOpts)}},
+		{name: "runtimeoptions Any (CRI)", in: mustMarshal(t, rtOpts), want: &StartInput{Options: toOptions(rtOpts)}},
 		{
 			name: "2.3 BootstrapParams",
 			in: mustMarshal(t, &bootstrap.BootstrapParams{
@@ -57,7 +69,7 @@ func TestDecodeStartInput(t *testing.T) {
 				Extensions:             []*bootstrap.Extension{{Value: runcOpts}},
 				SocketDir:              proto.String("/run/containerd/s"),
 			}),
-			want: &StartInput{Bootstrap: true, Options: runcOpts, SocketDir: "/run/containerd/s",
+			want: &StartInput{Bootstrap: true, Options: toOptions(runcOpts), SocketDir: "/run/containerd/s",
 				TTRPCAddress: "/run/containerd/containerd.sock.ttrpc"},
 		},
 		{
@@ -68,7 +80,7 @@ func TestDecodeStartInput(t *testing.T) {
 		{
 			name: "Any that parses as BootstrapParams of another id",
 			in:   mustMarshal(t, &anypb.Any{TypeUrl: "other", Value: []byte("default")}),
-			want: &StartInput{Options: &anypb.Any{TypeUrl: "other", Value: []byte("default")}},
+			want: &StartInput{Options: &Options{TypeURL: "other", Value: []byte("default")}},
 		},
 		{
 			// The id+namespace check cannot tell these apart; containerd
@@ -93,7 +105,7 @@ func TestDecodeStartInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			if got.Bootstrap != tt.want.Bootstrap || got.SocketDir != tt.want.SocketDir ||
-				got.TTRPCAddress != tt.want.TTRPCAddress || !proto.Equal(got.Options, tt.want.Options) {
+				got.TTRPCAddress != tt.want.TTRPCAddress || !sameOptions(got.Options, tt.want.Options) {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
@@ -112,36 +124,36 @@ func TestResolveConfig(t *testing.T) {
 
 	tests := []struct {
 		name string
-		opts *anypb.Any
+		opts *Options
 		flag string
 		want Config
 		err  bool
 	}{
 		{name: "no options, flag file", flag: file, want: withNS},
-		{name: "config_path", opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: file}), want: withNS},
+		{name: "config_path", opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: file})), want: withNS},
 		{
 			name: "config_body wins over config_path",
-			opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: file, ConfigBody: []byte(`grouping = "container"`)}),
+			opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: file, ConfigBody: []byte(`grouping = "container"`)})),
 			want: func() Config { c := def; c.Grouping = GroupContainer; return c }(),
 		},
 		{
 			name: "prefixed type URL",
-			opts: mustAny(t, "type.googleapis.com/"+runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: file}),
+			opts: toOptions(mustAny(t, "type.googleapis.com/"+runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: file})),
 			want: withNS,
 		},
 		{
 			name: "runc options",
-			opts: mustAny(t, runcOptionsURL, &runcoptions.Options{BinaryName: "/usr/bin/crun", Root: "/run/r"}),
+			opts: toOptions(mustAny(t, runcOptionsURL, &runcoptions.Options{BinaryName: "/usr/bin/crun", Root: "/run/r"})),
 			flag: file,
 			want: func() Config { c := withNS; c.Runtime, c.RuntimeRoot = "/usr/bin/crun", "/run/r"; return c }(),
 		},
 		{name: "missing flag file", flag: filepath.Join(dir, "nope.toml"), err: true},
-		{name: "relative config_path", opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: "x.toml"}), err: true},
-		{name: "unknown key", opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte("grouping2 = 1")}), err: true},
-		{name: "bad grouping", opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte(`grouping = "pods"`)}), err: true},
-		{name: "relative runtime path", opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte(`runtime = "bin/runc"`)}), err: true},
-		{name: "long socket dir", opts: mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte(`socket_dir = "/` + strings.Repeat("a", 47) + `"`)}), err: true},
-		{name: "unknown options type", opts: mustAny(t, "io.example.Options", &runtimeoptions.Options{}), err: true},
+		{name: "relative config_path", opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigPath: "x.toml"})), err: true},
+		{name: "unknown key", opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte("grouping2 = 1")})), err: true},
+		{name: "bad grouping", opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte(`grouping = "pods"`)})), err: true},
+		{name: "relative runtime path", opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte(`runtime = "bin/runc"`)})), err: true},
+		{name: "long socket dir", opts: toOptions(mustAny(t, runtimeOptionsURL, &runtimeoptions.Options{ConfigBody: []byte(`socket_dir = "/` + strings.Repeat("a", 47) + `"`)})), err: true},
+		{name: "unknown options type", opts: toOptions(mustAny(t, "io.example.Options", &runtimeoptions.Options{})), err: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-package shim
+package launch
 
 import (
 	"context"
@@ -13,10 +13,9 @@ import (
 	"syscall"
 	"time"
 
-	bootstrap "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // ConfigFile is the copy of the resolved configuration that `start` leaves
@@ -45,9 +44,19 @@ const daemonReadyTimeout = 10 * time.Second
 type StartEnv struct {
 	Stdin  io.Reader
 	Stdout io.Writer
-	// Self is the shim executable re-run as daemon (os.Executable()).
+	// Self is the daemon executable: DaemonBinary beside the launcher,
+	// or the daemon's own os.Executable() when it runs start itself.
 	Self string
+	// Name is the daemon's argv[0] ("" = Self). The launcher gives its
+	// own, so that ps and the tools that find shims by their command line
+	// see containerd-shim-conmon-v2 whichever file runs.
+	Name string
 }
+
+// DaemonBinary is the file name of the shim daemon, installed beside the
+// launcher (containerd-shim-conmon-v2), which runs it for everything but
+// start.
+const DaemonBinary = "containerd-shim-conmon-v2-daemon"
 
 // Start runs the start action: it finds the daemon that serves the
 // container's group or spawns one, writes <bundle>/address and prints the
@@ -69,7 +78,7 @@ func Start(ctx context.Context, f Flags, env StartEnv) error {
 	if err != nil {
 		return err
 	}
-	bundle, err := bundleDir(f)
+	bundle, err := f.BundleDir()
 	if err != nil {
 		return err
 	}
@@ -139,11 +148,7 @@ func writeAddress(bundle, addr string) error {
 }
 
 func printAnswer(in StartInput, addr string, stdout io.Writer) error {
-	answer, err := startAnswer(in, addr)
-	if err != nil {
-		return err
-	}
-	_, err = stdout.Write(answer)
+	_, err := stdout.Write(startAnswer(in, addr))
 	return err
 }
 
@@ -152,14 +157,19 @@ func printAnswer(in StartInput, addr string, stdout io.Writer) error {
 // recognised by the BootstrapParams it sent, gets its own answer, a
 // BootstrapResult, declaring version 3: it then speaks
 // containerd.task.v3.Task, which the daemon serves as well.
-func startAnswer(in StartInput, addr string) ([]byte, error) {
+func startAnswer(in StartInput, addr string) []byte {
 	if !in.Bootstrap {
-		return []byte(addr), nil
+		return []byte(addr)
 	}
-	return proto.Marshal(&bootstrap.BootstrapResult{Version: 3, Address: addr, Protocol: "ttrpc"})
+	// BootstrapResult: version 1, address 2, protocol 3.
+	b := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 3)
+	b = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), addr)
+	return protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), "ttrpc")
 }
 
-func bundleDir(f Flags) (string, error) {
+// BundleDir is the bundle: -bundle, else the working directory (where
+// containerd runs the shim).
+func (f Flags) BundleDir() (string, error) {
 	if f.Bundle != "" {
 		if !filepath.IsAbs(f.Bundle) {
 			return "", fmt.Errorf("bundle %q must be an absolute path: %w", f.Bundle, errdefs.ErrInvalidArgument)
@@ -174,7 +184,7 @@ func bundleDir(f Flags) (string, error) {
 }
 
 // listenGroup binds the group's socket. When a daemon already serves the
-// group, it announces id to it (see Daemon.Serve) and returns the daemon's
+// group, it announces id to it (Join) and returns the daemon's
 // configuration with an AlreadyExists error. A stale socket file (left by
 // a daemon that died) is replaced. All of it happens under the socket
 // directory's lock.
@@ -189,7 +199,7 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("socket directory: %w", err)
 	}
-	unlock, err := lockDir(filepath.Dir(path))
+	unlock, err := LockDir(filepath.Dir(path))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -197,7 +207,7 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 	_, statErr := os.Lstat(path)
 	asked := statErr == nil
 	if asked {
-		if cfg, ok := join(path, id); ok {
+		if cfg, ok := Join(path, id); ok {
 			return nil, cfg, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
 		}
 	}
@@ -217,7 +227,7 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 			return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 		}
 		if !asked {
-			if cfg, ok := join(path, id); ok {
+			if cfg, ok := Join(path, id); ok {
 				return nil, cfg, fmt.Errorf("shim socket %s: %w", path, errdefs.ErrAlreadyExists)
 			}
 		}
@@ -256,6 +266,9 @@ func spawnDaemon(ctx context.Context, f Flags, cfg []byte, in StartInput, group,
 		args = append(args, "-debug")
 	}
 	cmd := exec.Command(env.Self, args...)
+	if env.Name != "" {
+		cmd.Args[0] = env.Name
+	}
 	cmd.Dir = "/" // do not keep the bundle busy: it is removed while the daemon may serve others
 	cmd.Env = daemonEnv(os.Environ(), cfg, in, group)
 	cmd.ExtraFiles = []*os.File{lf, readyW} // fds 3 and 4

@@ -1,4 +1,4 @@
-package shim
+package launch
 
 import (
 	"context"
@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 )
@@ -130,13 +131,23 @@ func TestListenGroup(t *testing.T) {
 	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode %v %v, want 0600", st.Mode(), err)
 	}
-	// A daemon serves the group: the second member joins it.
+	// A daemon serves the group: the second member joins it. (The
+	// daemon's side of Join is tested with it, in package shim.)
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	members := newMembership(time.Minute)
-	registerGroupService(srv, members, []byte("grouping = \"namespace\"\n"))
+	joined := make(chan string, 1)
+	srv.RegisterService(GroupService, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+		"Join": func(_ context.Context, unmarshal func(any) error) (any, error) {
+			var req taskv2.ConnectRequest
+			if err := unmarshal(&req); err != nil {
+				return nil, err
+			}
+			joined <- req.GetID()
+			return &runtimeoptions.Options{ConfigBody: []byte("grouping = \"namespace\"\n")}, nil
+		},
+	}})
 	go srv.Serve(context.Background(), l)
 	_, daemonCfg, err := listenGroup(sock, "c2")
 	if !errdefs.IsAlreadyExists(err) {
@@ -145,12 +156,8 @@ func TestListenGroup(t *testing.T) {
 	if string(daemonCfg) != "grouping = \"namespace\"\n" {
 		t.Fatalf("daemon config %q", daemonCfg)
 	}
-	if !members.waiting() {
-		t.Fatal("the daemon does not expect the member that joined")
-	}
-	members.created("c2")
-	if members.waiting() {
-		t.Fatal("member still pending after its Create")
+	if id := <-joined; id != "c2" {
+		t.Fatalf("the daemon was told of %q, want c2", id)
 	}
 	// The daemon died without removing its socket: replaced.
 	srv.Close()
@@ -167,18 +174,6 @@ func TestListenGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-}
-
-func TestMembershipExpires(t *testing.T) {
-	m := newMembership(10 * time.Millisecond)
-	m.join("c1")
-	if !m.waiting() {
-		t.Fatal("no pending member right after join")
-	}
-	time.Sleep(20 * time.Millisecond)
-	if m.waiting() {
-		t.Fatal("pending member did not expire")
-	}
 }
 
 func TestWriteFileAtomic(t *testing.T) {

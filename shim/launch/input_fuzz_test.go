@@ -1,6 +1,7 @@
-package shim
+package launch
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"testing"
@@ -52,9 +53,8 @@ func FuzzStartInput(f *testing.F) {
 		}
 		// A config_path in the input would read a file of this machine;
 		// the fuzzer only exercises the in-band forms.
-		if isOptionsURL(in.Options.GetTypeUrl()) && trimTypePrefix(in.Options.GetTypeUrl()) == runtimeOptionsURL {
-			var o runtimeoptions.Options
-			if proto.Unmarshal(in.Options.GetValue(), &o) == nil && len(o.GetConfigBody()) == 0 && o.GetConfigPath() != "" {
+		if trimTypePrefix(in.Options.TypeURL) == runtimeOptionsURL {
+			if o, err := decodeRuntimeOptions(in.Options.Value); err == nil && len(o.configBody) == 0 && o.configPath != "" {
 				return
 			}
 		}
@@ -106,26 +106,67 @@ func FuzzShimConfig(f *testing.F) {
 	})
 }
 
-// FuzzMayBeBootstrap checks that the wire-format pre-check never rejects
-// an input that proto.Unmarshal takes for BootstrapParams of c1/default.
-func FuzzMayBeBootstrap(f *testing.F) {
-	ro := fuzzMarshal(&runtimeoptions.Options{ConfigBody: []byte("grouping = \"container\"\n")})
+// FuzzDecodersMatchProto checks the wire-format decoders of start's
+// input against the protobuf runtime: on any bytes, each fails exactly
+// when proto.Unmarshal fails for its message, and otherwise yields the
+// same values.
+func FuzzDecodersMatchProto(f *testing.F) {
+	ro := fuzzMarshal(&runtimeoptions.Options{TypeUrl: "x", ConfigPath: "/etc/c.toml", ConfigBody: []byte("grouping = \"container\"\n")})
+	rc := fuzzMarshal(&runcoptions.Options{BinaryName: "/usr/bin/runc", Root: "/run/x", ShimCgroup: "/c", IoUid: 7, TaskApiAddress: "a"})
 	for _, seed := range [][]byte{
 		nil,
+		ro,
+		rc,
 		fuzzMarshal(&anypb.Any{TypeUrl: runtimeOptionsURL, Value: ro}),
 		fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c1", Namespace: "default", SocketDir: proto.String("/run/s"),
-			Extensions: []*bootstrap.Extension{{Value: &anypb.Any{TypeUrl: runtimeOptionsURL, Value: ro}}}}),
+			ContainerdTtrpcAddress: "/run/t", LogLevel: bootstrap.LogLevel_LOG_LEVEL_DEBUG,
+			Extensions: []*bootstrap.Extension{{}, {Value: &anypb.Any{TypeUrl: runtimeOptionsURL, Value: ro}}}}),
 		append(fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c1", Namespace: "default"}), fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c2"})...),
-		append(fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c2", Namespace: "default"}), fuzzMarshal(&bootstrap.BootstrapParams{InstanceID: "c1"})...),
-		{0x08, 0x01, 0x0a, 0x02, 'c', '1', 0x12, 0x07, 'd', 'e', 'f', 'a', 'u', 'l', 't'},
+		{0x0a, 0x02, 0xff, 0xfe},                         // field 1 not UTF-8
+		{0x08, 0x01, 0x0a, 0x02, 'c', '1'},               // field 1 as a varint, then as a string
+		{0x42, 0x04, 0x0a, 0x02, 0x0a, 0x00, 0x42, 0x00}, // extensions: a value, none
+		{0x42, 0x04, 0x0a, 0x02, 0x0a, 0x00, 0x0c},       // an end-group with no group
+		{0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f},
 	} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var bp bootstrap.BootstrapParams
-		full := proto.Unmarshal(data, &bp) == nil && bp.GetInstanceID() == "c1" && bp.GetNamespace() == "default"
-		if full && !mayBeBootstrap(data, "c1", "default") {
-			t.Fatalf("mayBeBootstrap rejects %x, which unmarshals as BootstrapParams of c1/default", data)
+		check := func(what string, err, protoErr error, same bool) {
+			t.Helper()
+			if (err == nil) != (protoErr == nil) {
+				t.Fatalf("%s of %x: decoder error %v, proto.Unmarshal error %v", what, data, err, protoErr)
+			}
+			if err == nil && !same {
+				t.Fatalf("%s of %x: the decoder and proto.Unmarshal disagree", what, data)
+			}
 		}
+
+		var a anypb.Any
+		gotAny, err := DecodeAny(data)
+		perr := proto.Unmarshal(data, &a)
+		check("Any", err, perr, gotAny.TypeURL == a.GetTypeUrl() && bytes.Equal(gotAny.Value, a.GetValue()))
+
+		var bp bootstrap.BootstrapParams
+		gotBP, err := decodeBootstrapParams(data)
+		perr = proto.Unmarshal(data, &bp)
+		same := gotBP.instanceID == bp.GetInstanceID() && gotBP.namespace == bp.GetNamespace() &&
+			gotBP.ttrpcAddress == bp.GetContainerdTtrpcAddress() && gotBP.socketDir == bp.GetSocketDir() &&
+			len(gotBP.extensions) == len(bp.GetExtensions())
+		for i := 0; same && i < len(gotBP.extensions); i++ {
+			got, want := gotBP.extensions[i], bp.GetExtensions()[i].GetValue()
+			same = (got == nil) == (want == nil) &&
+				(got == nil || got.TypeURL == want.GetTypeUrl() && bytes.Equal(got.Value, want.GetValue()))
+		}
+		check("BootstrapParams", err, perr, same)
+
+		var o runtimeoptions.Options
+		gotRO, err := decodeRuntimeOptions(data)
+		perr = proto.Unmarshal(data, &o)
+		check("runtimeoptions.v1.Options", err, perr, gotRO.configPath == o.GetConfigPath() && bytes.Equal(gotRO.configBody, o.GetConfigBody()))
+
+		var rco runcoptions.Options
+		gotRC, err := decodeRuncOptions(data)
+		perr = proto.Unmarshal(data, &rco)
+		check("containerd.runc.v1.Options", err, perr, gotRC.binaryName == rco.GetBinaryName() && gotRC.root == rco.GetRoot())
 	})
 }

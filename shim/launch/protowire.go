@@ -1,6 +1,10 @@
-package shim
+package launch
 
-import "google.golang.org/protobuf/encoding/protowire"
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
 
 // eachField calls fn with each length-delimited or varint field of the
 // serialized protobuf message b, in order: typ is the field's wire type,
@@ -14,6 +18,9 @@ func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, v []b
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return protowire.ParseError(n)
+		}
+		if !num.IsValid() { // ConsumeTag passes numbers above the maximum; proto.Unmarshal does not
+			return fmt.Errorf("field number %d out of range", num)
 		}
 		b = b[n:]
 		switch typ {

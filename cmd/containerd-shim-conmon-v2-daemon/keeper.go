@@ -16,6 +16,7 @@ import (
 	"github.com/containers/conmon-v2/reaper"
 	"github.com/containers/conmon-v2/service"
 	"github.com/containers/conmon-v2/shim"
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // keeperChildEnv marks the daemon a keeper started.
@@ -44,7 +45,7 @@ const (
 // It returns when the daemon exits normally (its group is empty), or
 // after too many crashes (then it closes the socket: the next start brings
 // up a new keeper).
-func runKeeper(f shim.Flags, cfg shim.Config, ready *os.File) error {
+func runKeeper(f launch.Flags, cfg launch.Config, ready *os.File) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("runtime", shim.RuntimeName, "namespace", f.Namespace, "pid", os.Getpid(), "role", "keeper")
 	if err := reaper.SetSubreaper(); err != nil {
 		return fmt.Errorf("keeper: subreaper: %w", err)
@@ -88,7 +89,7 @@ func runKeeper(f shim.Flags, cfg shim.Config, ready *os.File) error {
 		files := []uintptr{uintptr(devnull), uintptr(devnull), 2, 3}
 		env := []string{keeperChildEnv + "=1"}
 		if ready != nil {
-			env = append(env, shim.ReadyFDEnv+"="+strconv.Itoa(len(files)))
+			env = append(env, launch.ReadyFDEnv+"="+strconv.Itoa(len(files)))
 			files = append(files, ready.Fd())
 		}
 		env = append(env, custodyEnv+"="+strconv.Itoa(len(files)))
@@ -102,7 +103,7 @@ func runKeeper(f shim.Flags, cfg shim.Config, ready *os.File) error {
 				FrozenAt:   diedAt,
 				From:       version.Version + " (keeper, after a crash)",
 				Config:     string(cfg.Encode()),
-				Group:      os.Getenv(shim.GroupEnv),
+				Group:      os.Getenv(launch.GroupEnv),
 				Listener:   3,
 				SocketPath: sockPath,
 				Conns:      conns,
@@ -121,11 +122,11 @@ func runKeeper(f shim.Flags, cfg shim.Config, ready *os.File) error {
 			log.Info("handing the held descriptors to the new daemon", "tasks", len(tasks), "connections", len(conns), "descriptors", len(fds))
 		}
 		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, shim.ReadyFDEnv+"=") && !strings.HasPrefix(kv, custodyEnv+"=") && !strings.HasPrefix(kv, handoverEnv+"=") {
+			if !strings.HasPrefix(kv, launch.ReadyFDEnv+"=") && !strings.HasPrefix(kv, custodyEnv+"=") && !strings.HasPrefix(kv, handoverEnv+"=") {
 				env = append(env, kv)
 			}
 		}
-		pid, err := syscall.ForkExec(self, append([]string{self}, os.Args[1:]...), &syscall.ProcAttr{Dir: "/", Env: env, Files: files})
+		pid, err := syscall.ForkExec(self, os.Args, &syscall.ProcAttr{Dir: "/", Env: env, Files: files})
 		if err != nil {
 			unix.Close(kfd)
 			return 0, nil, err

@@ -1,13 +1,19 @@
-// Package shim is the containerd shim v2 command line of
-// containerd-shim-conmon-v2: the `start` action that finds or spawns the
-// shim daemon serving a container's group, the `delete` action that
-// cleans up after a container whose daemon is gone, the daemon itself
-// (a ttrpc server for the containerd.task.v2 and v3 Task services), and the
-// shim's configuration file.
+// Package launch is the light half of the containerd shim v2: its command
+// line, its configuration file, how containers are grouped onto daemons
+// and where a group's socket lives, and the `start` action, which finds
+// the daemon serving a container's group (announcing the container to it)
+// or spawns one.
+//
+// containerd runs `start` for every container, in a process of its own,
+// and waits for it. So this package links neither the protobuf runtime
+// nor ttrpc nor the task service: the messages start exchanges are read
+// and written in the wire format by hand, and the launcher binary
+// (cmd/containerd-shim-conmon-v2) built on it starts in a fraction of
+// the daemon's time (docs/design.md §1.6). The daemon is package shim.
 //
 // The CLI contract follows what containerd 1.6 to 2.3 and CRI-O's "vm"
 // runtime handler send; see docs/containerd.md.
-package shim
+package launch
 
 import (
 	"fmt"
