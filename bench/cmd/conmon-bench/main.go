@@ -27,6 +27,7 @@ func main() {
 	ns := flag.String("n", "", "comma-separated idle container counts for the memory figure (default 1,10,100,500; quick 1,10)")
 	iters := flag.Int("iterations", 0, "samples per latency and exec figure (0 = default)")
 	logMiB := flag.Int64("log-mib", 0, "MiB written per log-throughput run (0 = default)")
+	lines := flag.String("lines", "", "comma-separated line lengths in bytes of the log figure (default 80,16384)")
 	logReps := flag.Int("log-repeats", 0, "runs per system and line size in the log figure; the median is reported (0 = default: 3, quick 1)")
 	dense := flag.Int("dense", -1, "containers in the many-containers figure (-1 = default, 0 = skip)")
 	group := flag.Int("group-size", 0, "containers per pod in the grouped mode (0 = default 10)")
@@ -72,6 +73,16 @@ func main() {
 	}
 	if *logMiB > 0 {
 		cfg.LogBytes = *logMiB << 20
+	}
+	if *lines != "" {
+		cfg.LineSizes = nil
+		for _, f := range strings.Split(*lines, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 2 {
+				fatalf("--lines: %q is not a line length of at least 2 bytes (the generator's minimum)", f)
+			}
+			cfg.LineSizes = append(cfg.LineSizes, n)
+		}
 	}
 	if *logReps > 0 {
 		cfg.LogRepeats = *logReps
