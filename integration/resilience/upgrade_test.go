@@ -17,6 +17,7 @@ import (
 
 	"github.com/containers/conmon-v2/client"
 	"github.com/containers/conmon-v2/internal/testutil"
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // counterScript prints 1, 2, 3, ... one number a line, about 5000 lines a
@@ -487,7 +488,7 @@ func TestLiveUpgradeExecFails(t *testing.T) {
 	defer cancel()
 	tk := e.start(ctx, "xf", []string{"sh", "-c", counterScript}, true, nil)
 	s := tk.shim
-	data, err := os.ReadFile(e.shim)
+	data, err := os.ReadFile(testutil.Bin(t, launch.DaemonBinary)) // the file that is exec'd
 	if err != nil {
 		t.Fatal(err)
 	}

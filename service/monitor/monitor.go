@@ -43,6 +43,7 @@ import (
 	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/service"
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 // Events is what the monitor needs of the shim's event exchange
@@ -290,7 +291,8 @@ func (m *Monitor) Upgrade(ctx context.Context, req *conmonapi.UpgradeRequest) (*
 // daemon may execute, owned by root or by the daemon's effective uid, and
 // writable by neither group nor others: whoever could write it would run
 // code as the daemon. And it must be a build of the running program
-// (sameProgram). The error names the binary and the failed rule (errdefs
+// (sameProgram); a build of the shim's launcher stands for the daemon
+// file beside it. The error names the binary and the failed rule (errdefs
 // classes: InvalidArgument, NotFound, PermissionDenied).
 func ResolveBinary(binary string) (string, error) {
 	if binary == "" {
@@ -328,10 +330,22 @@ func ResolveBinary(binary string) (string, error) {
 	if err := unix.Access(real, unix.X_OK); err != nil {
 		return "", fmt.Errorf("upgrade binary %q: the shim may not execute it: %v: %w", real, err, errdefs.ErrPermissionDenied)
 	}
+	if isLauncher(real) {
+		// conmonctl shims upgrade --binary .../containerd-shim-conmon-v2:
+		// what runs is the daemon file beside the launcher, checked as well.
+		return ResolveBinary(filepath.Join(filepath.Dir(real), launch.DaemonBinary))
+	}
 	if err := sameProgram(real); err != nil {
 		return "", err
 	}
 	return real, nil
+}
+
+// isLauncher reports whether binary is a build of the shim's launcher
+// (cmd/containerd-shim-conmon-v2), which only starts the daemon.
+func isLauncher(binary string) bool {
+	bi, err := buildinfo.ReadFile(binary)
+	return err == nil && bi.Path == launch.LauncherPath
 }
 
 // sameProgram checks that binary is a build of the running program (the

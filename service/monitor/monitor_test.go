@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,6 +24,8 @@ import (
 	"github.com/containers/conmon-v2/events"
 	"github.com/containers/conmon-v2/logging"
 	"github.com/containers/conmon-v2/service"
+
+	"github.com/containers/conmon-v2/shim/launch"
 )
 
 type fakeTasks []service.TaskInfo
@@ -218,6 +221,15 @@ func TestResolveBinary(t *testing.T) {
 		}
 	}
 	selfReal := selfBinary(t)
+	// The shim's launcher stands for the daemon file beside it (here a
+	// copy of the running program); without one it is refused.
+	launcherDir := filepath.Join(dir, "launcher")
+	if err := os.Mkdir(launcherDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	launcher := buildLauncher(t, launcherDir)
+	daemon := copyFile(t, selfReal, filepath.Join(launcherDir, launch.DaemonBinary), 0o755)
+	lonely := copyFile(t, launcher, filepath.Join(dir, "lonely-launcher"), 0o755)
 	tests := []struct {
 		name, binary, want string
 		class              func(error) bool
@@ -233,6 +245,8 @@ func TestResolveBinary(t *testing.T) {
 		{"world-writable", file("ww", 0o757), "", errdefs.IsPermissionDenied},
 		{"another program", other, "", errdefs.IsInvalidArgument},
 		{"a script", script, "", errdefs.IsInvalidArgument},
+		{"the launcher: its daemon", launcher, daemon, nil},
+		{"a launcher without its daemon", lonely, "", errdefs.IsNotFound},
 	}
 	if os.Geteuid() == 0 {
 		tests = append(tests, struct {
@@ -255,6 +269,21 @@ func TestResolveBinary(t *testing.T) {
 			t.Log(err)
 		})
 	}
+}
+
+// buildLauncher builds the shim's launcher into dir.
+func buildLauncher(t *testing.T, dir string) string {
+	t.Helper()
+	out := filepath.Join(dir, "containerd-shim-conmon-v2")
+	cmd := exec.Command("go", "build", "-o", out, launch.LauncherPath)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", launch.LauncherPath, err, b)
+	}
+	if err := os.Chmod(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestUpgrade(t *testing.T) {

@@ -58,6 +58,11 @@ type StartEnv struct {
 // start.
 const DaemonBinary = "containerd-shim-conmon-v2-daemon"
 
+// LauncherPath is the launcher's main package, as its Go build
+// information names it: a live upgrade given the launcher's file upgrades
+// to the daemon file beside it.
+const LauncherPath = "github.com/containers/conmon-v2/cmd/containerd-shim-conmon-v2"
+
 // Start runs the start action: it finds the daemon that serves the
 // container's group or spawns one, writes <bundle>/address and prints the
 // address (nothing else) to env.Stdout. containerd reads stdout and stderr
