@@ -17,7 +17,7 @@ component() {
 	process/*) echo "process (supervision domain)" ;;
 	service/monitor/*) echo "service/monitor (conmon.v1 API)" ;;
 	service/*) echo "service (task API)" ;;
-	shim/* | cmd/containerd-shim-conmon-v2/*) echo "shim + cmd/containerd-shim-conmon-v2" ;;
+	shim/* | cmd/containerd-shim-conmon-v2*/*) echo "shim + cmd/containerd-shim-conmon-v2" ;;
 	events/*) echo "events" ;;
 	api/*) echo "api (protos)" ;;
 	logging/*) echo "logging (+ drivers)" ;;
