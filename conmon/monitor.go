@@ -61,6 +61,12 @@ type Monitor struct {
 	consRead chan struct{} // closed once the terminal master is being read
 	keeper   *keeperLink   // the exit keeper that started the monitor; nil: none
 	early    []reaper.Exit // exits reaped while `runtime exec` ran, in order
+	// exitsAfterRun is set when the process exits as soon as Run returns
+	// (the drop-in's run). Run then leaves its signal handlers registered:
+	// unregistering goes through the Go runtime's signal-mask thread, a
+	// round trip of thread wake-ups on the exit path of every exec
+	// (docs/conmon.md, "Exec latency").
+	exitsAfterRun bool
 }
 
 // NewMonitor returns a monitor for cfg. r must be running (Run) and be
@@ -127,7 +133,9 @@ func (m *Monitor) Run(ctx context.Context) int {
 
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT)
-	defer signal.Stop(sigc)
+	if !m.exitsAfterRun {
+		defer signal.Stop(sigc)
+	}
 	go m.forwardSignals(ctx, sigc)
 
 	if cfg.SdNotifySocket != "" && cfg.Bundle != "" {
