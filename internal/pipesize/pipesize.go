@@ -78,6 +78,7 @@
 package pipesize
 
 import (
+	"os"
 	"strings"
 	"time"
 )
@@ -170,8 +171,17 @@ func (g *Grower) Wants(n, buf int) bool {
 
 // full reports whether a read of n bytes into a buffer of buf bytes, from
 // a pipe of size bytes, came back full: it took all the buffer could
-// hold, or all the pipe could.
-func full(n, buf, size int) bool { return n >= min(buf, size) }
+// hold, or all the pipe could. A full pipe can hold up to a page less
+// than its size: a write larger than a page that is not a multiple of it
+// (say 65,520 bytes of whole 80-byte lines) fills the pipe's last page
+// only partly, and the next such write waits for a whole free page. So a
+// read within a page of the pipe's size counts as full.
+func full(n, buf, size int) bool {
+	if buf < size {
+		return n >= buf
+	}
+	return n > size-os.Getpagesize()
+}
 
 // quiet reports whether a read of n bytes into a buffer of buf bytes
 // came back quiet for a pipe whose size before growth is size: it took

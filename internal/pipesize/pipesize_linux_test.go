@@ -2,6 +2,7 @@ package pipesize
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"testing"
 	"time"
@@ -36,20 +37,26 @@ func pipeSize(t *testing.T, f *os.File) int {
 // buffer or took the whole pipe), and only where the policy allows; reads
 // that did not come back full change nothing.
 func TestGrower(t *testing.T) {
-	type read struct{ n, buf int } // n < 0: the pipe's size
+	// A read of n bytes into a buffer of buf; with ofPipe, of the pipe's
+	// size plus n bytes.
+	type read struct {
+		n, buf int
+		ofPipe bool
+	}
 	for _, tc := range []struct {
 		name  string
 		allow bool
 		reads []read
 		grown bool
 	}{
-		{"full pipe, allowed", true, []read{{-1, 128 << 10}}, true},
-		{"full pipe, not allowed", false, []read{{-1, 128 << 10}}, false},
-		{"full buffer", true, []read{{8192, 8192}}, true},
-		{"full buffer, not allowed", false, []read{{8192, 8192}}, false},
-		{"partial reads", true, []read{{4096, 128 << 10}, {60000, 128 << 10}, {65535, 128 << 10}, {100, 8192}}, false},
-		{"partial then full", true, []read{{4096, 128 << 10}, {-1, 128 << 10}}, true},
-		{"nothing read", true, []read{{0, 0}, {0, 8192}}, false},
+		{"full pipe, allowed", true, []read{{0, 128 << 10, true}}, true},
+		{"full pipe, not allowed", false, []read{{0, 128 << 10, true}}, false},
+		{"full buffer", true, []read{{8192, 8192, false}}, true},
+		{"full buffer, not allowed", false, []read{{8192, 8192, false}}, false},
+		{"partial reads", true, []read{{4096, 128 << 10, false}, {60000, 128 << 10, false}, {-4096, 128 << 10, true}, {100, 8192, false}}, false},
+		{"within a page of the pipe's size", true, []read{{-16, 128 << 10, true}}, true},
+		{"partial then full", true, []read{{4096, 128 << 10, false}, {0, 128 << 10, true}}, true},
+		{"nothing read", true, []read{{0, 0, false}, {0, 8192, false}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, _ := newPipe(t)
@@ -59,8 +66,8 @@ func TestGrower(t *testing.T) {
 			}
 			g := Grower{allow: func() bool { return tc.allow }}
 			for _, rd := range tc.reads {
-				if rd.n < 0 {
-					rd.n = def
+				if rd.ofPipe {
+					rd.n += def
 				}
 				g.Observe(r.Fd(), rd.n, rd.buf)
 			}
@@ -195,6 +202,51 @@ func TestGrowerLifecycle(t *testing.T) {
 	}
 }
 
+// TestGrowerWholeLineWriter: a writer of whole 80-byte lines in writes of
+// 65,520 bytes never fills a 64 KiB pipe to the byte (the kernel keeps
+// the next write for a whole free page), and its pipe still grows.
+func TestGrowerWholeLineWriter(t *testing.T) {
+	r, w := newPipe(t)
+	def := pipeSize(t, r)
+	chunk := def - def%80 // whole lines, not a multiple of a page
+	if chunk%os.Getpagesize() == 0 || def >= Busy {
+		t.Skipf("pipes here start at %d", def)
+	}
+	done := make(chan error, 1)
+	go func() {
+		b := make([]byte, chunk)
+		_, err := w.Write(b)
+		if err == nil {
+			_, err = w.Write(b) // blocks until the reader makes room
+		}
+		done <- err
+	}()
+	// Once the second write waits, the pipe holds the first one.
+	time.Sleep(50 * time.Millisecond)
+	buf := make([]byte, 2*def)
+	n, err := r.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == def {
+		t.Skipf("the kernel filled the pipe to the byte")
+	}
+	g := Grower{allow: func() bool { return true }}
+	g.Observe(r.Fd(), n, len(buf))
+	if got := pipeSize(t, r); got < Busy {
+		if !Allowed() {
+			t.Skipf("F_SETPIPE_SZ is not allowed to this process: size %d", got)
+		}
+		t.Fatalf("a read of %d bytes from a pipe of %d left it at %d, want it grown", n, def, got)
+	}
+	if _, err := io.ReadFull(r, buf[:chunk*2-n]); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGrowerWants: the fast path wants the reads Observe acts on: every
 // read until the pipe is known, its full reads at the kernel's size, the
 // quiet reads of a grown pipe (and the busy read that ends a count), and
@@ -211,7 +263,8 @@ func TestGrowerWants(t *testing.T) {
 		{"unknown, nothing read", Grower{}, 0, false},
 		{"done", Grower{size: -1}, def, false},
 		{"kernel size, full", Grower{size: def}, def, true},
-		{"kernel size, partial", Grower{size: def}, def - 1, false},
+		{"kernel size, within a page", Grower{size: def}, def - 16, true},
+		{"kernel size, partial", Grower{size: def}, def - os.Getpagesize(), false},
 		{"grown, busy", Grower{size: def, grown: true}, buf, false},
 		{"grown, not quiet enough", Grower{size: def, grown: true}, def / 8, false},
 		{"grown, quiet", Grower{size: def, grown: true}, def/8 - 1, true},
