@@ -242,7 +242,7 @@ func listenGroup(path, id string) (_ *net.UnixListener, daemonConfig []byte, _ e
 	}
 }
 
-// spawnDaemon re-executes the shim without an action, in its own process
+// spawnDaemon runs the daemon binary (env.Self) without an action, in its own process
 // group, with the listener as fd 3 and a pipe as fd 4 on which the daemon
 // reports readiness. Its stdin and stdout are /dev/null; its stderr is the
 // bundle's log FIFO when containerd made one (containerd copies it to its
