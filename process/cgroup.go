@@ -75,9 +75,10 @@ type OOMWatch struct {
 	once  sync.Once
 	onOOM func()
 
-	mu    sync.Mutex
-	count func() (uint64, error) // the cgroup's oom_kill counter
-	seen  uint64
+	mu      sync.Mutex
+	count   func() (uint64, error) // the cgroup's oom_kill counter
+	seen    uint64                 // kills reported
+	counted bool                   // count has been read
 }
 
 // WatchOOM watches the memory cgroup of pid and calls onOOM once per OOM
@@ -92,7 +93,19 @@ func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return watchOOM(cg, false, onOOM)
+	return watchOOM(cg, nil, onOOM)
+}
+
+// WatchOOMFrom is WatchOOM for a task whose earlier watch had reported
+// seen kills (OOMWatch.Seen, handed over in a live upgrade): the kills the
+// cgroup counted since, while no watch was armed, are reported by calls of
+// onOOM before it returns.
+func WatchOOMFrom(pid int, seen uint64, onOOM func()) (*OOMWatch, error) {
+	cg, err := ProcCgroup(pid)
+	if err != nil {
+		return nil, err
+	}
+	return watchOOM(cg, &seen, onOOM)
 }
 
 // WatchNewOOM is WatchOOM for the cgroup of a container just created,
@@ -107,7 +120,8 @@ func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
 // earlier container (or that several share) has its earlier kills
 // reported again.
 func WatchNewOOM(procCgroup string, onOOM func()) (*OOMWatch, error) {
-	return watchOOM(procCgroup, true, onOOM)
+	var none uint64
+	return watchOOM(procCgroup, &none, onOOM)
 }
 
 // ProcCgroup returns the text of /proc/PID/cgroup, which names the cgroups
@@ -123,13 +137,15 @@ func ProcCgroup(pid int) (string, error) {
 	return string(data), nil
 }
 
-func watchOOM(procCgroup string, fresh bool, onOOM func()) (*OOMWatch, error) {
+// watchOOM arms a watch on the memory cgroup named by procCgroup; from is
+// the count of kills taken as reported (nil: all the counter holds now).
+func watchOOM(procCgroup string, from *uint64, onOOM func()) (*OOMWatch, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		group, err := unifiedPathOf(procCgroup)
 		if err != nil {
 			return nil, err
 		}
-		return watchOOMv2(filepath.Join("/sys/fs/cgroup", group, "memory.events"), fresh, onOOM)
+		return watchOOMv2(filepath.Join("/sys/fs/cgroup", group, "memory.events"), from, onOOM)
 	}
 	// Two small reads (/proc/PID/cgroup and mountinfo), not cgroup1.Load
 	// and cgroup1.Default, which parse mountinfo once per controller
@@ -142,7 +158,7 @@ func watchOOM(procCgroup string, fresh bool, onOOM func()) (*OOMWatch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("memory cgroup: %w", err)
 	}
-	return watchOOMv1(dir, fresh, onOOM)
+	return watchOOMv1(dir, from, onOOM)
 }
 
 // unifiedPathOf returns the cgroup v2 path ("0::PATH") of the text of
@@ -182,6 +198,7 @@ func (w *OOMWatch) poll(woken bool) bool {
 		}
 		return true
 	}
+	w.counted = true
 	for ; w.seen < n; w.seen++ {
 		w.onOOM()
 	}
@@ -292,9 +309,9 @@ func unescapeMountinfo(s string) string {
 
 func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
-// watchOOMv1 watches the cgroup v1 memory directory dir; fresh reports
-// the kills counted before (WatchNewOOM).
-func watchOOMv1(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
+// watchOOMv1 watches the cgroup v1 memory directory dir, reporting the
+// kills counted above from (see start).
+func watchOOMv1(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
 	control := filepath.Join(dir, "memory.oom_control")
 	// Non-blocking, so the runtime poller owns it and Stop's Close ends a
 	// pending Read.
@@ -316,13 +333,13 @@ func watchOOMv1(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
 	w := &OOMWatch{f: os.NewFile(uintptr(fd), "oom-eventfd"), onOOM: onOOM, count: func() (uint64, error) {
 		return counter(control, "oom_kill")
 	}}
-	w.start(fresh)
+	w.start(from)
 	return w, nil
 }
 
-// watchOOMv2 watches a cgroup v2 memory.events file; fresh reports the
-// kills counted before (WatchNewOOM).
-func watchOOMv2(events string, fresh bool, onOOM func()) (*OOMWatch, error) {
+// watchOOMv2 watches a cgroup v2 memory.events file, reporting the kills
+// counted above from (see start).
+func watchOOMv2(events string, from *uint64, onOOM func()) (*OOMWatch, error) {
 	if _, err := counter(events, "oom_kill"); err != nil {
 		return nil, err
 	}
@@ -337,7 +354,7 @@ func watchOOMv2(events string, fresh bool, onOOM func()) (*OOMWatch, error) {
 	w := &OOMWatch{f: os.NewFile(uintptr(fd), "inotify"), onOOM: onOOM, count: func() (uint64, error) {
 		return counter(events, "oom_kill")
 	}}
-	w.start(fresh)
+	w.start(from)
 	return w, nil
 }
 
@@ -346,16 +363,31 @@ func watchOOMv2(events string, fresh bool, onOOM func()) (*OOMWatch, error) {
 // is either counted here or wakes the goroutine; either way it is reported
 // once, as the goroutine reports the counter's increase, not the wake-up
 // (the v1 registration itself wakes it while the cgroup is under OOM).
-// fresh reports what the counter holds now (a new container's cgroup
-// counted only its own kills); otherwise those kills are taken as
-// reported already.
-func (w *OOMWatch) start(fresh bool) {
-	if fresh {
+// from is the count taken as reported: the kills above it are reported
+// now (0 for a new container's cgroup, which counted only its own kills;
+// a handed-over count after a live upgrade). nil takes everything the
+// counter holds now as reported.
+func (w *OOMWatch) start(from *uint64) {
+	if from != nil {
+		w.seen = *from
 		w.poll(false)
-	} else {
-		w.seen, _ = w.count()
+	} else if n, err := w.count(); err == nil {
+		w.seen, w.counted = n, true
 	}
 	w.run()
+}
+
+// Seen returns the count of kills the watch has reported, and whether the
+// cgroup's counter was readable (cgroup v1 before Linux 4.13 has none). A
+// live upgrade hands it to the next binary (WatchOOMFrom) once the watch
+// is stopped. Safe on nil (no watch: nothing known).
+func (w *OOMWatch) Seen() (uint64, bool) {
+	if w == nil {
+		return 0, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen, w.counted
 }
 
 // counter reads a "key value" line of a cgroup file such as

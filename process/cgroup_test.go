@@ -89,37 +89,42 @@ func TestMemoryDirV1Of(t *testing.T) {
 func TestOOMWatchCountsEarlierKills(t *testing.T) {
 	for _, tc := range []struct {
 		name, file, format string
-		arm                func(dir string, fresh bool, onOOM func()) (*OOMWatch, error)
+		arm                func(dir string, from *uint64, onOOM func()) (*OOMWatch, error)
 	}{
 		{"v1", "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n",
-			func(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
+			func(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
 				if err := os.WriteFile(filepath.Join(dir, "cgroup.event_control"), nil, 0o600); err != nil {
 					return nil, err
 				}
-				return watchOOMv1(dir, fresh, onOOM)
+				return watchOOMv1(dir, from, onOOM)
 			}},
 		{"v2", "memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill %d\noom_group_kill 0\n",
-			func(dir string, fresh bool, onOOM func()) (*OOMWatch, error) {
-				return watchOOMv2(filepath.Join(dir, "memory.events"), fresh, onOOM)
+			func(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
+				return watchOOMv2(filepath.Join(dir, "memory.events"), from, onOOM)
 			}},
 	} {
-		for _, fresh := range []bool{true, false} {
-			t.Run(fmt.Sprintf("%s/fresh=%v", tc.name, fresh), func(t *testing.T) {
+		// The counter holds 3 kills when the watch is armed: a new
+		// container's watch (from 0) reports all three, a re-armed one
+		// (nil) none, one handed a count of 1 (a live upgrade) the two
+		// counted since; each before its constructor returns.
+		for _, from := range []struct {
+			name string
+			from *uint64
+			want int32
+		}{{"new", ptr(0), 3}, {"re-armed", nil, 0}, {"handed 1", ptr(1), 2}} {
+			t.Run(tc.name+"/"+from.name, func(t *testing.T) {
 				dir := t.TempDir()
 				file := filepath.Join(dir, tc.file)
-				writeCounter(t, file, tc.format, 1)
+				writeCounter(t, file, tc.format, 3)
 				var n atomic.Int32
-				w, err := tc.arm(dir, fresh, func() { n.Add(1) })
+				w, err := tc.arm(dir, from.from, func() { n.Add(1) })
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer w.Stop()
-				want := int32(0)
-				if fresh {
-					want = 1 // reported before the watch's constructor returned
-				}
+				want := from.want
 				if got := n.Load(); got != want {
-					t.Fatalf("after arming on oom_kill 1: %d reports, want %d", got, want)
+					t.Fatalf("after arming on oom_kill 3: %d reports, want %d", got, want)
 				}
 				// The kernel's wake-up for the same kill (v1: the
 				// registration while under_oom) is no second report.
@@ -129,11 +134,16 @@ func TestOOMWatchCountsEarlierKills(t *testing.T) {
 					t.Fatalf("after a wake-up for the same kill: %d reports, want %d", got, want)
 				}
 				// A later kill is reported once.
-				writeCounter(t, file, tc.format, 2)
+				writeCounter(t, file, tc.format, 4)
 				w.Poll()
 				w.poll(true)
 				if got := n.Load(); got != want+1 {
-					t.Fatalf("after a second kill: %d reports, want %d", got, want+1)
+					t.Fatalf("after another kill: %d reports, want %d", got, want+1)
+				}
+				// What a live upgrade hands over, once the watch stopped.
+				w.Stop()
+				if seen, ok := w.Seen(); !ok || seen != 4 {
+					t.Fatalf("Seen() = %d, %v; want 4, true", seen, ok)
 				}
 			})
 		}
@@ -168,3 +178,5 @@ func TestUnifiedPathOf(t *testing.T) {
 		}
 	}
 }
+
+func ptr(n uint64) *uint64 { return &n }

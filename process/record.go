@@ -34,6 +34,12 @@ type Record struct {
 	// InitExitDeferred is init's exit while it is held back for its
 	// execs (Container.InitExitDeferred).
 	InitExitDeferred *Exit `json:"init_exit_deferred,omitempty"`
+	// OOMKillsSeen is the count of OOM kills of the container's cgroup its
+	// daemon had reported when it wrote the record at a live upgrade's
+	// handover, its OOM watch stopped (OOMWatch.Seen). Only Restore reads
+	// it: a record written earlier may be older than the kills reported
+	// since.
+	OOMKillsSeen *uint64 `json:"oom_kills_seen,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {

@@ -3,10 +3,12 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/containers/conmon-v2/internal/testutil"
 	"github.com/containers/conmon-v2/process"
 )
 
@@ -37,9 +40,28 @@ func pipeFDs(t *testing.T) (int, *os.File) {
 // exit source); output written to a handed pipe reaches the task's
 // destination; init's exit held back for a running exec comes after the
 // exec's; a created exec can still be started (its spec is recorded); a
-// task whose record is missing is refused and its descriptors closed.
+// task whose record is missing is refused and its descriptors closed. A
+// task whose record holds the OOM kills the previous binary reported gets
+// a watch that reports the kills counted since (the others: from now),
+// and its record then loses the count.
 func TestRestore(t *testing.T) {
 	h := newHarness(t)
+	var (
+		armMu sync.Mutex
+		armed []string // "pid" (from now) or "pid from N"
+	)
+	h.s.watchOOMFn = func(pid int, _ func()) (*process.OOMWatch, error) {
+		armMu.Lock()
+		defer armMu.Unlock()
+		armed = append(armed, fmt.Sprint(pid))
+		return nil, errors.New("no cgroups in unit tests")
+	}
+	h.s.watchOOMFromFn = func(pid int, seen uint64, _ func()) (*process.OOMWatch, error) {
+		armMu.Lock()
+		defer armMu.Unlock()
+		armed = append(armed, fmt.Sprint(pid, " from ", seen))
+		return nil, errors.New("no cgroups in unit tests")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), testBound)
 	defer cancel()
 	now := time.Now()
@@ -49,9 +71,11 @@ func TestRestore(t *testing.T) {
 	initA := spawn(t, "sleep", "100")
 	initB := spawn(t, "sleep", "100")
 	execB := spawn(t, "sleep", "100")
+	initC := spawn(t, "sleep", "100")
+	fiveKills := uint64(5)
 	records := []process.Record{
 		{ID: "a", Bundle: h.bundle(t, "a"), Pid: initA, Status: "running", CreatedAt: now, StartedAt: &now,
-			Stdio: process.Stdio{Stdout: "file://" + logPath},
+			Stdio: process.Stdio{Stdout: "file://" + logPath}, OOMKillsSeen: &fiveKills,
 			Execs: map[string]process.Record{
 				"y": {ID: "y", Status: "created", CreatedAt: now, Spec: &specs.Process{Args: []string{"/bin/true"}}},
 			}},
@@ -60,6 +84,7 @@ func TestRestore(t *testing.T) {
 			Execs: map[string]process.Record{
 				"x": {ID: "x", Pid: execB, Status: "running", CreatedAt: now, StartedAt: &now},
 			}},
+		{ID: "c", Bundle: h.bundle(t, "c"), Pid: initC, Status: "running", CreatedAt: now, StartedAt: &now},
 	}
 	for _, r := range records {
 		if err := process.WriteRecord(h.s.cfg.StateDir, r); err != nil {
@@ -71,14 +96,31 @@ func TestRestore(t *testing.T) {
 	ids, err := h.s.Restore(ctx, []TaskFDs{
 		{ID: "a", Init: process.IOFDs{Stdout: outR}},
 		{ID: "b"},
+		{ID: "c"},
 		{ID: "missing", Init: process.IOFDs{Stdout: stray}},
 	})
 	if err == nil || !strings.Contains(err.Error(), `"missing"`) {
 		t.Errorf("Restore: %v, want an error naming the task without a record", err)
 	}
 	slices.Sort(ids)
-	if !slices.Equal(ids, []string{"a", "b"}) {
+	if !slices.Equal(ids, []string{"a", "b", "c"}) {
 		t.Fatalf("restored %q", ids)
+	}
+	testutil.Eventually(t, testBound, func() error {
+		armMu.Lock()
+		defer armMu.Unlock()
+		got := slices.Sorted(slices.Values(armed))
+		// b's init has exited (its exit is held for its exec): no watch.
+		want := []string{fmt.Sprint(initA, " from 5"), fmt.Sprint(initC)}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("OOM watches armed: %q, want %q", got, want)
+		}
+		return nil
+	})
+	h.s.rec.flush()
+	if rec, err := process.ReadRecord(h.s.cfg.StateDir, "a"); err != nil || rec.OOMKillsSeen != nil {
+		t.Errorf("record of a after its watch was armed: OOMKillsSeen %v (%v), want none", rec.OOMKillsSeen, err)
 	}
 	// Its read end closed (its number may be reused at once): a write to
 	// the pipe fails. A child forked meanwhile by this process (another

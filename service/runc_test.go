@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -514,6 +515,71 @@ func TestRuncOOMBeforeWatch(t *testing.T) {
 		t.Fatalf("events %q, want /tasks/create, /tasks/oom (one per kill: init's, maybe the shell's), /tasks/exit oomw 137", got)
 	}
 	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oomw"}))
+}
+
+// TestRuncOOMAcrossUpgrade: a live upgrade stops a task's OOM watch and
+// the next binary arms a new one; a kill between the two is reported by
+// the new watch when it is given the count the old one had reported
+// (process.WatchOOMFrom, as Restore does with the record's
+// OOMKillsSeen), and would be lost by a watch armed from now
+// (process.WatchOOM, what a crash's re-adoption does). The kill: a shell
+// with oom_score_adj 1000 joins the running container's memory cgroup and
+// goes over its limit; init, a sleep, survives.
+func TestRuncOOMAcrossUpgrade(t *testing.T) {
+	e := newRuncEnv(t)
+	r := testReaper(t)
+	ctx := context.Background()
+	b := e.bundle(t, "oomu", false, nil, "/bin/sleep", "100")
+	limitMemory(t, b)
+	pid := int(must(e.s.Create(ctx, &taskv2.CreateTaskRequest{ID: "oomu", Bundle: b})).Pid)
+	must(e.s.Start(ctx, &taskv2.StartRequest{ID: "oomu"}))
+	defer func() {
+		_, _ = e.s.Kill(ctx, &taskv2.KillRequest{ID: "oomu", Signal: 9})
+		e.wait(t, "oomu", "")
+		_, _ = e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oomu"})
+	}()
+	e.s.awaitOOMArms("")
+	e.s.mu.Lock()
+	old := e.s.oom["oomu"]
+	delete(e.s.oom, "oomu")
+	e.s.mu.Unlock()
+	old.Stop() // the handover
+	seen, ok := old.Seen()
+	if !ok || seen != 0 {
+		t.Fatalf("the stopped watch's count: %d, %v; want 0, true", seen, ok)
+	}
+
+	procs := "/sys/fs/cgroup/memory/conmon-v2-test/oomu/cgroup.procs"
+	if cgroupsUnified() {
+		procs = "/sys/fs/cgroup/conmon-v2-test/oomu/cgroup.procs"
+	}
+	hog := exec.Command("/bin/sh", "-c", `echo 1000 > /proc/$$/oom_score_adj && echo $$ > "$0" && exec /bin/sh -c "$1"`, procs, memoryHog)
+	ec, err := r.Start(hog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := r.Wait(hog, ec); status != 128+9 {
+		t.Fatalf("the hog exited with %d, want 137 (OOM kill)", status)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+		t.Fatalf("init was killed too: %v", err)
+	}
+
+	var fromNow, handed atomic.Int32
+	w1, err := process.WatchOOM(pid, func() { fromNow.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w1.Stop()
+	w2, err := process.WatchOOMFrom(pid, seen, func() { handed.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Stop()
+	if fromNow.Load() != 0 || handed.Load() != 1 {
+		t.Fatalf("the kill between the watches: reported %d times from now, %d times from the handed count; want 0 and 1",
+			fromNow.Load(), handed.Load())
+	}
 }
 
 func TestRuncExecStdinCloseIO(t *testing.T) {

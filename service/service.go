@@ -121,11 +121,12 @@ type Service struct {
 	// killPid, procCgroupFn, watchNewOOMFn, watchOOMFn and statsFn are
 	// process.KillPid, ProcCgroup, WatchNewOOM, WatchOOM and Stats; unit
 	// tests replace them since their pids are not real.
-	killPid       func(pid int, sig uint32) error
-	procCgroupFn  func(pid int) (string, error)
-	watchNewOOMFn func(procCgroup string, onOOM func()) (*process.OOMWatch, error)
-	watchOOMFn    func(pid int, onOOM func()) (*process.OOMWatch, error)
-	statsFn       func(pid int) (*anypb.Any, error)
+	killPid        func(pid int, sig uint32) error
+	procCgroupFn   func(pid int) (string, error)
+	watchNewOOMFn  func(procCgroup string, onOOM func()) (*process.OOMWatch, error)
+	watchOOMFn     func(pid int, onOOM func()) (*process.OOMWatch, error)
+	watchOOMFromFn func(pid int, seen uint64, onOOM func()) (*process.OOMWatch, error)
+	statsFn        func(pid int) (*anypb.Any, error)
 }
 
 // New returns a running service. It subscribes to cfg.Reaper's exits
@@ -185,29 +186,30 @@ func newService(ctx context.Context, cfg Config, exits exitSource, starter proce
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Service{
-		cfg:           cfg,
-		rt:            rt,
-		starter:       starter,
-		ctx:           sctx,
-		cancel:        cancel,
-		exits:         exits,
-		events:        newEventQueue(cfg.Publisher, cfg.Log),
-		logs:          logs,
-		rec:           newRecordWriter(cfg.StateDir, cfg.Log),
-		containers:    make(map[string]*process.Container),
-		reserved:      make(map[string]bool),
-		deleting:      make(map[string]bool),
-		killing:       make(map[string]int),
-		byPid:         make(map[int]*process.Process),
-		early:         make(map[int]reaper.Exit),
-		oom:           make(map[string]*process.OOMWatch),
-		oomArming:     make(map[string]chan struct{}),
-		oomHeld:       make(map[string]process.Exit),
-		killPid:       process.KillPid,
-		procCgroupFn:  process.ProcCgroup,
-		watchNewOOMFn: process.WatchNewOOM,
-		watchOOMFn:    process.WatchOOM,
-		statsFn:       process.Stats,
+		cfg:            cfg,
+		rt:             rt,
+		starter:        starter,
+		ctx:            sctx,
+		cancel:         cancel,
+		exits:          exits,
+		events:         newEventQueue(cfg.Publisher, cfg.Log),
+		logs:           logs,
+		rec:            newRecordWriter(cfg.StateDir, cfg.Log),
+		containers:     make(map[string]*process.Container),
+		reserved:       make(map[string]bool),
+		deleting:       make(map[string]bool),
+		killing:        make(map[string]int),
+		byPid:          make(map[int]*process.Process),
+		early:          make(map[int]reaper.Exit),
+		oom:            make(map[string]*process.OOMWatch),
+		oomArming:      make(map[string]chan struct{}),
+		oomHeld:        make(map[string]process.Exit),
+		killPid:        process.KillPid,
+		procCgroupFn:   process.ProcCgroup,
+		watchNewOOMFn:  process.WatchNewOOM,
+		watchOOMFn:     process.WatchOOM,
+		watchOOMFromFn: process.WatchOOMFrom,
+		statsFn:        process.Stats,
 	}
 	logs.publish = s.events.push // before any tap exists: no task yet
 	s.events.start(sctx)
@@ -423,12 +425,17 @@ func initGoneLocked(c *process.Container) bool {
 // recordLocked queues c's record for the record writer (records.go); a
 // failure is logged, never fatal.
 func (s *Service) recordLocked(c *process.Container) {
-	data, err := process.MarshalRecord(c.Record())
+	s.putRecordLocked(c.ID, c.Record())
+}
+
+// putRecordLocked queues rec as the record of task id.
+func (s *Service) putRecordLocked(id string, rec process.Record) {
+	data, err := process.MarshalRecord(rec)
 	if err != nil {
-		s.cfg.Log.Error("encoding state record", "task", c.ID, "error", err)
+		s.cfg.Log.Error("encoding state record", "task", id, "error", err)
 		return
 	}
-	s.rec.put(c.ID, data)
+	s.rec.put(id, data)
 }
 
 // recoverPanic turns a panic in a handler into an Internal error: no

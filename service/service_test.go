@@ -247,6 +247,9 @@ func newHarness(t testing.TB) *harness {
 	s.procCgroupFn = func(int) (string, error) { return "", nil }
 	s.watchNewOOMFn = func(string, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
 	s.watchOOMFn = func(int, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
+	s.watchOOMFromFn = func(int, uint64, func()) (*process.OOMWatch, error) {
+		return nil, errors.New("no cgroups in unit tests")
+	}
 	h.s = s
 	t.Cleanup(func() { _ = s.Close() })
 	return h

@@ -241,11 +241,26 @@ func (s *Service) watchOOM(c *process.Container, arm func(onOOM func()) (*proces
 	s.mu.Unlock()
 }
 
-// rewatchOOM arms the OOM watch of a task taken over (re-adoption, a live
-// upgrade): its kills before now are taken as reported, by the daemon that
-// had the task (or lost with it: a crash cannot tell which).
+// rewatchOOM arms the OOM watch of a task taken over. After a live
+// upgrade the previous binary handed the count of kills it reported
+// (c.OOMKillsSeen): the kills counted since are reported. After a crash
+// (re-adoption) the kills before now are taken as reported, by the daemon
+// that had the task or lost with it: a crash cannot tell which.
 func (s *Service) rewatchOOM(c *process.Container) {
 	pid := c.Init.Pid
+	if seen := c.OOMKillsSeen; seen != nil {
+		n := *seen
+		s.watchOOM(c, func(onOOM func()) (*process.OOMWatch, error) { return s.watchOOMFromFn(pid, n, onOOM) })
+		// The handed count is spent: the record loses it, so that a crash
+		// later does not report this watch's kills again.
+		s.mu.Lock()
+		c.OOMKillsSeen = nil
+		if s.containers[c.ID] == c {
+			s.recordLocked(c)
+		}
+		s.mu.Unlock()
+		return
+	}
 	s.watchOOM(c, func(onOOM func()) (*process.OOMWatch, error) { return s.watchOOMFn(pid, onOOM) })
 }
 
