@@ -93,10 +93,6 @@ func Restore(rec Record, rt Runtime, log *slog.Logger) (*Container, error) {
 		e := *rec.InitExitDeferred
 		c.InitExitDeferred = &e
 	}
-	if rec.OOMKillsSeen != nil {
-		n := *rec.OOMKillsSeen
-		c.OOMKillsSeen = &n
-	}
 	return c, nil
 }
 

@@ -73,7 +73,7 @@ type OOMWatch struct {
 	f     *os.File
 	wg    sync.WaitGroup
 	once  sync.Once
-	onOOM func()
+	onOOM func(seen uint64)
 
 	mu      sync.Mutex
 	count   func() (uint64, error) // the cgroup's oom_kill counter
@@ -82,13 +82,15 @@ type OOMWatch struct {
 }
 
 // WatchOOM watches the memory cgroup of pid and calls onOOM once per OOM
-// kill from now on: on cgroup v1 woken by an eventfd registered in
+// kill from now on, with the count of kills reported so far, this one
+// included (the cgroup's counter; a monitor keeps it so that the next
+// watch of the task counts from it, WatchOOMFrom): on cgroup v1 woken by an eventfd registered in
 // cgroup.event_control for memory.oom_control, on v2 by inotify on
 // memory.events. It re-arms the watch of a task whose earlier kills were
 // reported before (re-adoption, a live upgrade); a new container's watch
 // is WatchNewOOM. onOOM must not block on locks held around Poll. The
 // watch ends by itself when the cgroup disappears; Stop ends it earlier.
-func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
+func WatchOOM(pid int, onOOM func(seen uint64)) (*OOMWatch, error) {
 	cg, err := ProcCgroup(pid)
 	if err != nil {
 		return nil, err
@@ -97,10 +99,11 @@ func WatchOOM(pid int, onOOM func()) (*OOMWatch, error) {
 }
 
 // WatchOOMFrom is WatchOOM for a task whose earlier watch had reported
-// seen kills (OOMWatch.Seen, handed over in a live upgrade): the kills the
-// cgroup counted since, while no watch was armed, are reported by calls of
-// onOOM before it returns.
-func WatchOOMFrom(pid int, seen uint64, onOOM func()) (*OOMWatch, error) {
+// seen kills (the count its onOOM last got, or OOMWatch.Seen once it
+// stopped): the kills the cgroup counted since, while no watch was armed
+// (a live upgrade's gap, a crashed monitor's absence), are reported by
+// calls of onOOM before it returns.
+func WatchOOMFrom(pid int, seen uint64, onOOM func(seen uint64)) (*OOMWatch, error) {
 	cg, err := ProcCgroup(pid)
 	if err != nil {
 		return nil, err
@@ -119,7 +122,7 @@ func WatchOOMFrom(pid int, seen uint64, onOOM func()) (*OOMWatch, error) {
 // the container's own, made by runc create: a cgroup path that outlived an
 // earlier container (or that several share) has its earlier kills
 // reported again.
-func WatchNewOOM(procCgroup string, onOOM func()) (*OOMWatch, error) {
+func WatchNewOOM(procCgroup string, onOOM func(seen uint64)) (*OOMWatch, error) {
 	var none uint64
 	return watchOOM(procCgroup, &none, onOOM)
 }
@@ -139,7 +142,7 @@ func ProcCgroup(pid int) (string, error) {
 
 // watchOOM arms a watch on the memory cgroup named by procCgroup; from is
 // the count of kills taken as reported (nil: all the counter holds now).
-func watchOOM(procCgroup string, from *uint64, onOOM func()) (*OOMWatch, error) {
+func watchOOM(procCgroup string, from *uint64, onOOM func(seen uint64)) (*OOMWatch, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		group, err := unifiedPathOf(procCgroup)
 		if err != nil {
@@ -194,13 +197,14 @@ func (w *OOMWatch) poll(woken bool) bool {
 			return false
 		}
 		if woken {
-			w.onOOM()
+			w.onOOM(w.seen) // no counter (cgroup v1 before 4.13): the count cannot move
 		}
 		return true
 	}
 	w.counted = true
-	for ; w.seen < n; w.seen++ {
-		w.onOOM()
+	for w.seen < n {
+		w.seen++
+		w.onOOM(w.seen)
 	}
 	return true
 }
@@ -311,7 +315,7 @@ func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 // watchOOMv1 watches the cgroup v1 memory directory dir, reporting the
 // kills counted above from (see start).
-func watchOOMv1(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
+func watchOOMv1(dir string, from *uint64, onOOM func(seen uint64)) (*OOMWatch, error) {
 	control := filepath.Join(dir, "memory.oom_control")
 	// Non-blocking, so the runtime poller owns it and Stop's Close ends a
 	// pending Read.
@@ -339,7 +343,7 @@ func watchOOMv1(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
 
 // watchOOMv2 watches a cgroup v2 memory.events file, reporting the kills
 // counted above from (see start).
-func watchOOMv2(events string, from *uint64, onOOM func()) (*OOMWatch, error) {
+func watchOOMv2(events string, from *uint64, onOOM func(seen uint64)) (*OOMWatch, error) {
 	if _, err := counter(events, "oom_kill"); err != nil {
 		return nil, err
 	}

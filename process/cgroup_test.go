@@ -89,17 +89,17 @@ func TestMemoryDirV1Of(t *testing.T) {
 func TestOOMWatchCountsEarlierKills(t *testing.T) {
 	for _, tc := range []struct {
 		name, file, format string
-		arm                func(dir string, from *uint64, onOOM func()) (*OOMWatch, error)
+		arm                func(dir string, from *uint64, onOOM func(uint64)) (*OOMWatch, error)
 	}{
 		{"v1", "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n",
-			func(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
+			func(dir string, from *uint64, onOOM func(uint64)) (*OOMWatch, error) {
 				if err := os.WriteFile(filepath.Join(dir, "cgroup.event_control"), nil, 0o600); err != nil {
 					return nil, err
 				}
 				return watchOOMv1(dir, from, onOOM)
 			}},
 		{"v2", "memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill %d\noom_group_kill 0\n",
-			func(dir string, from *uint64, onOOM func()) (*OOMWatch, error) {
+			func(dir string, from *uint64, onOOM func(uint64)) (*OOMWatch, error) {
 				return watchOOMv2(filepath.Join(dir, "memory.events"), from, onOOM)
 			}},
 	} {
@@ -117,7 +117,8 @@ func TestOOMWatchCountsEarlierKills(t *testing.T) {
 				file := filepath.Join(dir, tc.file)
 				writeCounter(t, file, tc.format, 3)
 				var n atomic.Int32
-				w, err := tc.arm(dir, from.from, func() { n.Add(1) })
+				var last atomic.Uint64 // the count the last report carried
+				w, err := tc.arm(dir, from.from, func(seen uint64) { n.Add(1); last.Store(seen) })
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -139,6 +140,9 @@ func TestOOMWatchCountsEarlierKills(t *testing.T) {
 				w.poll(true)
 				if got := n.Load(); got != want+1 {
 					t.Fatalf("after another kill: %d reports, want %d", got, want+1)
+				}
+				if got := last.Load(); got != 4 {
+					t.Fatalf("the last report carried the count %d, want 4", got)
 				}
 				// What a live upgrade hands over, once the watch stopped.
 				w.Stop()

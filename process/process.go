@@ -118,11 +118,6 @@ type Container struct {
 	// exit is reported after theirs.
 	InitExitDeferred *Exit
 
-	// OOMKillsSeen, after a live upgrade (Restore), is the count of OOM
-	// kills the previous binary's watch had reported (Record.OOMKillsSeen);
-	// the new watch reports the kills counted since. nil: unknown.
-	OOMKillsSeen *uint64
-
 	// Custody, if not nil, holds duplicates of the processes'
 	// descriptors (a keeper; custody.go).
 	Custody Custodian

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -34,12 +36,6 @@ type Record struct {
 	// InitExitDeferred is init's exit while it is held back for its
 	// execs (Container.InitExitDeferred).
 	InitExitDeferred *Exit `json:"init_exit_deferred,omitempty"`
-	// OOMKillsSeen is the count of OOM kills of the container's cgroup its
-	// daemon had reported when it wrote the record at a live upgrade's
-	// handover, its OOM watch stopped (OOMWatch.Seen). Only Restore reads
-	// it: a record written earlier may be older than the kills reported
-	// since.
-	OOMKillsSeen *uint64 `json:"oom_kills_seen,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -118,6 +114,52 @@ func WriteRecordData(dir, id string, data []byte) error {
 		return fmt.Errorf("writing state record of %q: %w", id, err)
 	}
 	return nil
+}
+
+// OOMCountFile holds, beside a task's record, the count of OOM kills of
+// its cgroup that its monitor has reported (decimal text). The monitor
+// writes it as it reports kills, and whoever takes the task over (a live
+// upgrade's next binary, a daemon after a crash) arms the task's OOM watch
+// from it (WatchOOMFrom): the kills counted while no watch ran are
+// reported, none twice.
+const OOMCountFile = "oom_kills"
+
+// WriteOOMCount writes n as task id's OOMCountFile under dir, through a
+// temporary file and a rename. A task without a state directory (deleted
+// meanwhile) gets none: the directory is not made again.
+func WriteOOMCount(dir, id string, n uint64) error {
+	d := filepath.Join(dir, id)
+	tmp, err := os.CreateTemp(d, ".oom-*")
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	_, err = tmp.WriteString(strconv.FormatUint(n, 10))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(d, OOMCountFile))
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("writing the OOM count of %q: %w", id, err)
+	}
+	return nil
+}
+
+// ReadOOMCount returns task id's OOMCountFile under dir; ok is false when
+// there is none (no kill reported, or a monitor of an older build) or it
+// does not parse.
+func ReadOOMCount(dir, id string) (n uint64, ok bool) {
+	data, err := os.ReadFile(filepath.Join(dir, id, OOMCountFile))
+	if err != nil {
+		return 0, false
+	}
+	n, err = strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+	return n, err == nil
 }
 
 // ReadRecord reads the record of task id under dir.

@@ -184,10 +184,10 @@ func (f *Frozen) FDs() (_ []TaskFDs, retErr error) {
 // are flushed and their drivers closed; the pipes and FIFOs stay open
 // through the duplicates), then calls stopReaper, which stops the
 // process's wait loop (an exit from then on waits as a zombie for the new
-// binary's), handles the exits already reaped, stops the OOM watches,
-// writes every task's record (with the OOM kills its watch reported,
-// which the next binary's watch counts from) and gives the queued events
-// up to grace to reach the publisher. The
+// binary's), handles the exits already reaped, writes every task's record,
+// stops the OOM watches (the next binary's count from the kills they
+// reported) and gives the queued events up to grace to reach the
+// publisher. The
 // caller then flushes the publisher and execs.
 func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 	s := f.s
@@ -208,26 +208,20 @@ func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 		s.handleExit(e)
 	}
 	s.awaitOOMArms("")
-	// The OOM watches stop before the records are written: each record
-	// holds the kills its watch reported, and the next binary reports the
-	// kills counted after that (process.WatchOOMFrom), none twice, none
-	// lost in between.
 	s.mu.Lock()
+	for _, c := range s.containers {
+		s.recordLocked(c)
+	}
 	watches := s.oom
 	s.oom = make(map[string]*process.OOMWatch)
 	s.mu.Unlock()
+	// The OOM watches stop before the flush: the count of kills each
+	// reported (process.OOMCountFile, queued as they report) is then the
+	// last, and the next binary's watch reports the kills counted after
+	// it (rewatchOOM), none twice, none lost in between.
 	for _, w := range watches {
 		w.Stop()
 	}
-	s.mu.Lock()
-	for id, c := range s.containers {
-		rec := c.Record()
-		if n, ok := watches[id].Seen(); ok {
-			rec.OOMKillsSeen = &n
-		}
-		s.putRecordLocked(id, rec)
-	}
-	s.mu.Unlock()
 	s.rec.flush() // the next binary reads them
 	s.events.close(grace)
 }

@@ -20,7 +20,7 @@ func TestOOMArmedBeforeStart(t *testing.T) {
 	h := newHarness(t)
 	release := make(chan struct{})
 	var armed atomic.Int32
-	h.s.watchNewOOMFn = func(string, func()) (*process.OOMWatch, error) {
+	h.s.watchNewOOMFn = func(string, func(uint64)) (*process.OOMWatch, error) {
 		<-release
 		armed.Add(1)
 		return nil, errors.New("no cgroups in unit tests")
@@ -64,10 +64,10 @@ func TestOOMBeforeWatchArmed(t *testing.T) {
 	h.s.procCgroupFn = func(pid int) (string, error) { return fmt.Sprintf("cgroup of %d", pid), nil }
 	release := make(chan struct{})
 	var armedOn atomic.Value
-	h.s.watchNewOOMFn = func(cg string, onOOM func()) (*process.OOMWatch, error) {
+	h.s.watchNewOOMFn = func(cg string, onOOM func(uint64)) (*process.OOMWatch, error) {
 		<-release
 		armedOn.Store(cg)
-		onOOM() // oom_kill was 1 when the watch was armed
+		onOOM(1) // oom_kill was 1 when the watch was armed
 		return nil, errors.New("no cgroups in unit tests")
 	}
 	pid := h.create(t, "c1")

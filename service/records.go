@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 
 	"github.com/containers/conmon-v2/process"
@@ -36,14 +37,21 @@ type recordWriter struct {
 	wmu sync.Mutex // held while an entry is taken and written: one write at a time
 
 	mu      sync.Mutex
-	pending map[string][]byte // by task; nil: remove the record; guarded by mu
-	order   []string          // tasks with a pending entry, oldest first; guarded by mu
-	stopped bool              // no writer goroutine: put writes itself; guarded by mu
+	pending map[entry][]byte // nil: remove the record; guarded by mu
+	order   []entry          // entries pending, oldest first; guarded by mu
+	stopped bool             // no writer goroutine: put writes itself; guarded by mu
 	wake    chan struct{}
 }
 
+// entry names a file the writer keeps: a task's record, or its count of
+// OOM kills reported (process.OOMCountFile, data the count's text).
+type entry struct {
+	id  string
+	oom bool
+}
+
 func newRecordWriter(dir string, log *slog.Logger) *recordWriter {
-	return &recordWriter{dir: dir, log: log, pending: make(map[string][]byte), wake: make(chan struct{}, 1)}
+	return &recordWriter{dir: dir, log: log, pending: make(map[entry][]byte), wake: make(chan struct{}, 1)}
 }
 
 // run writes queued entries until ctx is done, then what is left.
@@ -64,12 +72,20 @@ func (r *recordWriter) run(ctx context.Context) {
 
 // put queues data (nil: remove) as task id's record. Once the writer has
 // stopped it writes at once, in the caller.
-func (r *recordWriter) put(id string, data []byte) {
+func (r *recordWriter) put(id string, data []byte) { r.queue(entry{id: id}, data) }
+
+// putOOM queues n as task id's count of OOM kills reported. Removing the
+// task's record removes it too; a count queued after that is not written.
+func (r *recordWriter) putOOM(id string, n uint64) {
+	r.queue(entry{id: id, oom: true}, strconv.AppendUint(nil, n, 10))
+}
+
+func (r *recordWriter) queue(e entry, data []byte) {
 	r.mu.Lock()
-	if _, ok := r.pending[id]; !ok {
-		r.order = append(r.order, id)
+	if _, ok := r.pending[e]; !ok {
+		r.order = append(r.order, e)
 	}
-	r.pending[id] = data
+	r.pending[e] = data
 	stopped := r.stopped
 	r.mu.Unlock()
 	if stopped {
@@ -99,12 +115,20 @@ func (r *recordWriter) writeNext() bool {
 		r.mu.Unlock()
 		return false
 	}
-	id := r.order[0]
-	r.order[0] = ""
+	e := r.order[0]
+	r.order[0] = entry{}
 	r.order = r.order[1:]
-	data := r.pending[id]
-	delete(r.pending, id)
+	data := r.pending[e]
+	delete(r.pending, e)
 	r.mu.Unlock()
+	id := e.id
+	if e.oom {
+		n, _ := strconv.ParseUint(string(data), 10, 64)
+		if err := process.WriteOOMCount(r.dir, id, n); err != nil {
+			r.log.Error("writing the OOM count", "task", id, "error", err)
+		}
+		return true
+	}
 	if data == nil {
 		if err := process.RemoveRecord(r.dir, id); err != nil {
 			r.log.Error("removing state record", "task", id, "error", err)

@@ -76,3 +76,29 @@ func TestRecordWriter(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordWriterOOMCount: a task's count of OOM kills is written beside
+// its record, the last one queued winning; the task's removal removes it,
+// and a count queued after the removal makes no file.
+func TestRecordWriterOOMCount(t *testing.T) {
+	dir := t.TempDir()
+	r := newRecordWriter(dir, slog.Default())
+	rec, err := process.MarshalRecord(process.Record{ID: "a", Status: "running"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.put("a", rec)
+	r.putOOM("a", 1)
+	r.putOOM("a", 2)
+	r.flush()
+	if n, ok := process.ReadOOMCount(dir, "a"); !ok || n != 2 {
+		t.Fatalf("count %d, %v; want 2", n, ok)
+	}
+	r.put("a", nil)
+	r.flush()
+	r.putOOM("a", 3)
+	r.flush()
+	if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
+		t.Fatalf("the removed task's directory is back (%v)", err)
+	}
+}

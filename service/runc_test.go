@@ -454,7 +454,7 @@ func TestRuncOOMBeforeWatch(t *testing.T) {
 	ctx := context.Background()
 	release := make(chan struct{})
 	arm := e.s.watchNewOOMFn
-	e.s.watchNewOOMFn = func(cg string, onOOM func()) (*process.OOMWatch, error) {
+	e.s.watchNewOOMFn = func(cg string, onOOM func(uint64)) (*process.OOMWatch, error) {
 		<-release
 		return arm(cg, onOOM)
 	}
@@ -517,15 +517,17 @@ func TestRuncOOMBeforeWatch(t *testing.T) {
 	must(e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oomw"}))
 }
 
-// TestRuncOOMAcrossUpgrade: a live upgrade stops a task's OOM watch and
-// the next binary arms a new one; a kill between the two is reported by
-// the new watch when it is given the count the old one had reported
-// (process.WatchOOMFrom, as Restore does with the record's
-// OOMKillsSeen), and would be lost by a watch armed from now
-// (process.WatchOOM, what a crash's re-adoption does). The kill: a shell
-// with oom_score_adj 1000 joins the running container's memory cgroup and
-// goes over its limit; init, a sleep, survives.
-func TestRuncOOMAcrossUpgrade(t *testing.T) {
+// TestRuncOOMTakeover: a task's OOM kills are reported once across a
+// change of monitor (a live upgrade's gap, a crashed daemon's absence).
+// The daemon keeps the count of kills it reported beside the task's record
+// (process.OOMCountFile); when its watch is gone (stopped here, as the
+// upgrade and a crash stop it), a kill is counted by the cgroup alone; a
+// watch armed from the count (rewatchOOM, process.WatchOOMFrom) reports
+// that kill and not the earlier one, which a watch armed from now
+// (process.WatchOOM) would lose. The kills: a shell with oom_score_adj
+// 1000 joins the running container's memory cgroup and goes over its
+// limit; init, a sleep, survives.
+func TestRuncOOMTakeover(t *testing.T) {
 	e := newRuncEnv(t)
 	r := testReaper(t)
 	ctx := context.Background()
@@ -539,46 +541,56 @@ func TestRuncOOMAcrossUpgrade(t *testing.T) {
 		_, _ = e.s.Delete(ctx, &taskv2.DeleteRequest{ID: "oomu"})
 	}()
 	e.s.awaitOOMArms("")
-	e.s.mu.Lock()
-	old := e.s.oom["oomu"]
-	delete(e.s.oom, "oomu")
-	e.s.mu.Unlock()
-	old.Stop() // the handover
-	seen, ok := old.Seen()
-	if !ok || seen != 0 {
-		t.Fatalf("the stopped watch's count: %d, %v; want 0, true", seen, ok)
-	}
-
 	procs := "/sys/fs/cgroup/memory/conmon-v2-test/oomu/cgroup.procs"
 	if cgroupsUnified() {
 		procs = "/sys/fs/cgroup/conmon-v2-test/oomu/cgroup.procs"
 	}
-	hog := exec.Command("/bin/sh", "-c", `echo 1000 > /proc/$$/oom_score_adj && echo $$ > "$0" && exec /bin/sh -c "$1"`, procs, memoryHog)
-	ec, err := r.Start(hog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if status, _ := r.Wait(hog, ec); status != 128+9 {
-		t.Fatalf("the hog exited with %d, want 137 (OOM kill)", status)
-	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-		t.Fatalf("init was killed too: %v", err)
+	hogKilled := func() {
+		t.Helper()
+		hog := exec.Command("/bin/sh", "-c", `echo 1000 > /proc/$$/oom_score_adj && echo $$ > "$0" && exec /bin/sh -c "$1"`, procs, memoryHog)
+		ec, err := r.Start(hog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, _ := r.Wait(hog, ec); status != 128+9 {
+			t.Fatalf("the hog exited with %d, want 137 (OOM kill)", status)
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			t.Fatalf("init was killed too: %v", err)
+		}
 	}
 
-	var fromNow, handed atomic.Int32
-	w1, err := process.WatchOOM(pid, func() { fromNow.Add(1) })
+	// A kill under the daemon's watch: reported, and its count kept.
+	hogKilled()
+	e.pub.wait(t, 3) // /tasks/create, /tasks/start, /tasks/oom
+	e.s.rec.flush()
+	if n, ok := process.ReadOOMCount(e.s.cfg.StateDir, "oomu"); !ok || n != 1 {
+		t.Fatalf("the count kept after one kill: %d, %v; want 1", n, ok)
+	}
+
+	// The watch is gone; a second kill meanwhile.
+	e.s.mu.Lock()
+	old := e.s.oom["oomu"]
+	delete(e.s.oom, "oomu")
+	e.s.mu.Unlock()
+	old.Stop()
+	hogKilled()
+
+	var fromNow, fromCount atomic.Int32
+	w1, err := process.WatchOOM(pid, func(uint64) { fromNow.Add(1) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	w1.Stop()
-	w2, err := process.WatchOOMFrom(pid, seen, func() { handed.Add(1) })
+	n, _ := process.ReadOOMCount(e.s.cfg.StateDir, "oomu")
+	w2, err := process.WatchOOMFrom(pid, n, func(uint64) { fromCount.Add(1) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w2.Stop()
-	if fromNow.Load() != 0 || handed.Load() != 1 {
-		t.Fatalf("the kill between the watches: reported %d times from now, %d times from the handed count; want 0 and 1",
-			fromNow.Load(), handed.Load())
+	if fromNow.Load() != 0 || fromCount.Load() != 1 {
+		t.Fatalf("the kill between the watches: reported %d times from now, %d times from the kept count; want 0 and 1",
+			fromNow.Load(), fromCount.Load())
 	}
 }
 

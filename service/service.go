@@ -123,9 +123,9 @@ type Service struct {
 	// tests replace them since their pids are not real.
 	killPid        func(pid int, sig uint32) error
 	procCgroupFn   func(pid int) (string, error)
-	watchNewOOMFn  func(procCgroup string, onOOM func()) (*process.OOMWatch, error)
-	watchOOMFn     func(pid int, onOOM func()) (*process.OOMWatch, error)
-	watchOOMFromFn func(pid int, seen uint64, onOOM func()) (*process.OOMWatch, error)
+	watchNewOOMFn  func(procCgroup string, onOOM func(seen uint64)) (*process.OOMWatch, error)
+	watchOOMFn     func(pid int, onOOM func(seen uint64)) (*process.OOMWatch, error)
+	watchOOMFromFn func(pid int, seen uint64, onOOM func(seen uint64)) (*process.OOMWatch, error)
 	statsFn        func(pid int) (*anypb.Any, error)
 }
 
@@ -425,17 +425,12 @@ func initGoneLocked(c *process.Container) bool {
 // recordLocked queues c's record for the record writer (records.go); a
 // failure is logged, never fatal.
 func (s *Service) recordLocked(c *process.Container) {
-	s.putRecordLocked(c.ID, c.Record())
-}
-
-// putRecordLocked queues rec as the record of task id.
-func (s *Service) putRecordLocked(id string, rec process.Record) {
-	data, err := process.MarshalRecord(rec)
+	data, err := process.MarshalRecord(c.Record())
 	if err != nil {
-		s.cfg.Log.Error("encoding state record", "task", id, "error", err)
+		s.cfg.Log.Error("encoding state record", "task", c.ID, "error", err)
 		return
 	}
-	s.rec.put(id, data)
+	s.rec.put(c.ID, data)
 }
 
 // recoverPanic turns a panic in a handler into an Internal error: no

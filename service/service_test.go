@@ -245,9 +245,11 @@ func newHarness(t testing.TB) *harness {
 	}
 	s.killPid = func(pid int, sig uint32) error { return nil }
 	s.procCgroupFn = func(int) (string, error) { return "", nil }
-	s.watchNewOOMFn = func(string, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
-	s.watchOOMFn = func(int, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
-	s.watchOOMFromFn = func(int, uint64, func()) (*process.OOMWatch, error) {
+	s.watchNewOOMFn = func(string, func(uint64)) (*process.OOMWatch, error) {
+		return nil, errors.New("no cgroups in unit tests")
+	}
+	s.watchOOMFn = func(int, func(uint64)) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in unit tests") }
+	s.watchOOMFromFn = func(int, uint64, func(uint64)) (*process.OOMWatch, error) {
 		return nil, errors.New("no cgroups in unit tests")
 	}
 	h.s = s

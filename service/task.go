@@ -149,7 +149,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 	// The watch is armed behind the answer: it costs 0.3-0.7 ms (a
 	// mountinfo parse and the cgroup's event registration), and the
 	// container's own process only runs after Start, which waits for it.
-	s.armOOM(c, func(onOOM func()) (*process.OOMWatch, error) {
+	s.armOOM(c, func(onOOM func(seen uint64)) (*process.OOMWatch, error) {
 		if cgErr != nil {
 			return nil, cgErr
 		}
@@ -168,7 +168,7 @@ func (s *Service) Create(ctx context.Context, r *taskv2.CreateTaskRequest) (_ *t
 // live upgrade's Commit and Close wait for the arming too, so a watch
 // never outlives its task or the service. The goroutine is the service's
 // (s.wg).
-func (s *Service) armOOM(c *process.Container, arm func(onOOM func()) (*process.OOMWatch, error)) {
+func (s *Service) armOOM(c *process.Container, arm func(onOOM func(seen uint64)) (*process.OOMWatch, error)) {
 	done := make(chan struct{})
 	s.mu.Lock()
 	if s.closed || s.oomArming[c.ID] != nil {
@@ -220,12 +220,13 @@ func (s *Service) awaitOOMArms(id string) {
 // watchOOM starts the OOM watch of c with arm (WatchOOM or WatchNewOOM
 // with its callback); a host without a memory cgroup only loses OOM
 // events, so a failure is logged.
-func (s *Service) watchOOM(c *process.Container, arm func(onOOM func()) (*process.OOMWatch, error)) {
+func (s *Service) watchOOM(c *process.Container, arm func(onOOM func(seen uint64)) (*process.OOMWatch, error)) {
 	id := c.ID
 	// The callback queues directly (no s.mu): the exit handler polls the
 	// watch while it holds s.mu.
-	w, err := arm(func() {
+	w, err := arm(func(seen uint64) {
 		s.events.push(topicOOM, &eventsapi.TaskOOM{ContainerID: id})
+		s.rec.putOOM(id, seen) // for the task's next monitor: rewatchOOM
 	})
 	if err != nil {
 		s.cfg.Log.Warn("no OOM events for task", "task", id, "error", err)
@@ -241,27 +242,20 @@ func (s *Service) watchOOM(c *process.Container, arm func(onOOM func()) (*proces
 	s.mu.Unlock()
 }
 
-// rewatchOOM arms the OOM watch of a task taken over. After a live
-// upgrade the previous binary handed the count of kills it reported
-// (c.OOMKillsSeen): the kills counted since are reported. After a crash
-// (re-adoption) the kills before now are taken as reported, by the daemon
-// that had the task or lost with it: a crash cannot tell which.
+// rewatchOOM arms the OOM watch of a task taken over (a live upgrade, a
+// re-adoption after a crash) from the count of kills its previous monitor
+// reported (process.OOMCountFile): the kills counted since, while no
+// watch ran, are reported now. Without a count (no kill reported, or a
+// monitor of an older build) the watch reports from now on. After a crash
+// a kill reported just before it may be reported again: the count is
+// written behind the report.
 func (s *Service) rewatchOOM(c *process.Container) {
 	pid := c.Init.Pid
-	if seen := c.OOMKillsSeen; seen != nil {
-		n := *seen
-		s.watchOOM(c, func(onOOM func()) (*process.OOMWatch, error) { return s.watchOOMFromFn(pid, n, onOOM) })
-		// The handed count is spent: the record loses it, so that a crash
-		// later does not report this watch's kills again.
-		s.mu.Lock()
-		c.OOMKillsSeen = nil
-		if s.containers[c.ID] == c {
-			s.recordLocked(c)
-		}
-		s.mu.Unlock()
+	if n, ok := process.ReadOOMCount(s.cfg.StateDir, c.ID); ok {
+		s.watchOOM(c, func(onOOM func(uint64)) (*process.OOMWatch, error) { return s.watchOOMFromFn(pid, n, onOOM) })
 		return
 	}
-	s.watchOOM(c, func(onOOM func()) (*process.OOMWatch, error) { return s.watchOOMFn(pid, onOOM) })
+	s.watchOOM(c, func(onOOM func(uint64)) (*process.OOMWatch, error) { return s.watchOOMFn(pid, onOOM) })
 }
 
 // Start starts init or an exec and publishes /tasks/start or

@@ -76,8 +76,8 @@ func FuzzTaskRequests(f *testing.F) {
 		defer s.Close()
 		s.killPid = func(int, uint32) error { return nil }
 		s.procCgroupFn = func(int) (string, error) { return "", nil }
-		s.watchNewOOMFn = func(string, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in fuzzing") }
-		s.watchOOMFn = func(int, func()) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in fuzzing") }
+		s.watchNewOOMFn = func(string, func(uint64)) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in fuzzing") }
+		s.watchOOMFn = func(int, func(uint64)) (*process.OOMWatch, error) { return nil, errors.New("no cgroups in fuzzing") }
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 
