@@ -75,10 +75,9 @@ type OOMWatch struct {
 	once  sync.Once
 	onOOM func(seen uint64)
 
-	mu      sync.Mutex
-	count   func() (uint64, error) // the cgroup's oom_kill counter
-	seen    uint64                 // kills reported
-	counted bool                   // count has been read
+	mu    sync.Mutex
+	count func() (uint64, error) // the cgroup's oom_kill counter
+	seen  uint64                 // kills reported
 }
 
 // WatchOOM watches the memory cgroup of pid and calls onOOM once per OOM
@@ -99,8 +98,7 @@ func WatchOOM(pid int, onOOM func(seen uint64)) (*OOMWatch, error) {
 }
 
 // WatchOOMFrom is WatchOOM for a task whose earlier watch had reported
-// seen kills (the count its onOOM last got, or OOMWatch.Seen once it
-// stopped): the kills the cgroup counted since, while no watch was armed
+// seen kills (the count its onOOM last got): the kills the cgroup counted since, while no watch was armed
 // (a live upgrade's gap, a crashed monitor's absence), are reported by
 // calls of onOOM before it returns.
 func WatchOOMFrom(pid int, seen uint64, onOOM func(seen uint64)) (*OOMWatch, error) {
@@ -201,7 +199,6 @@ func (w *OOMWatch) poll(woken bool) bool {
 		}
 		return true
 	}
-	w.counted = true
 	for w.seen < n {
 		w.seen++
 		w.onOOM(w.seen)
@@ -369,29 +366,16 @@ func watchOOMv2(events string, from *uint64, onOOM func(seen uint64)) (*OOMWatch
 // (the v1 registration itself wakes it while the cgroup is under OOM).
 // from is the count taken as reported: the kills above it are reported
 // now (0 for a new container's cgroup, which counted only its own kills;
-// a handed-over count after a live upgrade). nil takes everything the
+// the count kept by the task's previous monitor). nil takes everything the
 // counter holds now as reported.
 func (w *OOMWatch) start(from *uint64) {
 	if from != nil {
 		w.seen = *from
 		w.poll(false)
-	} else if n, err := w.count(); err == nil {
-		w.seen, w.counted = n, true
+	} else {
+		w.seen, _ = w.count()
 	}
 	w.run()
-}
-
-// Seen returns the count of kills the watch has reported, and whether the
-// cgroup's counter was readable (cgroup v1 before Linux 4.13 has none). A
-// live upgrade hands it to the next binary (WatchOOMFrom) once the watch
-// is stopped. Safe on nil (no watch: nothing known).
-func (w *OOMWatch) Seen() (uint64, bool) {
-	if w == nil {
-		return 0, false
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.seen, w.counted
 }
 
 // counter reads a "key value" line of a cgroup file such as

@@ -118,9 +118,10 @@ type Service struct {
 	frozen     bool        // a live upgrade is under way (Freeze)
 	stopExits  func() bool // stops the exit loop; false if it was stopped already
 
-	// killPid, procCgroupFn, watchNewOOMFn, watchOOMFn and statsFn are
-	// process.KillPid, ProcCgroup, WatchNewOOM, WatchOOM and Stats; unit
-	// tests replace them since their pids are not real.
+	// killPid, procCgroupFn, watchNewOOMFn, watchOOMFn, watchOOMFromFn
+	// and statsFn are process.KillPid, ProcCgroup, WatchNewOOM, WatchOOM,
+	// WatchOOMFrom and Stats; unit tests replace them since their pids are
+	// not real.
 	killPid        func(pid int, sig uint32) error
 	procCgroupFn   func(pid int) (string, error)
 	watchNewOOMFn  func(procCgroup string, onOOM func(seen uint64)) (*process.OOMWatch, error)
