@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -74,6 +75,10 @@ type OOMWatch struct {
 	wg    sync.WaitGroup
 	once  sync.Once
 	onOOM func(seen uint64)
+	// settle: a wake-up may come before the kill is counted (cgroup v1);
+	// stop is closed by Stop.
+	settle bool
+	stop   chan struct{}
 
 	mu    sync.Mutex
 	count func() (uint64, error) // the cgroup's oom_kill counter
@@ -184,26 +189,27 @@ func (w *OOMWatch) Poll() {
 
 // poll reads the counter; woken says the kernel signalled an event, which
 // counts as one kill when the counter cannot be read (kernels before 4.13
-// have no oom_kill in memory.oom_control). It returns false once the
-// cgroup is gone.
-func (w *OOMWatch) poll(woken bool) bool {
+// have no oom_kill in memory.oom_control). alive is false once the cgroup
+// is gone; reported says onOOM was called.
+func (w *OOMWatch) poll(woken bool) (alive, reported bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n, err := w.count()
 	if err != nil {
 		if os.IsNotExist(err) {
-			return false
+			return false, false
 		}
 		if woken {
 			w.onOOM(w.seen) // no counter (cgroup v1 before 4.13): the count cannot move
 		}
-		return true
+		return true, woken
 	}
 	for w.seen < n {
 		w.seen++
 		w.onOOM(w.seen)
+		reported = true
 	}
-	return true
+	return true, reported
 }
 
 func (w *OOMWatch) run() {
@@ -217,7 +223,21 @@ func (w *OOMWatch) run() {
 			if _, err := w.f.Read(buf); err != nil {
 				return
 			}
-			if !w.poll(true) {
+			alive, reported := w.poll(true)
+			// cgroup v1 signals the eventfd when the cgroup goes under
+			// OOM, before the OOM killer has chosen and counted its
+			// victim (mm/memcontrol-v1.c), and not again for the kill:
+			// look again a little later. (v2 writes memory.events for
+			// the kill itself, a wake-up of its own.)
+			for d := time.Millisecond; w.settle && alive && !reported && d <= time.Second; d *= 10 {
+				select {
+				case <-w.stop:
+					return
+				case <-time.After(d):
+				}
+				alive, reported = w.poll(false)
+			}
+			if !alive {
 				return
 			}
 		}
@@ -331,7 +351,7 @@ func watchOOMv1(dir string, from *uint64, onOOM func(seen uint64)) (*OOMWatch, e
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("oom eventfd for %s: %w", dir, err)
 	}
-	w := &OOMWatch{f: os.NewFile(uintptr(fd), "oom-eventfd"), onOOM: onOOM, count: func() (uint64, error) {
+	w := &OOMWatch{f: os.NewFile(uintptr(fd), "oom-eventfd"), onOOM: onOOM, settle: true, count: func() (uint64, error) {
 		return counter(control, "oom_kill")
 	}}
 	w.start(from)
@@ -369,6 +389,7 @@ func watchOOMv2(events string, from *uint64, onOOM func(seen uint64)) (*OOMWatch
 // the count kept by the task's previous monitor). nil takes everything the
 // counter holds now as reported.
 func (w *OOMWatch) start(from *uint64) {
+	w.stop = make(chan struct{})
 	if from != nil {
 		w.seen = *from
 		w.poll(false)
@@ -401,6 +422,7 @@ func (w *OOMWatch) Stop() {
 		return
 	}
 	w.once.Do(func() {
+		close(w.stop)
 		if err := w.f.Close(); err != nil {
 			slog.Debug("closing oom watch", "error", err)
 		}

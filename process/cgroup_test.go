@@ -7,8 +7,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // memoryDirV1Of maps /proc/PID/cgroup's memory path through the mount of
@@ -179,3 +181,51 @@ func TestUnifiedPathOf(t *testing.T) {
 }
 
 func ptr(n uint64) *uint64 { return &n }
+
+// TestOOMWatchV1WakeBeforeKill: cgroup v1 signals the eventfd when the
+// cgroup goes under OOM, before the OOM killer has counted its victim, and
+// not again for the kill. A wake-up that finds the counter unchanged is
+// followed by later looks, which report the kill once it is counted.
+func TestOOMWatchV1WakeBeforeKill(t *testing.T) {
+	const format = "oom_kill_disable 0\nunder_oom 1\noom_kill %d\n"
+	dir := t.TempDir()
+	file := filepath.Join(dir, "memory.oom_control")
+	writeCounter(t, file, format, 0)
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.event_control"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reports := make(chan uint64, 4)
+	w, err := watchOOMv1(dir, nil, func(seen uint64) { reports <- seen })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	// The kernel's signal: the eventfd counts up.
+	wake := func() {
+		t.Helper()
+		var one [8]byte
+		one[0] = 1
+		if _, err := unix.Write(int(w.f.Fd()), one[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wake()
+	time.Sleep(20 * time.Millisecond) // the wake-up's first look found nothing
+	writeCounter(t, file, format, 1)  // the OOM killer's count, later
+	select {
+	case seen := <-reports:
+		if seen != 1 {
+			t.Fatalf("reported with count %d, want 1", seen)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the kill counted after the wake-up was not reported")
+	}
+	// A wake-up with nothing to find, and Stop while the watch looks
+	// again: no report.
+	wake()
+	time.Sleep(5 * time.Millisecond)
+	w.Stop()
+	if len(reports) != 0 {
+		t.Errorf("%d more reports, want none", len(reports))
+	}
+}
