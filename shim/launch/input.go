@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -66,7 +67,7 @@ func DecodeStartInput(data []byte, id, namespace string) (StartInput, error) {
 		}
 		return in, nil
 	}
-	a, err := DecodeAny(data)
+	a, err := decodeAny(data)
 	if err != nil {
 		return StartInput{}, fmt.Errorf("start: stdin (%d bytes) is neither runtime options nor BootstrapParams: %v: %w", len(data), err, errdefs.ErrInvalidArgument)
 	}
@@ -76,8 +77,8 @@ func DecodeStartInput(data []byte, id, namespace string) (StartInput, error) {
 	return StartInput{Options: &a}, nil
 }
 
-// DecodeAny decodes a serialized google.protobuf.Any (type_url 1, value 2).
-func DecodeAny(b []byte) (Options, error) {
+// decodeAny decodes a serialized google.protobuf.Any (type_url 1, value 2).
+func decodeAny(b []byte) (Options, error) {
 	var o Options
 	err := eachMessageField(b, []protowire.Number{1}, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) {
 		switch {
@@ -131,7 +132,7 @@ func decodeBootstrapParams(b []byte) (bootstrapParams, error) {
 			var ext *Options
 			if err == nil && present {
 				var a Options
-				if a, err = DecodeAny(value); err == nil {
+				if a, err = decodeAny(value); err == nil {
 					ext = &a
 				}
 			}
@@ -153,7 +154,7 @@ func decodeBootstrapParams(b []byte) (bootstrapParams, error) {
 func eachMessageField(b []byte, strs []protowire.Number, fn func(num protowire.Number, typ protowire.Type, v []byte, x uint64)) error {
 	var bad protowire.Number
 	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) {
-		if typ == protowire.BytesType && bad == 0 && isOneOf(num, strs) && !utf8.Valid(v) {
+		if typ == protowire.BytesType && bad == 0 && slices.Contains(strs, num) && !utf8.Valid(v) {
 			bad = num
 		}
 		fn(num, typ, v, x)
@@ -162,15 +163,6 @@ func eachMessageField(b []byte, strs []protowire.Number, fn func(num protowire.N
 		err = fmt.Errorf("string field %d is not valid UTF-8", bad)
 	}
 	return err
-}
-
-func isOneOf(n protowire.Number, set []protowire.Number) bool {
-	for _, m := range set {
-		if n == m {
-			return true
-		}
-	}
-	return false
 }
 
 // runtimeOptions are the fields of a runtimeoptions.v1.Options.

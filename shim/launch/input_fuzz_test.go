@@ -142,7 +142,7 @@ func FuzzDecodersMatchProto(f *testing.F) {
 		}
 
 		var a anypb.Any
-		gotAny, err := DecodeAny(data)
+		gotAny, err := decodeAny(data)
 		perr := proto.Unmarshal(data, &a)
 		check("Any", err, perr, gotAny.TypeURL == a.GetTypeUrl() && bytes.Equal(gotAny.Value, a.GetValue()))
 
