@@ -2,7 +2,9 @@ package process
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -96,24 +98,31 @@ func WriteRecordData(dir, id string, data []byte) error {
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(d, ".state-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		_ = os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		_ = os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(d, RecordFile)); err != nil {
-		_ = os.Remove(tmp.Name())
+	if err := replaceFile(d, RecordFile, ".state-*", data); err != nil {
 		return fmt.Errorf("writing state record of %q: %w", id, err)
 	}
 	return nil
+}
+
+// replaceFile writes data as d/name through a temporary file in d (named
+// after pattern, as os.CreateTemp takes it) and a rename, so a reader
+// never sees a partial file. The temporary file is gone on error.
+func replaceFile(d, name, pattern string, data []byte) error {
+	tmp, err := os.CreateTemp(d, pattern)
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(d, name))
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // OOMCountFile holds, beside a task's record, the count of OOM kills of
@@ -128,26 +137,12 @@ const OOMCountFile = "oom_kills"
 // temporary file and a rename. A task without a state directory (deleted
 // meanwhile) gets none: the directory is not made again.
 func WriteOOMCount(dir, id string, n uint64) error {
-	d := filepath.Join(dir, id)
-	tmp, err := os.CreateTemp(d, ".oom-*")
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil
-		}
-		return err
+	err := replaceFile(filepath.Join(dir, id), OOMCountFile, ".oom-*", strconv.AppendUint(nil, n, 10))
+	switch {
+	case err == nil, errors.Is(err, fs.ErrNotExist):
+		return nil
 	}
-	_, err = tmp.WriteString(strconv.FormatUint(n, 10))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(d, OOMCountFile))
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("writing the OOM count of %q: %w", id, err)
-	}
-	return nil
+	return fmt.Errorf("writing the OOM count of %q: %w", id, err)
 }
 
 // ReadOOMCount returns task id's OOMCountFile under dir; ok is false when
