@@ -330,36 +330,31 @@ func ResolveBinary(binary string) (string, error) {
 	if err := unix.Access(real, unix.X_OK); err != nil {
 		return "", fmt.Errorf("upgrade binary %q: the shim may not execute it: %v: %w", real, err, errdefs.ErrPermissionDenied)
 	}
-	if isLauncher(real) {
-		// conmonctl shims upgrade --binary .../containerd-shim-conmon-v2:
-		// what runs is the daemon file beside the launcher, checked as well.
+	bi, biErr := buildinfo.ReadFile(real)
+	if biErr == nil && bi.Path == launch.LauncherPath {
+		// A build of the shim's launcher (conmonctl shims upgrade
+		// --binary .../containerd-shim-conmon-v2): what runs is the daemon
+		// file beside it, checked as well.
 		return ResolveBinary(filepath.Join(filepath.Dir(real), launch.DaemonBinary))
 	}
-	if err := sameProgram(real); err != nil {
+	if err := sameProgram(real, bi, biErr); err != nil {
 		return "", err
 	}
 	return real, nil
 }
 
-// isLauncher reports whether binary is a build of the shim's launcher
-// (cmd/containerd-shim-conmon-v2), which only starts the daemon.
-func isLauncher(binary string) bool {
-	bi, err := buildinfo.ReadFile(binary)
-	return err == nil && bi.Path == launch.LauncherPath
-}
-
-// sameProgram checks that binary is a build of the running program (the
-// main package path in its Go build information), without running it. An
-// upgrade execs in place: another program (say /bin/true) would take over
-// the shim's pid and exit, leaving its containers without a monitor.
-func sameProgram(binary string) error {
+// sameProgram checks that binary, whose Go build information is bi (or
+// could not be read: readErr), is a build of the running program (the
+// main package path), without running it. An upgrade execs in place:
+// another program (say /bin/true) would take over the shim's pid and
+// exit, leaving its containers without a monitor.
+func sameProgram(binary string, bi *debug.BuildInfo, readErr error) error {
 	own, ok := debug.ReadBuildInfo()
 	if !ok || own.Path == "" {
 		return nil // built without module information: nothing to compare
 	}
-	bi, err := buildinfo.ReadFile(binary)
-	if err != nil {
-		return fmt.Errorf("upgrade binary %q: not a build of %s: %v: %w", binary, own.Path, err, errdefs.ErrInvalidArgument)
+	if readErr != nil {
+		return fmt.Errorf("upgrade binary %q: not a build of %s: %v: %w", binary, own.Path, readErr, errdefs.ErrInvalidArgument)
 	}
 	if bi.Path != own.Path {
 		return fmt.Errorf("upgrade binary %q: a build of %s, not of %s: %w", binary, bi.Path, own.Path, errdefs.ErrInvalidArgument)
