@@ -87,13 +87,13 @@ type OOMWatch struct {
 
 // WatchOOM watches the memory cgroup of pid and calls onOOM once per OOM
 // kill from now on, with the count of kills reported so far, this one
-// included (the cgroup's counter; a monitor keeps it so that the next
-// watch of the task counts from it, WatchOOMFrom): on cgroup v1 woken by an eventfd registered in
-// cgroup.event_control for memory.oom_control, on v2 by inotify on
-// memory.events. It re-arms the watch of a task whose earlier kills were
-// reported before (re-adoption, a live upgrade); a new container's watch
-// is WatchNewOOM. onOOM must not block on locks held around Poll. The
-// watch ends by itself when the cgroup disappears; Stop ends it earlier.
+// included (the cgroup's counter: a monitor keeps it, so that the task's
+// next watch counts from it, WatchOOMFrom). On cgroup v1 it is woken by
+// an eventfd registered in cgroup.event_control for memory.oom_control,
+// on v2 by inotify on memory.events. It is the watch of a task taken over
+// without a kept count; a new container's watch is WatchNewOOM. onOOM
+// must not block on locks held around Poll. The watch ends by itself when
+// the cgroup disappears; Stop ends it earlier.
 func WatchOOM(pid int, onOOM func(seen uint64)) (*OOMWatch, error) {
 	cg, err := ProcCgroup(pid)
 	if err != nil {
@@ -103,9 +103,9 @@ func WatchOOM(pid int, onOOM func(seen uint64)) (*OOMWatch, error) {
 }
 
 // WatchOOMFrom is WatchOOM for a task whose earlier watch had reported
-// seen kills (the count its onOOM last got): the kills the cgroup counted since, while no watch was armed
-// (a live upgrade's gap, a crashed monitor's absence), are reported by
-// calls of onOOM before it returns.
+// seen kills (the count its onOOM last got): the kills the cgroup counted
+// since, while no watch was armed (a live upgrade's gap, a crashed
+// monitor's absence), are reported by calls of onOOM before it returns.
 func WatchOOMFrom(pid int, seen uint64, onOOM func(seen uint64)) (*OOMWatch, error) {
 	cg, err := ProcCgroup(pid)
 	if err != nil {

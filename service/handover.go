@@ -187,8 +187,7 @@ func (f *Frozen) FDs() (_ []TaskFDs, retErr error) {
 // binary's), handles the exits already reaped, writes every task's record,
 // stops the OOM watches (the next binary's count from the kills they
 // reported) and gives the queued events up to grace to reach the
-// publisher. The
-// caller then flushes the publisher and execs.
+// publisher. The caller then flushes the publisher and execs.
 func (f *Frozen) Commit(grace time.Duration, stopReaper func()) {
 	s := f.s
 	f.committed = true

@@ -217,8 +217,8 @@ func (s *Service) awaitOOMArms(id string) {
 	}
 }
 
-// watchOOM starts the OOM watch of c with arm (WatchOOM or WatchNewOOM
-// with its callback); a host without a memory cgroup only loses OOM
+// watchOOM starts the OOM watch of c with arm (WatchNewOOM, WatchOOM or
+// WatchOOMFrom with its callback); a host without a memory cgroup only loses OOM
 // events, so a failure is logged.
 func (s *Service) watchOOM(c *process.Container, arm func(onOOM func(seen uint64)) (*process.OOMWatch, error)) {
 	id := c.ID
