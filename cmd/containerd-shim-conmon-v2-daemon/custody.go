@@ -120,19 +120,17 @@ func (c *custodyClient) send(m custodyMsg, fds []int) {
 
 // Hold is process.Custodian.
 func (c *custodyClient) Hold(task, exec string, d process.IOFDs) {
-	m := custodyMsg{Op: "hold", Task: task, Exec: exec, LoggerPid: d.LoggerPid, StdinEnded: d.StdinEnded}
-	var fds []int
-	for _, r := range d.Roles() {
-		m.Roles = append(m.Roles, r)
-		fds = append(fds, *d.Slot(r))
-	}
-	c.send(m, fds)
-	d.Close()
+	c.sendFDs(custodyMsg{Op: "hold", Task: task, Exec: exec, LoggerPid: d.LoggerPid, StdinEnded: d.StdinEnded}, d)
 }
 
 // HoldMore is process.Custodian.
 func (c *custodyClient) HoldMore(task, exec string, d process.IOFDs) {
-	m := custodyMsg{Op: "add", Task: task, Exec: exec}
+	c.sendFDs(custodyMsg{Op: "add", Task: task, Exec: exec}, d)
+}
+
+// sendFDs sends m with d's descriptors, their roles listed in m, and
+// closes d (the keeper holds its own duplicates).
+func (c *custodyClient) sendFDs(m custodyMsg, d process.IOFDs) {
 	var fds []int
 	for _, r := range d.Roles() {
 		m.Roles = append(m.Roles, r)
