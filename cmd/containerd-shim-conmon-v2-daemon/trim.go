@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"os"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 
-	"golang.org/x/sys/unix"
+	"github.com/containers/conmon-v2/internal/exemap"
 )
 
 // trimmer gives back, once the daemon is quiet, the memory an idle daemon
@@ -27,12 +23,12 @@ import (
 //     runs again faults back in.
 //
 // The spans are read once, at start, so that the trim itself allocates
-// nothing and runs little code.
+// nothing and runs little code (package exemap).
 type trimmer struct {
-	spans [][2]uintptr
+	spans exemap.Spans
 }
 
-func newTrimmer() *trimmer { return &trimmer{spans: readOnlyExeSpans()} }
+func newTrimmer() *trimmer { return &trimmer{spans: exemap.ReadOnly()} }
 
 func (t *trimmer) trim() {
 	// A GC halves the stack of a goroutine that uses less than a quarter
@@ -42,44 +38,5 @@ func (t *trimmer) trim() {
 		runtime.GC()
 	}
 	debug.FreeOSMemory() // runs the GC, whose code the madvise below drops again
-	for _, sp := range t.spans {
-		_, _, _ = unix.Syscall(unix.SYS_MADVISE, sp[0], sp[1]-sp[0], unix.MADV_DONTNEED)
-	}
-}
-
-// readOnlyExeSpans lists the mappings of the executable that are readable
-// and never written (r-xp, r--p) from /proc/self/maps.
-func readOnlyExeSpans() [][2]uintptr {
-	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
-		return nil
-	}
-	f, err := os.Open("/proc/self/maps")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var spans [][2]uintptr
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// address perms offset dev inode path
-		fields := bytes.Fields(sc.Bytes())
-		if len(fields) < 6 || string(fields[5]) != exe {
-			continue
-		}
-		if p := string(fields[1]); p != "r-xp" && p != "r--p" {
-			continue
-		}
-		lo, hi, ok := bytes.Cut(fields[0], []byte("-"))
-		if !ok {
-			continue
-		}
-		s, err1 := strconv.ParseUint(string(lo), 16, 64)
-		e, err2 := strconv.ParseUint(string(hi), 16, 64)
-		if err1 != nil || err2 != nil || e <= s {
-			continue
-		}
-		spans = append(spans, [2]uintptr{uintptr(s), uintptr(e)})
-	}
-	return spans
+	t.spans.Drop()
 }
