@@ -42,6 +42,11 @@ type ReadOptions struct {
 	// it (on Linux, inotify on the log's directory wakes it at once);
 	// default 100ms.
 	Poll time.Duration
+	// Ready, if set, is called once what existed was read (or skipped,
+	// per Tail and Since): whatever is written from then on is read. An
+	// attach starts the container's input there, so that the output to
+	// that input cannot come before the reader's position.
+	Ready func()
 }
 
 // ReadLogs reads back a k8s-file or json-file log, oldest record first,
@@ -180,6 +185,9 @@ func (r *logReader) run(ctx context.Context) error {
 		if err := t.flush(r.fn); err != nil {
 			return err
 		}
+	}
+	if r.opts.Ready != nil {
+		r.opts.Ready()
 	}
 	if !r.opts.Follow {
 		return nil

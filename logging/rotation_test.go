@@ -298,3 +298,35 @@ func TestFollowWakesOnWrite(t *testing.T) {
 		t.Fatal("follower not woken by the write")
 	}
 }
+
+// TestFollowFromReady: a follower with Tail 0 skips what the log held and
+// reads what is written once Ready was called, even with polling all but
+// off. (conmonctl attach forwards the container's input from Ready.)
+func TestFollowFromReady(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ctr.log")
+	d, err := k8sfile.New(k8sfile.Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	write := func(line string) {
+		r := logging.Record{Time: time.Now(), Stream: logging.Stdout, Line: []byte(line)}
+		d.Write(&r)
+		d.Flush()
+	}
+	write("before")
+	got := make(chan string, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go logging.ReadLogs(ctx, logging.ReadOptions{Source: d.LogSource(), Tail: 0, Follow: true, Poll: time.Hour,
+		Ready: func() { write("after ready") }},
+		func(r *logging.Record) error { got <- string(r.Line); return nil })
+	select {
+	case s := <-got:
+		if s != "after ready" {
+			t.Fatalf("got %q, want the line written at Ready", s)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the line written at Ready was not read")
+	}
+}

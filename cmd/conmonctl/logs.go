@@ -19,6 +19,7 @@ type logQuery struct {
 	tail       int // -1: all
 	follow     bool
 	timestamps bool
+	ready      func() // logging.ReadOptions.Ready
 }
 
 func cmdLogs(ctx context.Context, a *app, args []string) error {
@@ -116,6 +117,7 @@ func followLog(ctx context.Context, a *app, r *record, q logQuery, exited <-chan
 		Tail:   q.tail,
 		Follow: q.follow,
 		Done:   exited,
+		Ready:  q.ready,
 	}
 	atLineStart := map[logging.Stream]bool{logging.Stdout: true, logging.Stderr: true}
 	err := logging.ReadLogs(ctx, opts, func(rec *logging.Record) error {

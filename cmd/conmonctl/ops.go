@@ -779,9 +779,12 @@ func cmdAttach(ctx context.Context, a *app, args []string) error {
 			s.ForwardResize(fwdCtx, con, r.ID, "", nil)
 		}
 	}
+	// The input starts once the log is followed from its end: output to
+	// it written before that position would be skipped.
+	startInput := func() {}
 	if r.Stdin {
 		stdinPath := filepath.Join(a.store().dir(r.ID), "io", "init-stdin")
-		go forwardStdin(fwdCtx, stdinPath, in)
+		startInput = func() { go forwardStdin(fwdCtx, stdinPath, in) }
 	}
 	// Output: the log from now on, until the container exits.
 	waitc := make(chan client.Exit, 1)
@@ -792,7 +795,7 @@ func cmdAttach(ctx context.Context, a *app, args []string) error {
 			waitc <- e
 		}
 	}()
-	if err := followLog(fwdCtx, a, r, logQuery{tail: 0, follow: true}, exited); err != nil {
+	if err := followLog(fwdCtx, a, r, logQuery{tail: 0, follow: true, ready: startInput}, exited); err != nil {
 		return err
 	}
 	select {
