@@ -273,7 +273,12 @@ func (d Daemon) tryExit(svc TaskService, members *membership) bool {
 			defer unlock()
 		}
 	}
-	if !svc.Empty() || members.waiting() {
+	// Announced members first: a member's Create adds its task before it
+	// ends the announcement (groupHooks.Create), so asked in this order a
+	// Create that completes between the two questions is seen by the
+	// second; asked the other way round it could be seen by neither. No
+	// new member is announced meanwhile: start joins under the same lock.
+	if members.waiting() || !svc.Empty() {
 		return false
 	}
 	d.removeSocket()

@@ -334,3 +334,37 @@ func TestDaemonWaitsForAJoinedMember(t *testing.T) {
 		t.Fatal("daemon did not stop after its last member left")
 	}
 }
+
+// createDuringEmpty is a fakeService whose Empty, asked while a member
+// is announced, lets that member's Create complete right after it
+// answered: the task is added, then the announcement ends.
+type createDuringEmpty struct {
+	*fakeService
+	members *membership
+	id      string
+}
+
+func (c createDuringEmpty) Empty() bool {
+	empty := c.fakeService.Empty()
+	if c.members.waiting() {
+		c.fakeService.Create(context.Background(), &taskv2.CreateTaskRequest{ID: c.id})
+		c.members.created(c.id)
+	}
+	return empty
+}
+
+// TestTryExitSeesACreateBetweenItsQuestions: a daemon deciding whether to
+// exit never misses a member whose Create completes while it decides
+// (TestDaemonWaitsForAJoinedMember failed once in CI that way: the daemon
+// left with c2's task, and c2's Delete found the connection closed).
+func TestTryExitSeesACreateBetweenItsQuestions(t *testing.T) {
+	members := newMembership(time.Minute)
+	members.join("c2")
+	svc := createDuringEmpty{fakeService: &fakeService{}, members: members, id: "c2"}
+	if (Daemon{}).tryExit(svc, members) {
+		t.Fatal("the daemon would exit while c2, announced, was being created")
+	}
+	if (Daemon{}).tryExit(svc, members) {
+		t.Fatal("the daemon would exit with c2's task")
+	}
+}
